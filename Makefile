@@ -1,0 +1,42 @@
+# Two set-up commands: `make run` and `make test`. Both create .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= routes.yaml
+PYTEST_ARGS ?=
+
+.PHONY: venv run test lint check bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,fast]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: the gateway on the shipped routes.yaml, with the DEMO model upstream in front of it
+run: venv
+	$(PY) -m gateway.demo.launch $(CONFIG)
+
+## lint: ruff, formatting and mypy, as in CI
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy gateway
+
+## check: validate the shipped routes.yaml and policies/
+check: venv
+	$(VENV)/bin/gateway check --config $(CONFIG)
+
+## test: lint, config check, then the whole suite (pytest exit 5, no tests, fails)
+test: lint check
+	$(PY) -m pytest -n auto --dist loadfile -q $(PYTEST_ARGS)
+
+## bench: the benchmarks under bench/ (figures, not pass/fail)
+bench: venv
+	$(PY) bench/route_matching.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

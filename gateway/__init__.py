@@ -1,0 +1,3 @@
+"""gateway: an API gateway and reverse-proxy hub on aiohttp."""
+
+__version__ = "0.1.0"

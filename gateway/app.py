@@ -1,0 +1,60 @@
+"""Builds the aiohttp Application; THE chain is the literal list in `chain()`.
+
+Order, outermost first, and why:
+  request_id  - every response, even a crash, carries an id to quote
+  errors      - wraps everything after it, so any failure becomes a problem
+  route       - normalise the path, pin the config, 404/405 before any work
+  authentication - routes without `auth: none` need a valid token
+  (policy → rate limit → audit join here, in that order)
+then `dispatch`: the route's local handler or the streaming proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.config.schema import Config
+from gateway.context import HOLDER
+from gateway.dispatch import dispatcher
+from gateway.handlers import BUILTIN, ROUTABLE
+from gateway.middleware import Handler, Middleware
+from gateway.middleware.authentication import AuthenticationConfig, authentication
+from gateway.middleware.errors import ErrorsConfig, errors
+from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_request_id
+from gateway.middleware.route import RouteStageConfig, route
+from gateway.runtime import Runtime, RuntimeHolder
+
+
+def chain(config: Config) -> list[Middleware]:
+    """The middleware stages, outermost first. Nothing else appends to this list."""
+    return [
+        request_id(RequestIdConfig()),
+        errors(ErrorsConfig()),
+        route(RouteStageConfig()),
+        authentication(AuthenticationConfig()),
+    ]
+
+
+def build_app(config: Config, handlers: Mapping[str, Handler] | None = None) -> web.Application:
+    """The gateway application for `config`; `handlers` adds to the routable handlers."""
+    app = web.Application(
+        middlewares=chain(config),
+        # Local handlers read bodies through jsonio, which enforces server.max_body
+        # from the live config; the proxy streams and counts. This is only a cap.
+        client_max_size=config.server.max_body,
+    )
+    holder = RuntimeHolder(Runtime.build(config))
+    app[HOLDER] = holder
+    registry: dict[str, Handler] = {**BUILTIN, **ROUTABLE, **(handlers or {})}
+    app.router.add_route("*", "/{tail:.*}", dispatcher(registry))
+    app.on_response_prepare.append(stamp_request_id)
+
+    async def close_pools(app: web.Application) -> None:
+        await holder.current.close()
+        for runtime in holder.retired:
+            await runtime.close()
+
+    app.on_cleanup.append(close_pools)
+    return app

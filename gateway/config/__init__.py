@@ -1,0 +1,7 @@
+"""routes.yaml and policies/ → frozen, validated configuration objects."""
+
+from gateway.config.loader import load_config
+from gateway.config.schema import Config, Route, UpstreamConfig
+from gateway.config.yamlsource import ConfigError, ConfigProblem
+
+__all__ = ["Config", "ConfigError", "ConfigProblem", "Route", "UpstreamConfig", "load_config"]

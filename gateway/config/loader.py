@@ -1,0 +1,532 @@
+"""routes.yaml → a validated, frozen `Config`, or a `ConfigError` listing every problem.
+
+Parse strictly (unknown keys are errors), check every cross-reference, and
+only then build; `gateway check`, `gateway serve` and reloads all come here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+from gateway.config.schema import (
+    AuthConfig,
+    Config,
+    IPNetwork,
+    ModelConfig,
+    RateLimitConfig,
+    Route,
+    ServerConfig,
+    TLSConfig,
+    UpstreamConfig,
+    UpstreamTarget,
+)
+from gateway.config.units import parse_duration, parse_rate, parse_size
+from gateway.config.yamlsource import (
+    Invalid,
+    Problems,
+    Section,
+    Value,
+    read_yaml,
+)
+from gateway.routing import compile_pattern, literal_prefix
+
+# The local handlers a route may name. Kept beside the schema so `gateway
+# check` needs no aiohttp; tests pin it to the handler registry.
+KNOWN_HANDLERS: frozenset[str] = frozenset()
+
+ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
+_METHOD = re.compile(r"^[A-Z]+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NO_NAMES: tuple[str, ...] = ()
+_HEADER = re.compile(r"^[A-Za-z0-9-]+$")
+
+_UPSTREAM_KEYS = (
+    "targets",
+    "timeout",
+    "connect_timeout",
+    "first_byte_timeout",
+    "max_connections",
+    "forward_authorization",
+    "pass_host",
+)
+_ROUTE_KEYS = ("methods", "auth", "roles", "rate_limit")
+UPSTREAM_TIMEOUT = 30.0
+MODEL_TIMEOUT = 300.0  # models answer slowly: a long default whole-response timeout
+MODEL_CONNECT_TIMEOUT = 5.0
+
+
+def load_config(path: str | Path, handlers: Iterable[str] | None = None) -> Config:
+    """Read and validate `path`; raise ConfigError naming FILE:LINE for each problem."""
+    config_path = Path(path).resolve()
+    problems = Problems()
+    try:
+        data = config_path.read_bytes()  # read once: the hash matches what was parsed
+    except OSError as exc:
+        problems.add(str(config_path), 0, f"cannot read: {exc.strerror or exc}")
+        problems.raise_if_any()
+        raise
+    root = read_yaml(config_path, problems, data)
+    problems.raise_if_any()
+    assert root is not None
+    known_handlers = frozenset(KNOWN_HANDLERS if handlers is None else handlers)
+    try:
+        top = root.section(problems)
+    except Invalid:
+        problems.add(str(config_path), 1, "routes.yaml must be a mapping of sections")
+        problems.raise_if_any()
+        raise
+    base_dir = config_path.parent
+
+    server = _server(top, base_dir)
+    auth = _auth(top)
+    policies_dir = top.field("policies", lambda v: base_dir / v.text(), base_dir / "policies")
+    upstreams: dict[str, UpstreamConfig] = {}
+    upstreams_value = top.get("upstreams")
+    if upstreams_value is not None:
+        try:
+            for name, value in upstreams_value.section(problems):
+                upstream = _upstream(name, value, problems, top)
+                if upstream is not None:
+                    upstreams[name] = upstream
+        except Invalid as exc:
+            top.report(upstreams_value, str(exc))
+
+    routes: list[Route] = []
+    routes_value = top.get("routes")
+    if routes_value is not None:
+        try:
+            for item in routes_value.items():
+                route = _route(len(routes), item, problems, known_handlers)
+                if route is not None:
+                    routes.append(route)
+        except Invalid as exc:
+            top.report(routes_value, str(exc))
+
+    models: dict[str, ModelConfig] = {}
+    models_value = top.get("models")
+    if models_value is not None:
+        try:
+            for name, value in models_value.section(problems):
+                _model(name, value, problems, top, upstreams, models, routes)
+        except Invalid as exc:
+            top.report(models_value, str(exc))
+
+    top.check_unknown("server, auth, policies, upstreams, models, routes")
+    _cross_check(routes, upstreams, models, problems, str(config_path))
+    problems.raise_if_any()
+    return Config(
+        path=config_path,
+        base_dir=base_dir,
+        file_hash=hashlib.sha256(data).hexdigest(),
+        server=server,
+        auth=auth,
+        policies_dir=policies_dir,
+        upstreams=MappingProxyType(upstreams),
+        models=MappingProxyType(models),
+        routes=tuple(routes),
+    )
+
+
+def _server(top: Section, base_dir: Path) -> ServerConfig:
+    value = top.get("server")
+    default = ServerConfig()
+    if value is None:
+        return default
+    try:
+        sec = value.section(top.problems)
+    except Invalid as exc:
+        top.report(value, str(exc))
+        return default
+    host, port = sec.field("listen", lambda v: parse_listen(v), (default.host, default.port))
+    server = ServerConfig(
+        host=host,
+        port=port,
+        tls=sec.field("tls", lambda v: _tls(v, base_dir, top), None),
+        trusted_proxies=sec.field("trusted_proxies", _networks, ()),
+        max_body=sec.field("max_body", lambda v: v.convert(parse_size), default.max_body),
+        shutdown_grace=sec.field(
+            "shutdown_grace", lambda v: v.convert(parse_duration), default.shutdown_grace
+        ),
+        access_log=sec.field("access_log", Value.boolean, default.access_log),
+    )
+    sec.check_unknown("listen, tls, trusted_proxies, max_body, shutdown_grace, access_log")
+    return server
+
+
+def parse_listen(value: Value) -> tuple[str, int]:
+    text = str(value.scalar())
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise Invalid(f"{value.key}: expected HOST:PORT, e.g. 127.0.0.1:8443, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise Invalid(f"{value.key}: port {port} is out of range 0-65535")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, port
+
+
+def _tls(value: Value, base_dir: Path, top: Section) -> TLSConfig:
+    sec = value.section(top.problems)
+    cert = sec.field("cert", lambda v: base_dir / v.text(), None)
+    key = sec.field("key", lambda v: base_dir / v.text(), None)
+    sec.check_unknown("cert, key")
+    if cert is None or key is None:
+        raise Invalid(f"{value.key}: needs both cert and key")
+    return TLSConfig(cert=cert, key=key)
+
+
+def _networks(value: Value) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for item in value.items():
+        text = item.text()
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise Invalid(f"{item.key}: {text!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def _auth(top: Section) -> AuthConfig:
+    value = top.get("auth")
+    default = AuthConfig()
+    if value is None:
+        return default
+    try:
+        sec = value.section(top.problems)
+    except Invalid as exc:
+        top.report(value, str(exc))
+        return default
+
+    def algorithm(v: Value) -> str:
+        text = v.text()
+        if text not in ALGORITHMS:
+            raise Invalid(f"{v.key}: {text!r} is not one of {', '.join(ALGORITHMS)}")
+        return text
+
+    def duration(v: Value) -> float:
+        return v.convert(parse_duration)
+
+    auth = AuthConfig(
+        issuer=sec.field("issuer", Value.text, default.issuer),
+        algorithm=sec.field("algorithm", algorithm, default.algorithm),
+        access_ttl=sec.field("access_ttl", duration, default.access_ttl),
+        refresh_ttl=sec.field("refresh_ttl", duration, default.refresh_ttl),
+        allow_registration=sec.field("allow_registration", Value.boolean, False),
+        default_role=sec.field("default_role", Value.text, default.default_role),
+        audience=sec.field("audience", Value.text, None),
+        leeway=sec.field("leeway", duration, default.leeway),
+    )
+    sec.check_unknown(
+        "issuer, algorithm, access_ttl, refresh_ttl, allow_registration, default_role, "
+        "audience, leeway"
+    )
+    return auth
+
+
+def parse_target(value: Value, weight: int = 1) -> UpstreamTarget:
+    text = value.text()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise Invalid(f"{value.key}: {text!r} must be an http:// or https:// URL")
+    try:
+        port = parts.port
+    except ValueError:
+        raise Invalid(f"{value.key}: {text!r} has an invalid port") from None
+    if not parts.hostname:
+        raise Invalid(f"{value.key}: {text!r} has no host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise Invalid(f"{value.key}: {text!r} may not carry a query, fragment or credentials")
+    return UpstreamTarget(
+        url=text,
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port or (443 if parts.scheme == "https" else 80),
+        base_path=parts.path.rstrip("/"),
+        weight=weight,
+    )
+
+
+def _targets(value: Value) -> tuple[UpstreamTarget, ...]:
+    targets = tuple(parse_target(item) for item in value.items())
+    if not targets:
+        raise Invalid(f"{value.key}: needs at least one target URL")
+    return targets
+
+
+def _upstream_fields(
+    name: str, sec: Section, targets: tuple[UpstreamTarget, ...], line: int, timeout: float
+) -> UpstreamConfig:
+    def duration(v: Value) -> float:
+        return v.convert(parse_duration)
+
+    defaults = UpstreamConfig(name=name, targets=targets)
+    return UpstreamConfig(
+        name=name,
+        targets=targets,
+        timeout=sec.field("timeout", duration, timeout),
+        connect_timeout=sec.field(
+            "connect_timeout",
+            duration,
+            MODEL_CONNECT_TIMEOUT if timeout == MODEL_TIMEOUT else defaults.connect_timeout,
+        ),
+        first_byte_timeout=sec.field("first_byte_timeout", duration, None),
+        max_connections=sec.field(
+            "max_connections", lambda v: v.integer(minimum=1), defaults.max_connections
+        ),
+        forward_authorization=sec.field("forward_authorization", Value.boolean, False),
+        pass_host=sec.field("pass_host", Value.boolean, False),
+        line=line,
+    )
+
+
+def _upstream(name: str, value: Value, problems: Problems, top: Section) -> UpstreamConfig | None:
+    if not _NAME.match(name):
+        top.report(value, f"{value.key}: upstream names use letters, digits, _ . -")
+        return None
+    try:
+        sec = value.section(problems)
+    except Invalid as exc:
+        top.report(value, str(exc))
+        return None
+    targets_value = sec.get("targets")
+    if targets_value is None:
+        sec.report(value, f"{value.key}: needs targets: [URL, ...]")
+        targets: tuple[UpstreamTarget, ...] = ()
+    else:
+        targets = sec.field("targets", _targets, ())
+    upstream = _upstream_fields(name, sec, targets, value.line, UPSTREAM_TIMEOUT)
+    sec.check_unknown(", ".join(_UPSTREAM_KEYS))
+    return upstream if targets else None
+
+
+def _methods(value: Value) -> frozenset[str] | None:
+    methods: set[str] = set()
+    for item in value.items():
+        text = item.text().upper()
+        if not _METHOD.match(text):
+            raise Invalid(f"{item.key}: {text!r} is not an HTTP method")
+        methods.add(text)
+    if not methods:
+        raise Invalid(f"{value.key}: list at least one method, or leave methods out for all")
+    if "GET" in methods:
+        methods.add("HEAD")  # a GET route answers HEAD, as HTTP expects
+    return frozenset(methods)
+
+
+def _auth_mode(value: Value) -> str:
+    text = value.text()
+    if text not in ("none", "required"):
+        raise Invalid(f"{value.key}: must be none or required, not {text!r}")
+    return text
+
+
+def _names(value: Value) -> tuple[str, ...]:
+    return tuple(item.text() for item in value.items())
+
+
+def _roles(value: Value) -> tuple[str, ...]:
+    roles = tuple(item.text() for item in value.items())
+    for item, role in zip(value.items(), roles, strict=True):
+        if not _NAME.match(role):
+            raise Invalid(f"{item.key}: {role!r} is not a role name")
+    return roles
+
+
+def rate_limit(value: Value, problems: Problems, default_key: str = "user") -> RateLimitConfig:
+    """`60/min` or {limit: 5, per: 1m, key: ip}."""
+    if not value.is_mapping():
+        return RateLimitConfig(rate=value.convert(parse_rate), key=default_key)
+    sec = value.section(problems)
+    limit = sec.field("limit", lambda v: v.integer(minimum=1), None)
+    per = sec.field("per", lambda v: v.convert(parse_duration), None)
+    key = sec.field("key", _limit_key, default_key)
+    sec.check_unknown("limit, per, key")
+    if limit is None or per is None or per <= 0:
+        raise Invalid(f"{value.key}: needs limit (a number) and per (a duration above zero)")
+    return RateLimitConfig(rate=parse_rate(f"{limit}/{per}s"), key=key)
+
+
+def _limit_key(value: Value) -> str:
+    text = value.text()
+    if text in ("user", "ip", "route"):
+        return text
+    if text.startswith("header:") and _HEADER.match(text[7:]):
+        return "header:" + text[7:].lower()
+    raise Invalid(f"{value.key}: must be user, ip, route or header:NAME, not {text!r}")
+
+
+def _route_common(sec: Section, problems: Problems) -> dict[str, object]:
+    return {
+        "methods": sec.field("methods", _methods, None),
+        "auth": sec.field("auth", _auth_mode, "required"),
+        "roles": sec.field("roles", _roles, _NO_NAMES),
+        "rate_limit": sec.field("rate_limit", lambda v: rate_limit(v, problems), None),
+    }
+
+
+def _route(index: int, value: Value, problems: Problems, handlers: frozenset[str]) -> Route | None:
+    try:
+        sec = value.section(problems)
+    except Invalid as exc:
+        problems.add(value.file, value.line, str(exc))
+        return None
+    path = sec.field("path", lambda v: v.convert(compile_pattern), None)
+    handler = sec.field("handler", Value.text, None)
+    upstream = sec.field("upstream", Value.text, None)
+    strip = sec.field("strip_prefix", lambda v: v.convert(_strip_prefix), None)
+    common = _route_common(sec, problems)
+    sec.check_unknown("path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit")
+    where = f"{value.key}"
+    ok = True
+    if "path" not in sec:
+        sec.report(value, f"{where}: needs a path")
+        ok = False
+    if (handler is None) == (upstream is None):
+        sec.report(value, f"{where}: give exactly one of handler or upstream")
+        ok = False
+    if handler is not None and handler not in handlers:
+        known = ", ".join(sorted(handlers)) or "none yet"
+        sec.report(sec.get("handler"), f"{where}.handler: unknown handler {handler!r} ({known})")
+        ok = False
+    if strip is not None and handler is not None:
+        sec.report(sec.get("strip_prefix"), f"{where}.strip_prefix: only applies to upstreams")
+        ok = False
+    if strip is not None and path is not None and not _is_segment_prefix(strip, path):
+        sec.report(
+            sec.get("strip_prefix"),
+            f"{where}.strip_prefix: {strip!r} is not a prefix of the path {path!r}",
+        )
+        ok = False
+    if not ok or path is None:
+        return None
+    return Route(
+        index=index,
+        path=path,
+        handler=handler,
+        upstream=upstream,
+        strip_prefix=strip,
+        source=f"{value.file}:{value.line}",
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _strip_prefix(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError("must start with /")
+    return text.rstrip("/") or "/"
+
+
+def _is_segment_prefix(prefix: str, pattern: str) -> bool:
+    static = literal_prefix(pattern)
+    return prefix == "/" or static == prefix or static.startswith(prefix + "/")
+
+
+def _model(
+    name: str,
+    value: Value,
+    problems: Problems,
+    top: Section,
+    upstreams: dict[str, UpstreamConfig],
+    models: dict[str, ModelConfig],
+    routes: list[Route],
+) -> None:
+    if not _NAME.match(name):
+        top.report(value, f"{value.key}: model names use letters, digits, _ . -")
+        return
+    if name in upstreams:
+        top.report(value, f"{value.key}: {name!r} is already an upstream name")
+        return
+    try:
+        sec = value.section(problems)
+    except Invalid as exc:
+        top.report(value, str(exc))
+        return
+    url = sec.get("url")
+    targets_value = sec.get("targets")
+    targets: tuple[UpstreamTarget, ...] = ()
+    if (url is None) == (targets_value is None):
+        sec.report(value, f"{value.key}: give exactly one of url or targets")
+    elif url is not None:
+        targets = sec.field("url", lambda v: (parse_target(v),), ())
+    else:
+        targets = sec.field("targets", _targets, ())
+    upstream = _upstream_fields(name, sec, targets, value.line, MODEL_TIMEOUT)
+    common = _route_common(sec, problems)
+    usage = sec.field("usage", _usage_format, None)
+    token_limit = sec.field("token_limit", lambda v: rate_limit(v, problems), None)
+    fallback = sec.field("fallback", _names, _NO_NAMES)
+    sec.check_unknown(
+        ", ".join(("url", *_UPSTREAM_KEYS, *_ROUTE_KEYS, "usage", "token_limit", "fallback"))
+    )
+    if not targets:
+        return
+    upstreams[name] = upstream
+    models[name] = ModelConfig(
+        name=name, usage=usage, token_limit=token_limit, fallback=fallback, line=value.line
+    )
+    routes.append(
+        Route(
+            index=len(routes),
+            path=f"/models/{name}/**",
+            upstream=name,
+            strip_prefix=f"/models/{name}",
+            model=name,
+            source=f"{value.file}:{value.line}",
+            **common,  # type: ignore[arg-type]
+        )
+    )
+
+
+USAGE_FORMATS = ("openai",)
+
+
+def _usage_format(value: Value) -> str:
+    text = value.text()
+    if text not in USAGE_FORMATS:
+        raise Invalid(f"{value.key}: unknown usage format {text!r} ({', '.join(USAGE_FORMATS)})")
+    return text
+
+
+def _cross_check(
+    routes: list[Route],
+    upstreams: dict[str, UpstreamConfig],
+    models: dict[str, ModelConfig],
+    problems: Problems,
+    file: str,
+) -> None:
+    seen: dict[str, Route] = {}
+    for route in routes:
+        line = int(route.source.rsplit(":", 1)[1])
+        previous = seen.get(route.path)
+        if previous is not None:
+            problems.add(
+                file,
+                line,
+                f"route path {route.path} is already used by the route at {previous.source}",
+            )
+        seen.setdefault(route.path, route)
+        if route.upstream is not None and route.upstream not in upstreams:
+            known = ", ".join(sorted(upstreams)) or "none defined"
+            problems.add(
+                file,
+                line,
+                f"route {route.path}: undefined upstream {route.upstream!r} (upstreams: {known})",
+            )
+    for model in models.values():
+        for other in model.fallback:
+            if other not in models:
+                problems.add(
+                    file, model.line, f"models.{model.name}.fallback: {other!r} is not a model"
+                )
+            elif other == model.name:
+                problems.add(
+                    file,
+                    model.line,
+                    f"models.{model.name}.fallback: a model cannot fall back to itself",
+                )

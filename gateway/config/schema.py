@@ -1,0 +1,143 @@
+"""The typed, frozen form of routes.yaml: what every stage is built from.
+
+Each field says its type, default and meaning; `loader.py` is the only code
+that makes these objects, and it checks every bound written here. Nothing on
+the request path reads a dict of config.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from gateway.config.units import Rate
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+AuthMode = Literal["required", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """server.tls: the certificate chain and key the listener presents."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """server: how the gateway listens."""
+
+    host: str = "127.0.0.1"  # listen: HOST:PORT ([::1]:8443 for IPv6)
+    port: int = 8080
+    tls: TLSConfig | None = None  # absent: plain HTTP
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # peers whose X-Forwarded-* are believed
+    max_body: int = DEFAULT_MAX_BODY  # bytes; 413 above it, checked while streaming too
+    shutdown_grace: float = 30.0  # seconds in-flight requests get after SIGTERM
+    access_log: bool = False  # one JSON line per request on stderr (off: audit covers it)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """auth: the tokens the gateway issues and accepts."""
+
+    issuer: str = "gateway"
+    algorithm: str = "HS256"  # HS256 | RS256 | ES256 | EdDSA
+    access_ttl: float = 900.0  # seconds
+    refresh_ttl: float = 14 * 86400.0
+    allow_registration: bool = False
+    default_role: str = "user"  # role given to self-registered users
+    audience: str | None = None  # checked when set
+    leeway: float = 30.0  # seconds of clock skew tolerated on exp/iat
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """rate_limit: `60/min` or {limit, per, key}; key user (default) | ip | route | header:NAME."""
+
+    rate: Rate
+    key: str = "user"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """One base URL of an upstream: scheme, host, port and an optional path prefix."""
+
+    url: str  # as written, for display
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # "" or "/prefix" without a trailing slash
+    weight: int = 1
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """upstreams.NAME: where proxied requests go, and how long they may take."""
+
+    name: str
+    targets: tuple[UpstreamTarget, ...]
+    timeout: float = 30.0  # whole exchange: headers and body
+    connect_timeout: float = 2.0
+    first_byte_timeout: float | None = None  # until response headers; None: only `timeout`
+    max_connections: int = 100  # pooled keep-alive connections per target
+    forward_authorization: bool = False  # pass the client's Authorization header on
+    pass_host: bool = False  # keep the client's Host (else the target's)
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """models.NAME: the AI-team shorthand; expands to an upstream plus a route."""
+
+    name: str
+    usage: str | None = None  # usage reader, e.g. "openai"
+    token_limit: RateLimitConfig | None = None
+    fallback: tuple[str, ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """routes[i]: a path pattern sent to a local handler or an upstream."""
+
+    index: int  # position in first-match order
+    path: str  # normalised pattern: literal segments, {name}, trailing **
+    methods: frozenset[str] | None  # None: every method
+    handler: str | None = None
+    upstream: str | None = None
+    strip_prefix: str | None = None
+    auth: AuthMode = "required"
+    roles: tuple[str, ...] = ()  # empty: any valid token
+    rate_limit: RateLimitConfig | None = None
+    model: str | None = None  # set on routes generated from models:
+    source: str = ""  # FILE:LINE of the entry, for messages
+
+    @property
+    def target(self) -> str:
+        return f"upstream {self.upstream}" if self.upstream else f"handler {self.handler}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration; swapped as one reference."""
+
+    path: Path  # routes.yaml
+    base_dir: Path  # relative paths resolve here
+    file_hash: str  # sha256 of routes.yaml as read
+    server: ServerConfig
+    auth: AuthConfig
+    policies_dir: Path
+    upstreams: MappingProxyType[str, UpstreamConfig]
+    models: MappingProxyType[str, ModelConfig]
+    routes: tuple[Route, ...]

@@ -1,0 +1,141 @@
+"""Parsers for the value syntaxes of routes.yaml: durations, sizes, rates, ${ENV}.
+
+Pure functions; each raises `ValueError` with a message meant for the operator
+(the loader adds FILE:LINE and the key). Every other module that needs one of
+these syntaxes calls these, never a parser of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+
+_RATE_PERIODS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`limit` events per `period` seconds."""
+
+    limit: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{format_duration(self.period)}"
+
+
+def parse_duration(text: str | int | float) -> float:
+    """`250ms`, `30s`, `15m`, `2h`, `14d` → seconds. A bare number is seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration like 30s, got a boolean")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(text)
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not a duration; use a number with ms, s, m, h or d (e.g. 30s)"
+            )
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    for unit in ("d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def parse_size(text: str | int) -> int:
+    """`10MiB`, `512KB`, `1GiB`, `800` (bytes) → bytes."""
+    if isinstance(text, bool):
+        raise ValueError("expected a size like 10MiB, got a boolean")
+    if isinstance(text, int):
+        value = text
+    else:
+        match = _SIZE.match(text)
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not a size; use bytes or B, KB, MB, GB, KiB, MiB, GiB (e.g. 10MiB)"
+            )
+        unit = (match.group(2) or "b").lower()
+        value = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if value < 0:
+        raise ValueError("a size cannot be negative")
+    return value
+
+
+def parse_rate(text: str) -> Rate:
+    """`60/min`, `5/sec`, `100000/day`, `10/30s` → Rate."""
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not a rate; use N/sec, N/min, N/hour, N/day or N/<duration> (e.g. 60/min)"
+        )
+    limit = int(match.group(1))
+    count, unit = match.group(2), match.group(3)
+    if unit in _RATE_PERIODS:
+        period = _RATE_PERIODS[unit] * (int(count) if count else 1)
+    else:
+        period = parse_duration(f"{count or 1}{unit}")
+    if limit <= 0:
+        raise ValueError("a rate limit must allow at least 1 request")
+    if period <= 0:
+        raise ValueError("a rate period must be longer than zero")
+    return Rate(limit, period)
+
+
+def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Replace `${NAME}` (or `${NAME:-default}`) with the environment's value."""
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if value is None:
+            if default is None:
+                raise ValueError(f"environment variable {name} is not set")
+            return default
+        return value
+
+    return _ENV_REF.sub(substitute, text)

@@ -1,0 +1,220 @@
+"""YAML read as nodes that remember FILE:LINE, so every config error can name both.
+
+`read_yaml` composes the document (never constructs arbitrary objects), and
+`Section` gives typed access to a mapping while recording which keys were
+read, so unknown keys become errors instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+
+from gateway.config.units import expand_env
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems found in routes.yaml or policies/."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass
+class Problems:
+    """Collects every problem of a load so `gateway check` can list them all."""
+
+    items: list[ConfigProblem] = field(default_factory=list)
+
+    def add(self, file: str, line: int, message: str) -> None:
+        self.items.append(ConfigProblem(file, line, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(sorted(self.items, key=lambda p: (p.file, p.line)))
+
+
+class Invalid(Exception):
+    """Raised inside a field conversion; the message is completed with FILE:LINE and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A YAML node with where it came from."""
+
+    node: yaml.Node
+    file: str
+    key: str  # dotted path of the key, e.g. upstreams.analytics.timeout
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+    def scalar(self) -> str | int | float | bool | None:
+        if not isinstance(self.node, yaml.ScalarNode):
+            raise Invalid(f"{self.key}: expected a single value")
+        tag = self.node.tag
+        if tag == "tag:yaml.org,2002:null":
+            return None
+        if tag in _TYPED_TAGS:
+            return _LOADER.construct_object(self.node, deep=True)  # type: ignore[no-any-return]
+        text = str(self.node.value)
+        if "${" not in text:
+            return text
+        try:
+            return expand_env(text)
+        except ValueError as exc:
+            raise Invalid(f"{self.key}: {exc}") from None
+
+    def text(self) -> str:
+        value = self.scalar()
+        if not isinstance(value, str) or value == "":
+            raise Invalid(f"{self.key}: expected a non-empty string")
+        return value
+
+    def boolean(self) -> bool:
+        value = self.scalar()
+        if not isinstance(value, bool):
+            raise Invalid(f"{self.key}: expected true or false")
+        return value
+
+    def integer(self, minimum: int = 0) -> int:
+        value = self.scalar()
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # after ${ENV} expansion numbers arrive as text
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise Invalid(f"{self.key}: expected a whole number")
+        if value < minimum:
+            raise Invalid(f"{self.key}: must be at least {minimum}")
+        return value
+
+    def convert(self, parse: Callable[[str], T]) -> T:
+        value = self.scalar()
+        if value is None or isinstance(value, bool):
+            raise Invalid(f"{self.key}: expected a value")
+        try:
+            return parse(value)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise Invalid(f"{self.key}: {exc}") from None
+
+    def items(self) -> list[Value]:
+        if isinstance(self.node, yaml.ScalarNode) and self.node.value == "":
+            return []
+        if not isinstance(self.node, yaml.SequenceNode):
+            raise Invalid(f"{self.key}: expected a list")
+        return [Value(n, self.file, f"{self.key}[{i}]") for i, n in enumerate(self.node.value)]
+
+    def is_mapping(self) -> bool:
+        return isinstance(self.node, yaml.MappingNode)
+
+    def is_null(self) -> bool:
+        return self.node.tag == "tag:yaml.org,2002:null"
+
+    def section(self, problems: Problems) -> Section:
+        if not isinstance(self.node, yaml.MappingNode):
+            if self.is_null():
+                return Section({}, self.file, self.line, self.key, problems)
+            raise Invalid(f"{self.key}: expected a mapping of keys")
+        entries: dict[str, Value] = {}
+        for key_node, value_node in self.node.value:
+            name = str(key_node.value)
+            dotted = f"{self.key}.{name}" if self.key else name
+            if name in entries:
+                problems.add(self.file, key_node.start_mark.line + 1, f"{dotted}: duplicate key")
+                continue
+            entries[name] = Value(value_node, self.file, dotted)
+        return Section(entries, self.file, self.line, self.key, problems)
+
+
+class Section:
+    """A mapping whose every key must be read, or it is reported as unknown."""
+
+    def __init__(
+        self, entries: dict[str, Value], file: str, line: int, key: str, problems: Problems
+    ) -> None:
+        self._entries = entries
+        self._read: set[str] = set()
+        self.file = file
+        self.line = line
+        self.key = key
+        self.problems = problems
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[tuple[str, Value]]:
+        self._read.update(self._entries)
+        return iter(list(self._entries.items()))
+
+    def get(self, name: str) -> Value | None:
+        self._read.add(name)
+        value = self._entries.get(name)
+        return None if value is None or value.is_null() else value
+
+    def field(self, name: str, convert: Callable[[Value], T], default: T) -> T:
+        """`convert(value)` of key `name`, or `default`; a bad value is reported."""
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            return convert(value)
+        except Invalid as exc:
+            self.problems.add(self.file, value.line, str(exc))
+            return default
+
+    def report(self, value: Value | None, message: str) -> None:
+        line = value.line if value is not None else self.line
+        self.problems.add(self.file, line, message)
+
+    def check_unknown(self, allowed_hint: str = "") -> None:
+        for name, value in self._entries.items():
+            if name not in self._read:
+                hint = f" (known keys: {allowed_hint})" if allowed_hint else ""
+                self.problems.add(self.file, value.line, f"{value.key}: unknown key{hint}")
+
+
+def read_yaml(path: Path, problems: Problems, data: bytes | None = None) -> Value | None:
+    """Compose `path` (or its already-read `data`) into nodes; syntax errors become problems."""
+    try:
+        raw = path.read_bytes() if data is None else data
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        problems.add(str(path), 0, f"cannot read: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError:
+        problems.add(str(path), 0, "is not UTF-8 text")
+        return None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        problems.add(str(path), line, f"YAML syntax: {exc.problem or exc}")
+        return None
+    if node is None:
+        node = yaml.MappingNode("tag:yaml.org,2002:map", [])
+        node.start_mark = yaml.Mark(str(path), 0, 0, 0, "", 0)
+    return Value(node, str(path), "")
+
+
+_LOADER = yaml.SafeLoader("")
+_TYPED_TAGS = frozenset(
+    {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
+)

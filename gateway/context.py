@@ -1,0 +1,28 @@
+"""Per-request state carried through the chain, and the app's typed keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.config.schema import Route
+from gateway.runtime import Runtime, RuntimeHolder
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the stages learn about one request; created by the request-id stage."""
+
+    request_id: str
+    started: float  # loop.time() at arrival
+    runtime: Runtime | None = None  # the config this request runs on, start to end
+    route: Route | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    path: str = ""  # normalised path
+    query: str = ""  # the raw query string, passed on unchanged
+    outcome: str = ""  # e.g. client_gone, upstream_reset: why a response ended early
+
+
+CTX = web.RequestKey("gateway.ctx", RequestContext)
+HOLDER = web.AppKey("gateway.runtime", RuntimeHolder)

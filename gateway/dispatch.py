@@ -1,0 +1,35 @@
+"""The innermost step of the chain: the route's local handler, or the proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.context import CTX
+from gateway.handlers.jsonio import accepts_json
+from gateway.middleware import Handler
+from gateway.problems import GatewayError
+from gateway.proxy.forward import forward
+
+
+def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        ctx = request[CTX]
+        route = ctx.route
+        runtime = ctx.runtime
+        assert route is not None  # set by the route stage
+        assert runtime is not None
+        if route.upstream is not None:
+            pool = runtime.pools[route.upstream]
+            return await forward(request, ctx, route, pool, runtime.config.server)
+        handler = handlers.get(route.handler or "")
+        if handler is None:
+            # load_config only admits registered handler names; reaching here
+            # means the registry and KNOWN_HANDLERS drifted apart.
+            raise GatewayError.internal()
+        if not accepts_json(request.headers.get("Accept")):
+            raise GatewayError.not_acceptable()
+        return await handler(request)
+
+    return dispatch

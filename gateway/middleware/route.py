@@ -1,0 +1,47 @@
+"""Stage 3: normalise the path, pin the live config, and find the route (404/405).
+
+Every later stage (authentication, policy, limits, the proxy) reads the route
+and the normalised path from the context, so they all judge the same path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.context import CTX, HOLDER
+from gateway.middleware import Handler, Middleware
+from gateway.problems import GatewayError
+from gateway.routing import normalise_path
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStageConfig:
+    pass
+
+
+def route(cfg: RouteStageConfig) -> Middleware:
+    @web.middleware
+    async def route_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
+        ctx = request[CTX]
+        runtime = request.app[HOLDER].current
+        ctx.runtime = runtime  # this request keeps this config to the end
+        raw_path, _, ctx.query = request.raw_path.partition("?")
+        try:
+            path = normalise_path(raw_path)
+        except ValueError as exc:
+            raise GatewayError.bad_request(str(exc), code="bad_path") from None
+        ctx.path = path
+        builtin = runtime.builtins.get(path)
+        if builtin is not None:
+            if request.method not in builtin.methods:  # type: ignore[operator]
+                raise GatewayError.method_not_allowed(request.method, sorted(builtin.methods or ()))
+            ctx.route = builtin
+        else:
+            found = runtime.table.match(request.method, path)
+            ctx.route = found.route
+            ctx.params = found.params
+        return await handler(request)
+
+    return route_stage

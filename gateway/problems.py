@@ -1,0 +1,112 @@
+"""One small error type for everything the gateway refuses, rendered as RFC 9457.
+
+A `GatewayError` carries an HTTP status, a stable reason `code` and a human
+`detail`; `render` is the only place that turns one into bytes. The problem
+`type` is a stable URI derived from the code, documented in the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+
+import orjson
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+TYPE_BASE = "https://gateway.dev/problems/"
+
+
+class GatewayError(Exception):
+    """A refusal the client should see as `application/problem+json`."""
+
+    __slots__ = ("code", "detail", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers: Mapping[str, str] = headers or {}
+
+    # Named constructors: one per status the contract lists, so call sites read
+    # as the reason, and the codes stay in one file.
+
+    @classmethod
+    def bad_request(cls, detail: str, code: str = "bad_request") -> GatewayError:
+        return cls(400, code, detail)
+
+    @classmethod
+    def not_found(cls, detail: str = "no route matches this path") -> GatewayError:
+        return cls(404, "no_route", detail)
+
+    @classmethod
+    def method_not_allowed(cls, method: str, allow: list[str]) -> GatewayError:
+        return cls(
+            405,
+            "method_not_allowed",
+            f"method {method} is not allowed here; allowed: {', '.join(allow)}",
+            {"Allow": ", ".join(allow)},
+        )
+
+    @classmethod
+    def not_acceptable(cls) -> GatewayError:
+        return cls(406, "not_acceptable", "this endpoint answers application/json only")
+
+    @classmethod
+    def too_large(cls, limit: int) -> GatewayError:
+        return cls(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+
+    @classmethod
+    def unsupported_media_type(cls, got: str) -> GatewayError:
+        return cls(
+            415,
+            "unsupported_media_type",
+            f"this endpoint takes application/json, not {got or 'an untyped body'}",
+        )
+
+    @classmethod
+    def bad_gateway(cls, detail: str, code: str = "upstream_unreachable") -> GatewayError:
+        return cls(502, code, detail)
+
+    @classmethod
+    def unavailable(
+        cls, detail: str, code: str = "unavailable", retry_after: int | None = None
+    ) -> GatewayError:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return cls(503, code, detail, headers)
+
+    @classmethod
+    def gateway_timeout(cls, detail: str) -> GatewayError:
+        return cls(504, "upstream_timeout", detail)
+
+    @classmethod
+    def internal(cls) -> GatewayError:
+        # Never carries the exception text: that may hold SQL, paths or secrets.
+        return cls(500, "internal_error", "the gateway failed to handle this request")
+
+
+def title_for(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def render(error: GatewayError, request_id: str) -> bytes:
+    """The RFC 9457 body for `error`; the only serialisation of a problem."""
+    return orjson.dumps(
+        {
+            "type": TYPE_BASE + error.code,
+            "title": title_for(error.status),
+            "status": error.status,
+            "detail": error.detail,
+            "code": error.code,
+            "request_id": request_id,
+        }
+    )
