@@ -15,7 +15,7 @@ class RequestContext:
     """What the stages learn about one request; created by the request-id stage."""
 
     request_id: str
-    started: float  # loop.time() at arrival
+    started: float  # time.monotonic() at arrival
     runtime: Runtime | None = None  # the config this request runs on, start to end
     route: Route | None = None
     params: dict[str, str] = field(default_factory=dict)

@@ -61,8 +61,11 @@ MODEL_TIMEOUT = 300.0  # models answer slowly: a long default whole-response tim
 MODEL_CONNECT_TIMEOUT = 5.0
 
 
-def load_config(path: str | Path, handlers: Iterable[str] | None = None) -> Config:
-    """Read and validate `path`; raise ConfigError naming FILE:LINE for each problem."""
+def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
+    """Read and validate `path`; raise ConfigError naming FILE:LINE for each problem.
+
+    `extra_handlers` names local handlers beyond KNOWN_HANDLERS that routes may use.
+    """
     config_path = Path(path).resolve()
     problems = Problems()
     try:
@@ -74,7 +77,7 @@ def load_config(path: str | Path, handlers: Iterable[str] | None = None) -> Conf
     root = read_yaml(config_path, problems, data)
     problems.raise_if_any()
     assert root is not None
-    known_handlers = frozenset(KNOWN_HANDLERS if handlers is None else handlers)
+    known_handlers = KNOWN_HANDLERS | frozenset(extra_handlers)
     try:
         top = root.section(problems)
     except Invalid:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ def request_id(cfg: RequestIdConfig) -> Middleware:
         # Keep the client's id when it is sane (contract section 8), so one id
         # follows a call through every hop; otherwise make one.
         rid = sent if sent is not None and _SANE_ID.fullmatch(sent) else str(uuid.uuid4())
-        request[CTX] = RequestContext(request_id=rid, started=request.loop.time())
+        request[CTX] = RequestContext(request_id=rid, started=time.monotonic())
         return await handler(request)
 
     return request_id_stage
