@@ -1,0 +1,37 @@
+"""The middleware order is fixed and visible in one place (STYLE.md lesson 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.app import build_app, chain
+from gateway.config import load_config
+from gateway.config.loader import KNOWN_HANDLERS
+from gateway.context import HOLDER
+from gateway.handlers import ROUTABLE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_chain_order_is_pinned() -> None:
+    config = load_config(ROOT / "routes.yaml")
+    names = [stage.__name__ for stage in chain(config)]
+    assert names == [
+        "request_id_stage",
+        "errors_stage",
+        "route_stage",
+        "authentication_stage",
+    ]
+
+
+async def test_the_app_uses_exactly_that_chain() -> None:
+    config = load_config(ROOT / "routes.yaml")
+    app = build_app(config)
+    try:
+        assert [m.__name__ for m in app.middlewares] == [s.__name__ for s in chain(config)]
+    finally:
+        await app[HOLDER].current.close()
+
+
+def test_routable_handlers_match_what_config_accepts() -> None:
+    assert set(ROUTABLE) == set(KNOWN_HANDLERS)
