@@ -18,6 +18,7 @@ from gateway.app import build_app
 from gateway.config import load_config
 from gateway.config.schema import TLSConfig
 from gateway.context import HOLDER
+from gateway.lowlevel import GatewayRunner
 
 log = logging.getLogger("gateway.server")
 
@@ -35,7 +36,7 @@ async def serve(config_path: Path, host: str | None = None, port: int | None = N
     config = load_config(config_path)
     app = build_app(config)
     server = config.server
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
         handle_signals=False,
         access_log=None,  # the audit log is the per-request record; no log call per request

@@ -128,3 +128,27 @@ def test_serve_refuses_an_invalid_config(write_config: WriteConfig) -> None:
     assert result.returncode == 1
     assert f"{path}:2: " in result.stderr
     assert "undefined upstream 'nowhere'" in result.stderr
+
+
+async def test_malformed_http_gets_a_problem_with_a_request_id(
+    write_config: WriteConfig, upstream: MakeUpstream
+) -> None:
+    server = await upstream(slow_upstream())
+    assert server.port is not None
+    port = free_port()
+    process = start_gateway(write_config(config_text(server.port)), port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+    finally:
+        stop(process)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400"  # aiohttp answers unparsable requests as HTTP/1.0
+    assert b"Content-Type: application/problem+json" in head
+    assert b"X-Request-Id: " in head
+    problem = json.loads(body)
+    assert problem["status"] == 400
+    assert problem["code"] == "bad_http_request"
