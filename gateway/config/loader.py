@@ -26,7 +26,7 @@ from gateway.config.schema import (
     UpstreamConfig,
     UpstreamTarget,
 )
-from gateway.config.units import parse_duration, parse_rate, parse_size
+from gateway.config.units import Rate, parse_duration, parse_rate, parse_size
 from gateway.config.yamlsource import (
     Invalid,
     Problems,
@@ -44,6 +44,7 @@ ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
 _METHOD = re.compile(r"^[A-Z]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NO_NAMES: tuple[str, ...] = ()
+_PARAM_NAME = re.compile(r"\{[^/{}]+\}")
 _HEADER = re.compile(r"^[A-Za-z0-9-]+$")
 
 _UPSTREAM_KEYS = (
@@ -90,22 +91,27 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
     auth = _auth(top)
     policies_dir = top.field("policies", lambda v: base_dir / v.text(), base_dir / "policies")
     upstreams: dict[str, UpstreamConfig] = {}
+    declared: set[str] = set()  # every upstream written, valid or not
     upstreams_value = top.get("upstreams")
     if upstreams_value is not None:
         try:
             for name, value in upstreams_value.section(problems):
+                declared.add(name)
                 upstream = _upstream(name, value, problems, top)
                 if upstream is not None:
                     upstreams[name] = upstream
         except Invalid as exc:
             top.report(upstreams_value, str(exc))
 
+    # names used before all are known (models add upstreams): checked at the end
+    upstream_refs: list[tuple[str, Value]] = []
+    fallback_refs: list[tuple[str, Value]] = []
     routes: list[Route] = []
     routes_value = top.get("routes")
     if routes_value is not None:
         try:
             for item in routes_value.items():
-                route = _route(len(routes), item, problems, known_handlers)
+                route = _route(len(routes), item, problems, known_handlers, upstream_refs)
                 if route is not None:
                     routes.append(route)
         except Invalid as exc:
@@ -116,12 +122,13 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
     if models_value is not None:
         try:
             for name, value in models_value.section(problems):
-                _model(name, value, problems, top, upstreams, models, routes)
+                _model(name, value, problems, top, upstreams, models, routes, fallback_refs)
         except Invalid as exc:
             top.report(models_value, str(exc))
 
     top.check_unknown("server, auth, policies, upstreams, models, routes")
-    _cross_check(routes, upstreams, models, problems, str(config_path))
+    _cross_check(routes, problems, str(config_path))
+    _check_references(upstream_refs, fallback_refs, upstreams, declared, models, problems)
     problems.raise_if_any()
     return Config(
         path=config_path,
@@ -191,7 +198,7 @@ def _networks(value: Value) -> tuple[IPNetwork, ...]:
         try:
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
-            raise Invalid(f"{item.key}: {text!r} is not an IP address or CIDR") from None
+            raise Invalid(f"{item.key}: {text!r} is not an IP address or CIDR", item.line) from None
     return tuple(networks)
 
 
@@ -236,15 +243,19 @@ def parse_target(value: Value, weight: int = 1) -> UpstreamTarget:
     text = value.text()
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https"):
-        raise Invalid(f"{value.key}: {text!r} must be an http:// or https:// URL")
+        raise Invalid(f"{value.key}: {text!r} must be an http:// or https:// URL", value.line)
     try:
         port = parts.port
     except ValueError:
-        raise Invalid(f"{value.key}: {text!r} has an invalid port") from None
+        port = 0
+    if port == 0:
+        raise Invalid(f"{value.key}: {text!r} has an invalid port", value.line)
     if not parts.hostname:
-        raise Invalid(f"{value.key}: {text!r} has no host")
+        raise Invalid(f"{value.key}: {text!r} has no host", value.line)
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise Invalid(f"{value.key}: {text!r} may not carry a query, fragment or credentials")
+        raise Invalid(
+            f"{value.key}: {text!r} may not carry a query, fragment or credentials", value.line
+        )
     return UpstreamTarget(
         url=text,
         scheme=parts.scheme,
@@ -313,7 +324,7 @@ def _methods(value: Value) -> frozenset[str] | None:
     for item in value.items():
         text = item.text().upper()
         if not _METHOD.match(text):
-            raise Invalid(f"{item.key}: {text!r} is not an HTTP method")
+            raise Invalid(f"{item.key}: {text!r} is not an HTTP method", item.line)
         methods.add(text)
     if not methods:
         raise Invalid(f"{value.key}: list at least one method, or leave methods out for all")
@@ -337,12 +348,14 @@ def _roles(value: Value) -> tuple[str, ...]:
     roles = tuple(item.text() for item in value.items())
     for item, role in zip(value.items(), roles, strict=True):
         if not _NAME.match(role):
-            raise Invalid(f"{item.key}: {role!r} is not a role name")
+            raise Invalid(f"{item.key}: {role!r} is not a role name", item.line)
     return roles
 
 
-def rate_limit(value: Value, problems: Problems, default_key: str = "user") -> RateLimitConfig:
-    """`60/min` or {limit: 5, per: 1m, key: ip}."""
+def rate_limit(
+    value: Value, problems: Problems, default_key: str = "user"
+) -> RateLimitConfig | None:
+    """`60/min` or {limit: 5, per: 1m, key: ip}; None when a part was already reported."""
     if not value.is_mapping():
         return RateLimitConfig(rate=value.convert(parse_rate), key=default_key)
     sec = value.section(problems)
@@ -350,9 +363,14 @@ def rate_limit(value: Value, problems: Problems, default_key: str = "user") -> R
     per = sec.field("per", lambda v: v.convert(parse_duration), None)
     key = sec.field("key", _limit_key, default_key)
     sec.check_unknown("limit, per, key")
-    if limit is None or per is None or per <= 0:
-        raise Invalid(f"{value.key}: needs limit (a number) and per (a duration above zero)")
-    return RateLimitConfig(rate=parse_rate(f"{limit}/{per}s"), key=key)
+    if sec.get("limit") is None or sec.get("per") is None:
+        raise Invalid(f"{value.key}: needs limit (a number) and per (a duration)")
+    if per == 0:
+        sec.report(sec.get("per"), f"{value.key}.per: must be longer than zero")
+        return None
+    if limit is None or per is None:
+        return None  # the bad limit or per is reported already
+    return RateLimitConfig(rate=Rate(limit, per), key=key)
 
 
 def _limit_key(value: Value) -> str:
@@ -373,23 +391,32 @@ def _route_common(sec: Section, problems: Problems) -> dict[str, object]:
     }
 
 
-def _route(index: int, value: Value, problems: Problems, handlers: frozenset[str]) -> Route | None:
+def _route(
+    index: int,
+    value: Value,
+    problems: Problems,
+    handlers: frozenset[str],
+    upstream_refs: list[tuple[str, Value]],
+) -> Route | None:
     try:
         sec = value.section(problems)
     except Invalid as exc:
         problems.add(value.file, value.line, str(exc))
         return None
-    path = sec.field("path", lambda v: v.convert(compile_pattern), None)
+    path = sec.field("path", lambda v: v.convert_text(compile_pattern), None)
     handler = sec.field("handler", Value.text, None)
     upstream = sec.field("upstream", Value.text, None)
-    strip = sec.field("strip_prefix", lambda v: v.convert(_strip_prefix), None)
+    strip = sec.field("strip_prefix", lambda v: v.convert_text(_strip_prefix), None)
     common = _route_common(sec, problems)
     sec.check_unknown("path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit")
     where = f"{value.key}"
     ok = True
-    if "path" not in sec:
+    if sec.get("path") is None:  # absent or empty
         sec.report(value, f"{where}: needs a path")
         ok = False
+    upstream_value = sec.get("upstream")
+    if upstream is not None and upstream_value is not None:
+        upstream_refs.append((upstream, upstream_value))
     if (handler is None) == (upstream is None):
         sec.report(value, f"{where}: give exactly one of handler or upstream")
         ok = False
@@ -438,6 +465,7 @@ def _model(
     upstreams: dict[str, UpstreamConfig],
     models: dict[str, ModelConfig],
     routes: list[Route],
+    fallback_refs: list[tuple[str, Value]],
 ) -> None:
     if not _NAME.match(name):
         top.report(value, f"{value.key}: model names use letters, digits, _ . -")
@@ -464,6 +492,13 @@ def _model(
     usage = sec.field("usage", _usage_format, None)
     token_limit = sec.field("token_limit", lambda v: rate_limit(v, problems), None)
     fallback = sec.field("fallback", _names, _NO_NAMES)
+    fallback_value = sec.get("fallback")
+    if fallback_value is not None and fallback:
+        for other, item in zip(fallback, fallback_value.items(), strict=True):
+            if other == name:
+                sec.report(item, f"{item.key}: a model cannot fall back to itself")
+            else:
+                fallback_refs.append((other, item))
     sec.check_unknown(
         ", ".join(("url", *_UPSTREAM_KEYS, *_ROUTE_KEYS, "usage", "token_limit", "fallback"))
     )
@@ -496,40 +531,38 @@ def _usage_format(value: Value) -> str:
     return text
 
 
-def _cross_check(
-    routes: list[Route],
-    upstreams: dict[str, UpstreamConfig],
-    models: dict[str, ModelConfig],
-    problems: Problems,
-    file: str,
-) -> None:
+def _cross_check(routes: list[Route], problems: Problems, file: str) -> None:
     seen: dict[str, Route] = {}
     for route in routes:
         line = int(route.source.rsplit(":", 1)[1])
-        previous = seen.get(route.path)
+        # /a/{x} and /a/{y} match the same paths: the parameter name does not count.
+        shape = _PARAM_NAME.sub("{}", route.path)
+        previous = seen.get(shape)
         if previous is not None:
             problems.add(
                 file,
                 line,
                 f"route path {route.path} is already used by the route at {previous.source}",
             )
-        seen.setdefault(route.path, route)
-        if route.upstream is not None and route.upstream not in upstreams:
-            known = ", ".join(sorted(upstreams)) or "none defined"
+        seen.setdefault(shape, route)
+
+
+def _check_references(
+    upstream_refs: list[tuple[str, Value]],
+    fallback_refs: list[tuple[str, Value]],
+    upstreams: dict[str, UpstreamConfig],
+    declared: set[str],
+    models: dict[str, ModelConfig],
+    problems: Problems,
+) -> None:
+    known = ", ".join(sorted(upstreams)) or "none defined"
+    for name, value in upstream_refs:
+        if name not in upstreams and name not in declared:  # declared: its fault is reported
             problems.add(
-                file,
-                line,
-                f"route {route.path}: undefined upstream {route.upstream!r} (upstreams: {known})",
+                value.file,
+                value.line,
+                f"{value.key}: undefined upstream {name!r} (upstreams: {known})",
             )
-    for model in models.values():
-        for other in model.fallback:
-            if other not in models:
-                problems.add(
-                    file, model.line, f"models.{model.name}.fallback: {other!r} is not a model"
-                )
-            elif other == model.name:
-                problems.add(
-                    file,
-                    model.line,
-                    f"models.{model.name}.fallback: a model cannot fall back to itself",
-                )
+    for name, value in fallback_refs:
+        if name not in models:
+            problems.add(value.file, value.line, f"{value.key}: {name!r} is not a model")

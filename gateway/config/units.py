@@ -7,6 +7,7 @@ these syntaxes calls these, never a parser of its own.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ _DURATION_UNITS = {
     "h": 3600.0,
     "d": 86400.0,
 }
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 _SIZE_UNITS = {
     "b": 1,
@@ -72,7 +73,9 @@ def parse_duration(text: str | int | float) -> float:
             raise ValueError(
                 f"{text!r} is not a duration; use a number with ms, s, m, h or d (e.g. 30s)"
             )
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -86,10 +89,14 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def parse_size(text: str | int) -> int:
+def parse_size(text: str | int | float) -> int:
     """`10MiB`, `512KB`, `1GiB`, `800` (bytes) → bytes."""
     if isinstance(text, bool):
         raise ValueError("expected a size like 10MiB, got a boolean")
+    if isinstance(text, float):
+        if not text.is_integer():
+            raise ValueError(f"{text!r} is not a whole number of bytes; use a unit, e.g. 10MiB")
+        text = int(text)
     if isinstance(text, int):
         value = text
     else:
@@ -105,8 +112,10 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def parse_rate(text: str) -> Rate:
+def parse_rate(text: str | int | float) -> Rate:
     """`60/min`, `5/sec`, `100000/day`, `10/30s` → Rate."""
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a rate; give a period too, e.g. {text}/min")
     match = _RATE.match(text)
     if match is None:
         raise ValueError(
@@ -126,16 +135,17 @@ def parse_rate(text: str) -> Rate:
 
 
 def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Replace `${NAME}` (or `${NAME:-default}`) with the environment's value."""
+    """Replace `${NAME}` with the environment's value; `${NAME:-default}`, as in the
+    shell, gives `default` when NAME is unset or empty."""
     env = os.environ if environ is None else environ
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         value = env.get(name)
-        if value is None:
-            if default is None:
-                raise ValueError(f"environment variable {name} is not set")
+        if default is not None and not value:
             return default
+        if value is None:
+            raise ValueError(f"environment variable {name} is not set")
         return value
 
     return _ENV_REF.sub(substitute, text)

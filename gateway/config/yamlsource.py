@@ -52,7 +52,14 @@ class Problems:
 
 
 class Invalid(Exception):
-    """Raised inside a field conversion; the message is completed with FILE:LINE and key."""
+    """Raised inside a field conversion; the message names the key, FILE:LINE is added.
+
+    `line` is where the fault is when that is not the field's own line (a list item).
+    """
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,37 +69,42 @@ class Value:
     node: yaml.Node
     file: str
     key: str  # dotted path of the key, e.g. upstreams.analytics.timeout
+    key_line: int | None = None  # line of `key:` when the value came from a mapping
 
     @property
     def line(self) -> int:
-        return self.node.start_mark.line + 1
+        """The line of the key (a block value starts below it), else of the node."""
+        return self.key_line if self.key_line is not None else self.node.start_mark.line + 1
 
     def scalar(self) -> str | int | float | bool | None:
         if not isinstance(self.node, yaml.ScalarNode):
-            raise Invalid(f"{self.key}: expected a single value")
+            raise Invalid(f"{self.key}: expected a single value", self.line)
         tag = self.node.tag
         if tag == "tag:yaml.org,2002:null":
             return None
         if tag in _TYPED_TAGS:
-            return _LOADER.construct_object(self.node, deep=True)  # type: ignore[no-any-return]
+            # the per-tag constructor keeps no state (construct_object caches every node)
+            return _LOADER.yaml_constructors[tag](_LOADER, self.node)  # type: ignore[no-any-return]
         text = str(self.node.value)
         if "${" not in text:
             return text
         try:
             return expand_env(text)
         except ValueError as exc:
-            raise Invalid(f"{self.key}: {exc}") from None
+            raise Invalid(f"{self.key}: {exc}", self.line) from None
 
     def text(self) -> str:
         value = self.scalar()
         if not isinstance(value, str) or value == "":
-            raise Invalid(f"{self.key}: expected a non-empty string")
+            raise Invalid(f"{self.key}: expected a non-empty string", self.line)
         return value
 
     def boolean(self) -> bool:
         value = self.scalar()
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"  # after ${ENV} expansion booleans arrive as text
         if not isinstance(value, bool):
-            raise Invalid(f"{self.key}: expected true or false")
+            raise Invalid(f"{self.key}: expected true or false", self.line)
         return value
 
     def integer(self, minimum: int = 0) -> int:
@@ -100,25 +112,34 @@ class Value:
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)  # after ${ENV} expansion numbers arrive as text
         if not isinstance(value, int) or isinstance(value, bool):
-            raise Invalid(f"{self.key}: expected a whole number")
+            raise Invalid(f"{self.key}: expected a whole number", self.line)
         if value < minimum:
-            raise Invalid(f"{self.key}: must be at least {minimum}")
+            raise Invalid(f"{self.key}: must be at least {minimum}", self.line)
         return value
 
-    def convert(self, parse: Callable[[str], T]) -> T:
+    def convert(self, parse: Callable[[str | int | float], T]) -> T:
+        """`parse` the scalar as written (YAML numbers stay numbers): for the unit parsers."""
         value = self.scalar()
         if value is None or isinstance(value, bool):
-            raise Invalid(f"{self.key}: expected a value")
+            raise Invalid(f"{self.key}: expected a value", self.line)
         try:
-            return parse(value)  # type: ignore[arg-type]
+            return parse(value)
         except ValueError as exc:
-            raise Invalid(f"{self.key}: {exc}") from None
+            raise Invalid(f"{self.key}: {exc}", self.line) from None
+
+    def convert_text(self, parse: Callable[[str], T]) -> T:
+        """`parse` the value, which must be a non-empty string."""
+        text = self.text()
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise Invalid(f"{self.key}: {exc}", self.line) from None
 
     def items(self) -> list[Value]:
         if isinstance(self.node, yaml.ScalarNode) and self.node.value == "":
             return []
         if not isinstance(self.node, yaml.SequenceNode):
-            raise Invalid(f"{self.key}: expected a list")
+            raise Invalid(f"{self.key}: expected a list", self.line)
         return [Value(n, self.file, f"{self.key}[{i}]") for i, n in enumerate(self.node.value)]
 
     def is_mapping(self) -> bool:
@@ -131,15 +152,19 @@ class Value:
         if not isinstance(self.node, yaml.MappingNode):
             if self.is_null():
                 return Section({}, self.file, self.line, self.key, problems)
-            raise Invalid(f"{self.key}: expected a mapping of keys")
+            raise Invalid(f"{self.key}: expected a mapping of keys", self.line)
         entries: dict[str, Value] = {}
         for key_node, value_node in self.node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                where = f"{self.key}: " if self.key else ""
+                problems.add(self.file, key_node.start_mark.line + 1, f"{where}keys must be names")
+                continue
             name = str(key_node.value)
             dotted = f"{self.key}.{name}" if self.key else name
             if name in entries:
                 problems.add(self.file, key_node.start_mark.line + 1, f"{dotted}: duplicate key")
                 continue
-            entries[name] = Value(value_node, self.file, dotted)
+            entries[name] = Value(value_node, self.file, dotted, key_node.start_mark.line + 1)
         return Section(entries, self.file, self.line, self.key, problems)
 
 
@@ -176,7 +201,7 @@ class Section:
         try:
             return convert(value)
         except Invalid as exc:
-            self.problems.add(self.file, value.line, str(exc))
+            self.problems.add(self.file, value.line if exc.line is None else exc.line, str(exc))
             return default
 
     def report(self, value: Value | None, message: str) -> None:
@@ -207,6 +232,11 @@ def read_yaml(path: Path, problems: Problems, data: bytes | None = None) -> Valu
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
         problems.add(str(path), line, f"YAML syntax: {exc.problem or exc}")
+        return None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; no mark
+        line = text.count("\n", 0, exc.position) + 1
+        char = f" (#x{exc.character:04x})" if isinstance(exc.character, int) else ""
+        problems.add(str(path), line, f"YAML syntax: {exc.reason}{char}")
         return None
     if node is None:
         node = yaml.MappingNode("tag:yaml.org,2002:map", [])
