@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from gateway.config.schema import Route
+from gateway.routing import NO_PARAMS
 from gateway.runtime import Runtime, RuntimeHolder
 
 
@@ -18,7 +20,7 @@ class RequestContext:
     started: float  # time.monotonic() at arrival
     runtime: Runtime | None = None  # the config this request runs on, start to end
     route: Route | None = None
-    params: dict[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=lambda: NO_PARAMS)  # {name} values
     path: str = ""  # normalised path
     query: str = ""  # the raw query string, passed on unchanged
     outcome: str = ""  # e.g. client_gone, upstream_reset: why a response ended early

@@ -8,20 +8,24 @@ bounded cache makes a repeated path one dict lookup.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from gateway.config.schema import Route
 from gateway.problems import GatewayError
+
+if TYPE_CHECKING:
+    # Annotations only: a runtime import would run gateway.config's __init__,
+    # whose loader imports this module back (a cycle when routing loads first).
+    from gateway.config.schema import Route
 
 # RFC 3986: unreserved characters are the only ones whose percent-encoding is
 # decoded; everything else stays encoded (so %2F never becomes a separator).
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCHAR = _UNRESERVED | frozenset("!$&'()*+,;=:@")
 _SAFE_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
-_PERCENT = re.compile(r"%(.?.?)")
 _HEX = frozenset("0123456789abcdefABCDEF")
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # use fullmatch: `$` admits a final \n
 
 CACHE_SIZE = 4096
 
@@ -99,22 +103,34 @@ def compile_pattern(pattern: str) -> str:
     if not pattern.startswith("/"):
         raise ValueError("a route path must start with /")
     segments = split_segments(pattern)
+    names: set[str] = set()
+    literal: list[str] = []
     for position, segment in enumerate(segments):
+        last = position == len(segments) - 1
         if segment == "**":
-            if position != len(segments) - 1:
+            if not last:
                 raise ValueError("** may only be the last segment of a route path")
+            literal.append(segment)
             continue
         if segment.startswith("{") or segment.endswith("}"):
-            if _PARAM.match(segment) is None:
+            found = _PARAM.fullmatch(segment)
+            if found is None:
                 raise ValueError(f"{segment!r} is not a parameter; use {{name}} as a whole segment")
+            if found.group(1) in names:
+                raise ValueError(f"parameter {segment} appears twice in the route path")
+            names.add(found.group(1))
+            literal.append(segment)
             continue
         if "*" in segment or "{" in segment or "}" in segment:
             raise ValueError(f"segment {segment!r} mixes a wildcard with text")
-        if segment in ("", ".", ".."):
-            if segment == "" and position == len(segments) - 1:
+        # Judge the decoded segment: %2e%2e is `..`, which no normalised path keeps.
+        text = _canonical_encoding(segment)
+        if text in ("", ".", ".."):
+            if text == "" and last:
+                literal.append(text)
                 continue  # a trailing slash is part of the path
             raise ValueError("a route path may not contain empty, . or .. segments")
-    literal = [s if s == "**" or _PARAM.match(s) else normalise_path("/" + s)[1:] for s in segments]
+        literal.append(text)
     return "/" + "/".join(literal)
 
 
@@ -122,16 +138,34 @@ def literal_prefix(pattern: str) -> str:
     """The part of a pattern before its first {param} or **, without a trailing slash."""
     out: list[str] = []
     for segment in split_segments(pattern):
-        if segment == "**" or _PARAM.match(segment):
-            break
+        if segment in ("**", "") or _PARAM.fullmatch(segment):
+            break  # "" is a pattern's trailing slash, which the prefix leaves out
         out.append(segment)
     return "/" + "/".join(out) if out else "/"
 
 
-@dataclass(frozen=True, slots=True)
 class RouteMatch:
-    route: Route
-    params: dict[str, str]
+    """A route and the {name} values taken from the path (read-only)."""
+
+    __slots__ = ("params", "route")
+
+    def __init__(self, route: Route, params: Mapping[str, str]) -> None:
+        self.route = route
+        self.params = params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RouteMatch):
+            return NotImplemented
+        return self.route == other.route and dict(self.params) == dict(other.params)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RouteMatch({self.route.path!r}, {dict(self.params)!r})"
+
+
+NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+CACHEABLE_PATH = 512  # longer paths are matched every time rather than held in memory
 
 
 class _Node:
@@ -144,12 +178,6 @@ class _Node:
         self.rest: list[Route] = []  # routes whose pattern ends with ** here
 
 
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    route: Route
-    param_positions: tuple[tuple[int, str], ...]
-
-
 class RouteTable:
     """Routes compiled for first-match lookup; built once per config."""
 
@@ -160,6 +188,10 @@ class RouteTable:
         self._cache: dict[str, tuple[Route, ...]] = {}
         for route in self.routes:
             self._insert(route)
+        # One shared, read-only match per parameter-free route: no allocation per request.
+        self._plain = {
+            r.index: RouteMatch(r, NO_PARAMS) for r in self.routes if not self._params[r.index]
+        }
 
     def _insert(self, route: Route) -> None:
         node = self._root
@@ -170,7 +202,7 @@ class RouteTable:
                 node.rest.append(route)
                 self._params[route.index] = tuple(params)
                 return
-            found = _PARAM.match(segment)
+            found = _PARAM.fullmatch(segment)
             if found is not None:
                 params.append((position, found.group(1)))
                 if node.param is None:
@@ -187,9 +219,10 @@ class RouteTable:
         if cached is not None:
             return cached
         found = self._walk(split_segments(path))
-        if len(self._cache) >= CACHE_SIZE:
-            self._cache.clear()  # bounded: a flood of distinct paths cannot grow it
-        self._cache[path] = found
+        if len(path) <= CACHEABLE_PATH:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()  # bounded: a flood of distinct paths cannot grow it
+            self._cache[path] = found
         return found
 
     def _walk(self, segments: Sequence[str]) -> tuple[Route, ...]:
@@ -217,9 +250,10 @@ class RouteTable:
         candidates = self.candidates(path)
         for route in candidates:
             if route.methods is None or method in route.methods:
+                plain = self._plain.get(route.index)
+                if plain is not None:
+                    return plain
                 positions = self._params[route.index]
-                if not positions:
-                    return RouteMatch(route, {})
                 segments = split_segments(path)
                 return RouteMatch(route, {name: segments[i] for i, name in positions})
         if not candidates:
