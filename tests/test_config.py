@@ -88,6 +88,9 @@ def test_full_example_is_typed(write_config: WriteConfig) -> None:
             auth:
               issuer: example
               algorithm: RS256
+              keys:
+                - {kid: k2, private_key: keys/k2.pem}
+                - {kid: k1, public_key: keys/k1.pub.pem}
               access_ttl: 15m
               refresh_ttl: 14d
               allow_registration: true
@@ -121,6 +124,8 @@ def test_full_example_is_typed(write_config: WriteConfig) -> None:
     assert config.auth.access_ttl == 900.0
     assert config.auth.refresh_ttl == 14 * 86400.0
     assert config.auth.allow_registration is True
+    assert [k.kid for k in config.auth.keys] == ["k2", "k1"]
+    assert config.auth.keys[0].private_key == config.base_dir / "keys/k2.pem"
 
     up = config.upstreams["analytics"]
     assert up.timeout == 7200.0
@@ -144,7 +149,7 @@ def test_full_example_is_typed(write_config: WriteConfig) -> None:
     assert route.auth == "required"
     assert route.methods is None
     assert route.rate_limit == RateLimitConfig(Rate(60, 60.0), "user")
-    assert route.source == f"{config.path}:20"
+    assert route.source == f"{config.path}:23"
 
 
 def test_config_objects_are_frozen(write_config: WriteConfig) -> None:
@@ -1362,3 +1367,30 @@ def test_routes_differing_only_in_parameter_names_are_duplicates(
         load_config(path)
     assert [p.line for p in info.value.problems] == [6]
     assert "already used" in info.value.problems[0].message
+
+
+def test_hmac_keys_need_secrets_and_asymmetric_ones_need_files(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("K1", "s" * 40)
+    ok = load_config(
+        write_config(
+            """
+            auth:
+              keys: [{kid: a, secret: "${K1}"}]
+            """
+        )
+    )
+    assert ok.auth.keys[0].secret == b"s" * 40
+    assert "s" * 40 not in repr(ok)  # secrets never show in a repr or a log line
+
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            write_config(
+                """
+                auth:
+                  algorithm: ES256
+                """
+            )
+        )
+    assert "needs auth.keys" in str(info.value)

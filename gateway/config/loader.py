@@ -18,6 +18,7 @@ from gateway.config.schema import (
     AuthConfig,
     Config,
     IPNetwork,
+    KeyConfig,
     ModelConfig,
     RateLimitConfig,
     Route,
@@ -88,7 +89,7 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
     base_dir = config_path.parent
 
     server = _server(top, base_dir)
-    auth = _auth(top)
+    auth = _auth(top, base_dir)
     policies_dir = top.field("policies", lambda v: base_dir / v.text(), base_dir / "policies")
     upstreams: dict[str, UpstreamConfig] = {}
     declared: set[str] = set()  # every upstream written, valid or not
@@ -202,7 +203,7 @@ def _networks(value: Value) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _auth(top: Section) -> AuthConfig:
+def _auth(top: Section, base_dir: Path) -> AuthConfig:
     value = top.get("auth")
     default = AuthConfig()
     if value is None:
@@ -231,12 +232,67 @@ def _auth(top: Section) -> AuthConfig:
         default_role=sec.field("default_role", Value.text, default.default_role),
         audience=sec.field("audience", Value.text, None),
         leeway=sec.field("leeway", duration, default.leeway),
+        keys=sec.field("keys", lambda v: _keys(v, top.problems, base_dir), ()),
+        password_min_length=sec.field(
+            "password_min_length", lambda v: v.integer(minimum=8), default.password_min_length
+        ),
+        login_failures=sec.field(
+            "login_failures", lambda v: v.convert(parse_rate), default.login_failures
+        ),
+        token_cache=sec.field("token_cache", lambda v: v.integer(minimum=0), default.token_cache),
     )
     sec.check_unknown(
         "issuer, algorithm, access_ttl, refresh_ttl, allow_registration, default_role, "
-        "audience, leeway"
+        "audience, leeway, keys, password_min_length, login_failures, token_cache"
     )
+    hmac = auth.algorithm.startswith("HS")
+    for key in auth.keys:
+        if hmac and key.secret is None:
+            top.problems.add(
+                value.file,
+                key.line,
+                f"auth.keys: {key.kid}: {auth.algorithm} "
+                "keys need a secret (e.g. secret: ${GATEWAY_JWT_SECRET})",
+            )
+        if not hmac and key.secret is not None:
+            top.problems.add(
+                value.file,
+                key.line,
+                f"auth.keys: {key.kid}: {auth.algorithm} "
+                "keys are PEM files (private_key, public_key), not secrets",
+            )
+    if not hmac and not auth.keys:
+        top.problems.add(
+            value.file, value.line, f"auth: {auth.algorithm} needs auth.keys with PEM key files"
+        )
     return auth
+
+
+def _keys(value: Value, problems: Problems, base_dir: Path) -> tuple[KeyConfig, ...]:
+    keys: list[KeyConfig] = []
+    for item in value.items():
+        sec = item.section(problems)
+        kid = sec.field("kid", Value.text, None)
+        secret = sec.field("secret", Value.text, None)
+        private = sec.field("private_key", lambda v: base_dir / v.text(), None)
+        public = sec.field("public_key", lambda v: base_dir / v.text(), None)
+        sec.check_unknown("kid, secret, private_key, public_key")
+        if kid is None:
+            raise Invalid(f"{item.key}: needs a kid (key id)", item.line)
+        if kid in {k.kid for k in keys}:
+            raise Invalid(f"{item.key}.kid: {kid!r} is used twice", item.line)
+        if secret is None and private is None and public is None:
+            raise Invalid(f"{item.key}: give a secret, or private_key/public_key files", item.line)
+        keys.append(
+            KeyConfig(
+                kid=kid,
+                secret=secret.encode("utf-8") if secret is not None else None,
+                private_key=private,
+                public_key=public,
+                line=item.line,
+            )
+        )
+    return tuple(keys)
 
 
 def parse_target(value: Value, weight: int = 1) -> UpstreamTarget:

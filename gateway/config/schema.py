@@ -8,7 +8,7 @@ the request path reads a dict of config.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -18,6 +18,7 @@ from gateway.config.units import Rate
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
+LOGIN_FAILURES = Rate(5, 900.0)
 AuthMode = Literal["required", "none"]
 
 
@@ -43,6 +44,17 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyConfig:
+    """auth.keys[i]: one signing/verification key; the first with private material signs."""
+
+    kid: str
+    secret: bytes | None = field(default=None, repr=False)  # HS256: raw UTF-8 bytes
+    private_key: Path | None = None  # RS256/ES256/EdDSA: PEM file
+    public_key: Path | None = None  # PEM file; derived from private_key when absent
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     """auth: the tokens the gateway issues and accepts."""
 
@@ -54,6 +66,10 @@ class AuthConfig:
     default_role: str = "user"  # role given to self-registered users
     audience: str | None = None  # checked when set
     leeway: float = 30.0  # seconds of clock skew tolerated on exp/iat
+    keys: tuple[KeyConfig, ...] = ()  # empty with HS256: GATEWAY_JWT_SECRET
+    password_min_length: int = 12
+    login_failures: Rate = LOGIN_FAILURES  # failed logins per username, and per IP
+    token_cache: int = 10_000  # verified tokens kept (never past exp or a revocation)
 
 
 @dataclass(frozen=True, slots=True)
