@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,11 @@ unknown_section: {}
 """
 
 
+def with_shipped_policies(folder: Path) -> None:
+    """Copy the shipped policies/ (user, analyst, admin) into `folder`: GOOD names roles."""
+    shutil.copytree(REPO / "policies", folder / "policies")
+
+
 def gateway(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
@@ -59,6 +65,7 @@ def gateway(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_check_valid_file_prints_ok_and_exits_0(write_config: WriteConfig, tmp_path: Path) -> None:
     path = write_config(GOOD)
+    with_shipped_policies(tmp_path)
     result = gateway("check", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -102,6 +109,7 @@ def test_check_yaml_syntax_error(write_config: WriteConfig, tmp_path: Path) -> N
 
 def test_check_config_path_relative_to_cwd(write_config: WriteConfig, tmp_path: Path) -> None:
     write_config(GOOD, name="gw.yaml")
+    with_shipped_policies(tmp_path)
     result = gateway("check", "--config", "gw.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{tmp_path / 'gw.yaml'}: ok")
@@ -132,6 +140,7 @@ def test_check_shipped_routes_yaml(tmp_path: Path) -> None:
 
 def test_routes_prints_the_resolved_table(write_config: WriteConfig, tmp_path: Path) -> None:
     path = write_config(GOOD)
+    with_shipped_policies(tmp_path)
     result = gateway("routes", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import shutil
 from pathlib import Path
 from textwrap import dedent
 
@@ -32,6 +33,12 @@ upstreams:
 def with_upstream(text: str) -> str:
     """`text` (dedented) after an `upstreams:` section defining `up` on lines 1-2."""
     return UPSTREAM + dedent(text)
+
+
+def with_shipped_policies(path: Path) -> Path:
+    """Copy the shipped policies/ (user, analyst, admin) beside `path`: routes name roles."""
+    shutil.copytree(REPO / "policies", path.parent / "policies")
+    return path
 
 
 def load(path: Path) -> Config:
@@ -78,8 +85,9 @@ def test_empty_file_gives_the_defaults(write_config: WriteConfig) -> None:
 
 def test_full_example_is_typed(write_config: WriteConfig) -> None:
     config = load(
-        write_config(
-            """\
+        with_shipped_policies(
+            write_config(
+                """\
             server:
               listen: 0.0.0.0:8443
               trusted_proxies: [10.0.0.0/8, "::1"]
@@ -108,6 +116,7 @@ def test_full_example_is_typed(write_config: WriteConfig) -> None:
                 roles: [analyst]
                 rate_limit: 60/min
             """
+            )
         )
     )
     server = config.server
@@ -740,7 +749,10 @@ def test_route_with_neither_handler_nor_upstream(write_config: WriteConfig) -> N
             """
         )
     )
-    assert only_problem(path) == (6, "routes[1]: give exactly one of handler or upstream")
+    assert only_problem(with_shipped_policies(path)) == (
+        6,
+        "routes[1]: give exactly one of handler or upstream",
+    )
 
 
 @pytest.mark.parametrize("path_line", ["", "path:"])
@@ -824,7 +836,8 @@ def test_unknown_handler(write_config: WriteConfig) -> None:
     )
     assert only_problem(path) == (
         3,
-        "routes[0].handler: unknown handler 'auth.logon' (admin, auth.login, auth.register, users)",
+        "routes[0].handler: unknown handler 'auth.logon' "
+        "(admin, auth.login, auth.logout, auth.refresh, auth.register, users)",
     )
 
 
@@ -1117,8 +1130,9 @@ def test_bad_rate_limit_key_in_block_form_points_at_the_key(write_config: WriteC
 
 def test_model_shorthand_expands_to_upstream_and_route(write_config: WriteConfig) -> None:
     config = load(
-        write_config(
-            """\
+        with_shipped_policies(
+            write_config(
+                """\
             models:
               sentiment: {url: http://127.0.0.1:9001, roles: [user], rate_limit: 60/min}
               chat:
@@ -1129,6 +1143,7 @@ def test_model_shorthand_expands_to_upstream_and_route(write_config: WriteConfig
                 methods: [post]
               chat-small: {url: http://127.0.0.1:9003, usage: openai}
             """
+            )
         )
     )
     assert list(config.models) == ["sentiment", "chat", "chat-small"]
@@ -1342,7 +1357,11 @@ def test_several_problems_reported_together_sorted_by_line(write_config: WriteCo
         ),
         (7, "upstreams.up.targets[0]: 'ftp://x' must be an http:// or https:// URL"),
         (9, "routes[0].path: ** may only be the last segment of a route path"),
-        (12, "routes[1].handler: unknown handler 'nope' (admin, auth.login, auth.register, users)"),
+        (
+            12,
+            "routes[1].handler: unknown handler 'nope' "
+            "(admin, auth.login, auth.logout, auth.refresh, auth.register, users)",
+        ),
         (14, "routes[2].upstream: undefined upstream 'missing' (upstreams: chat)"),
         (
             15,

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from gateway.config.policies import Policy, load_policies
 from gateway.config.schema import (
     AuthConfig,
     Config,
@@ -39,7 +40,9 @@ from gateway.routing import compile_pattern, literal_prefix
 
 # The local handlers a route may name. Kept beside the schema so `gateway
 # check` needs no aiohttp; tests pin it to the handler registry.
-KNOWN_HANDLERS: frozenset[str] = frozenset()
+KNOWN_HANDLERS: frozenset[str] = frozenset(
+    {"auth.register", "auth.login", "auth.refresh", "auth.logout", "users", "admin"}
+)
 
 ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
 _METHOD = re.compile(r"^[A-Z]+$")
@@ -88,8 +91,10 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
         raise
     base_dir = config_path.parent
 
+    # every role named in routes.yaml, with where: checked against policies/ at the end
+    role_refs: list[tuple[str, Value]] = []
     server = _server(top, base_dir)
-    auth = _auth(top, base_dir)
+    auth = _auth(top, base_dir, role_refs)
     policies_dir = top.field("policies", lambda v: base_dir / v.text(), base_dir / "policies")
     upstreams: dict[str, UpstreamConfig] = {}
     declared: set[str] = set()  # every upstream written, valid or not
@@ -112,7 +117,9 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
     if routes_value is not None:
         try:
             for item in routes_value.items():
-                route = _route(len(routes), item, problems, known_handlers, upstream_refs)
+                route = _route(
+                    len(routes), item, problems, known_handlers, upstream_refs, role_refs
+                )
                 if route is not None:
                     routes.append(route)
         except Invalid as exc:
@@ -123,13 +130,16 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
     if models_value is not None:
         try:
             for name, value in models_value.section(problems):
-                _model(name, value, problems, top, upstreams, models, routes, fallback_refs)
+                _model(
+                    name, value, problems, top, upstreams, models, routes, fallback_refs, role_refs
+                )
         except Invalid as exc:
             top.report(models_value, str(exc))
 
     top.check_unknown("server, auth, policies, upstreams, models, routes")
     _cross_check(routes, problems, str(config_path))
     _check_references(upstream_refs, fallback_refs, upstreams, declared, models, problems)
+    policy = _policy(policies_dir, top.get("policies"), role_refs, problems)
     problems.raise_if_any()
     return Config(
         path=config_path,
@@ -141,6 +151,7 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
         upstreams=MappingProxyType(upstreams),
         models=MappingProxyType(models),
         routes=tuple(routes),
+        policy=policy,
     )
 
 
@@ -203,7 +214,7 @@ def _networks(value: Value) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _auth(top: Section, base_dir: Path) -> AuthConfig:
+def _auth(top: Section, base_dir: Path, role_refs: list[tuple[str, Value]]) -> AuthConfig:
     value = top.get("auth")
     default = AuthConfig()
     if value is None:
@@ -223,13 +234,17 @@ def _auth(top: Section, base_dir: Path) -> AuthConfig:
     def duration(v: Value) -> float:
         return v.convert(parse_duration)
 
+    default_role = sec.field("default_role", _role, None)
+    default_role_value = sec.get("default_role")
+    if default_role is not None and default_role_value is not None:
+        role_refs.append((default_role, default_role_value))
     auth = AuthConfig(
         issuer=sec.field("issuer", Value.text, default.issuer),
         algorithm=sec.field("algorithm", algorithm, default.algorithm),
         access_ttl=sec.field("access_ttl", duration, default.access_ttl),
         refresh_ttl=sec.field("refresh_ttl", duration, default.refresh_ttl),
         allow_registration=sec.field("allow_registration", Value.boolean, False),
-        default_role=sec.field("default_role", Value.text, default.default_role),
+        default_role=default_role or default.default_role,
         audience=sec.field("audience", Value.text, None),
         leeway=sec.field("leeway", duration, default.leeway),
         keys=sec.field("keys", lambda v: _keys(v, top.problems, base_dir), ()),
@@ -400,12 +415,15 @@ def _names(value: Value) -> tuple[str, ...]:
     return tuple(item.text() for item in value.items())
 
 
+def _role(value: Value) -> str:
+    role = value.text()
+    if not _NAME.match(role):
+        raise Invalid(f"{value.key}: {role!r} is not a role name", value.line)
+    return role
+
+
 def _roles(value: Value) -> tuple[str, ...]:
-    roles = tuple(item.text() for item in value.items())
-    for item, role in zip(value.items(), roles, strict=True):
-        if not _NAME.match(role):
-            raise Invalid(f"{item.key}: {role!r} is not a role name", item.line)
-    return roles
+    return tuple(_role(item) for item in value.items())
 
 
 def rate_limit(
@@ -438,11 +456,19 @@ def _limit_key(value: Value) -> str:
     raise Invalid(f"{value.key}: must be user, ip, route or header:NAME, not {text!r}")
 
 
-def _route_common(sec: Section, problems: Problems) -> dict[str, object]:
+def _route_common(
+    sec: Section, problems: Problems, role_refs: list[tuple[str, Value]]
+) -> dict[str, object]:
+    methods = sec.field("methods", _methods, None)
+    auth = sec.field("auth", _auth_mode, "required")
+    roles = sec.field("roles", _roles, _NO_NAMES)
+    roles_value = sec.get("roles")
+    if roles_value is not None:
+        role_refs.extend((role, roles_value) for role in dict.fromkeys(roles))
     return {
-        "methods": sec.field("methods", _methods, None),
-        "auth": sec.field("auth", _auth_mode, "required"),
-        "roles": sec.field("roles", _roles, _NO_NAMES),
+        "methods": methods,
+        "auth": auth,
+        "roles": roles,
         "rate_limit": sec.field("rate_limit", lambda v: rate_limit(v, problems), None),
     }
 
@@ -453,6 +479,7 @@ def _route(
     problems: Problems,
     handlers: frozenset[str],
     upstream_refs: list[tuple[str, Value]],
+    role_refs: list[tuple[str, Value]],
 ) -> Route | None:
     try:
         sec = value.section(problems)
@@ -463,7 +490,7 @@ def _route(
     handler = sec.field("handler", Value.text, None)
     upstream = sec.field("upstream", Value.text, None)
     strip = sec.field("strip_prefix", lambda v: v.convert_text(_strip_prefix), None)
-    common = _route_common(sec, problems)
+    common = _route_common(sec, problems, role_refs)
     sec.check_unknown("path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit")
     where = f"{value.key}"
     ok = True
@@ -522,6 +549,7 @@ def _model(
     models: dict[str, ModelConfig],
     routes: list[Route],
     fallback_refs: list[tuple[str, Value]],
+    role_refs: list[tuple[str, Value]],
 ) -> None:
     if not _NAME.match(name):
         top.report(value, f"{value.key}: model names use letters, digits, _ . -")
@@ -544,7 +572,7 @@ def _model(
     else:
         targets = sec.field("targets", _targets, ())
     upstream = _upstream_fields(name, sec, targets, value.line, MODEL_TIMEOUT)
-    common = _route_common(sec, problems)
+    common = _route_common(sec, problems, role_refs)
     usage = sec.field("usage", _usage_format, None)
     token_limit = sec.field("token_limit", lambda v: rate_limit(v, problems), None)
     fallback = sec.field("fallback", _names, _NO_NAMES)
@@ -622,3 +650,29 @@ def _check_references(
     for name, value in fallback_refs:
         if name not in models:
             problems.add(value.file, value.line, f"{value.key}: {name!r} is not a model")
+
+
+def _policy(
+    directory: Path,
+    policies_value: Value | None,
+    role_refs: list[tuple[str, Value]],
+    problems: Problems,
+) -> Policy:
+    """Load policies/ and report each role named in routes.yaml that it does not define."""
+    if not directory.is_dir():
+        if not role_refs:
+            return Policy()  # nothing names a role: no policy needed
+        if policies_value is not None:
+            where, key = policies_value, "policies"
+        else:
+            where, key = role_refs[0][1], role_refs[0][1].key
+        problems.add(where.file, where.line, f"{key}: policies folder not found: {directory}")
+        return Policy()
+    policy = load_policies(directory, problems)
+    known = ", ".join(sorted(policy.roles)) or "none defined"
+    for role, value in role_refs:
+        if role not in policy.roles:
+            problems.add(
+                value.file, value.line, f"{value.key}: unknown role {role!r} (roles: {known})"
+            )
+    return policy

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from gateway.config.policies import Policy
 from gateway.config.units import Rate
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -157,3 +158,6 @@ class Config:
     upstreams: MappingProxyType[str, UpstreamConfig]
     models: MappingProxyType[str, ModelConfig]
     routes: tuple[Route, ...]
+    # roles from policies_dir; every role a route or auth.default_role names is defined
+    # in it (empty when the folder is missing and nothing names a role)
+    policy: Policy = field(default_factory=Policy)
