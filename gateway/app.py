@@ -1,30 +1,33 @@
 """Builds the aiohttp Application; THE chain is the literal list in `chain()`.
 
 Order, outermost first, and why:
-  request_id  - every response, even a crash, carries an id to quote
-  errors      - wraps everything after it, so any failure becomes a problem
-  route       - normalise the path, pin the config, 404/405 before any work
-  authentication - routes without `auth: none` need a valid token
-  (policy → rate limit → audit join here, in that order)
+  request_id     - every response, even a crash, carries an id to quote
+  errors         - wraps everything after it, so any failure becomes a problem
+  route          - normalise the path, pin the config, 404/405 before any work
+  authentication - routes without `auth: none` need a valid, unrevoked token
+  policy         - the caller's role must pass the route's roles (403)
+  (rate limit → audit join here, in that order)
 then `dispatch`: the route's local handler or the streaming proxy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
 from gateway.config.schema import Config
-from gateway.context import HOLDER
+from gateway.context import HOLDER, SERVICES
 from gateway.dispatch import dispatcher
 from gateway.handlers import BUILTIN, ROUTABLE
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.authentication import AuthenticationConfig, authentication
 from gateway.middleware.errors import ErrorsConfig, errors
+from gateway.middleware.policy import PolicyConfig, policy
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_request_id
 from gateway.middleware.route import RouteStageConfig, route
 from gateway.runtime import Runtime, RuntimeHolder
+from gateway.services import ServiceSettings, open_services
 
 
 def chain(config: Config) -> list[Middleware]:
@@ -34,11 +37,17 @@ def chain(config: Config) -> list[Middleware]:
         errors(ErrorsConfig()),
         route(RouteStageConfig()),
         authentication(AuthenticationConfig()),
+        policy(PolicyConfig()),
     ]
 
 
-def build_app(config: Config, handlers: Mapping[str, Handler] | None = None) -> web.Application:
-    """The gateway application for `config`; `handlers` adds to the routable handlers."""
+def build_app(
+    config: Config,
+    handlers: Mapping[str, Handler] | None = None,
+    settings: ServiceSettings | None = None,
+) -> web.Application:
+    """The gateway for `config`. `handlers` adds routable handlers; `settings` says
+    where the database and Redis are (default: the environment)."""
     app = web.Application(
         middlewares=chain(config),
         # Local handlers read bodies through jsonio, which enforces server.max_body
@@ -51,10 +60,17 @@ def build_app(config: Config, handlers: Mapping[str, Handler] | None = None) -> 
     app.router.add_route("*", "/{tail:.*}", dispatcher(registry))
     app.on_response_prepare.append(stamp_request_id)
 
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        services = await open_services(config, settings or ServiceSettings.from_env(config))
+        app[SERVICES] = services
+        yield
+        await services.close()
+
     async def close_pools(app: web.Application) -> None:
         await holder.current.close()
         for runtime in holder.retired:
             await runtime.close()
 
+    app.cleanup_ctx.append(services_ctx)
     app.on_cleanup.append(close_pools)
     return app

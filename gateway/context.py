@@ -10,6 +10,17 @@ from aiohttp import web
 from gateway.config.schema import Route
 from gateway.routing import NO_PARAMS
 from gateway.runtime import Runtime, RuntimeHolder
+from gateway.services import Services
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller, as the verified token and the user's current state say."""
+
+    id: str  # the token's sub: the user's id
+    role: str  # the user's role now (a change applies at the next request)
+    jti: str
+    exp: float  # the access token's expiry, epoch seconds
 
 
 @dataclass(slots=True)
@@ -24,7 +35,10 @@ class RequestContext:
     path: str = ""  # normalised path
     query: str = ""  # the raw query string, passed on unchanged
     outcome: str = ""  # e.g. client_gone, upstream_reset: why a response ended early
+    client_ip: str = ""  # right-most address not in server.trusted_proxies
+    user: Principal | None = None  # set by the authentication stage
 
 
 CTX = web.RequestKey("gateway.ctx", RequestContext)
 HOLDER = web.AppKey("gateway.runtime", RuntimeHolder)
+SERVICES = web.AppKey("gateway.services", Services)

@@ -42,6 +42,14 @@ class GatewayError(Exception):
         return cls(400, code, detail)
 
     @classmethod
+    def unauthorized(cls, code: str, detail: str, token_presented: bool) -> GatewayError:
+        """401 with the RFC 6750 challenge; error codes only when a token was presented."""
+        challenge = 'Bearer realm="gateway"'
+        if token_presented:
+            challenge += f', error="invalid_token", error_description="{detail}"'
+        return cls(401, code, detail, {"WWW-Authenticate": challenge})
+
+    @classmethod
     def not_found(cls, detail: str = "no route matches this path") -> GatewayError:
         return cls(404, "no_route", detail)
 

@@ -2,18 +2,23 @@
 
 A request takes `RuntimeHolder.current` once when it is routed and keeps it
 to the end, so a reload never changes the rules under a request in flight.
+Everything a request needs is precomputed here: the route table, the token
+verifier, and per route the set of roles that pass (one set lookup per request).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.config.schema import Config, Route
 from gateway.proxy.pool import UpstreamPool, make_pools
 from gateway.routing import RouteTable
+from gateway.security.keys import KeySet
+from gateway.security.tokens import TokenIssuer, TokenVerifier
 
-BUILTIN_PATHS = ("/healthz", "/readyz")
+BUILTIN_PATHS = ("/healthz", "/readyz", "/.well-known/jwks.json")
 
 
 def builtin_routes() -> dict[str, Route]:
@@ -23,7 +28,7 @@ def builtin_routes() -> dict[str, Route]:
             index=-1 - i,
             path=path,
             methods=frozenset({"GET", "HEAD"}),
-            handler="builtin" + path.replace("/", "."),
+            handler="builtin" + path.replace("/", ".").replace(".well-known.", "."),
             auth="none",
             source="built-in",
         )
@@ -37,16 +42,31 @@ class Runtime:
     table: RouteTable
     pools: dict[str, UpstreamPool]
     builtins: dict[str, Route]
+    keys: KeySet
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    # route index → roles that pass it; absent: any valid token passes
+    allowed: Mapping[int, frozenset[str]]
+    # role → X-User-Roles value: the role, then every role it inherits
+    role_header: Mapping[str, str]
     version: int
     loaded_at: float
 
     @classmethod
     def build(cls, config: Config, version: int = 1) -> Runtime:
+        """Everything derived from `config`; raises KeyConfigError for unusable keys."""
+        keys = KeySet.from_config(config.auth)
+        policy = config.policy
         return cls(
             config=config,
             table=RouteTable(config.routes),
             pools=make_pools(config.upstreams),
             builtins=builtin_routes(),
+            keys=keys,
+            issuer=TokenIssuer(config.auth, keys),
+            verifier=TokenVerifier(config.auth, keys),
+            allowed={r.index: policy.allowed_roles(r.roles) for r in config.routes if r.roles},
+            role_header={role: ",".join(chain) for role, chain in policy.roles.items()},
             version=version,
             loaded_at=time.time(),
         )

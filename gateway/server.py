@@ -19,6 +19,8 @@ from gateway.config import load_config
 from gateway.config.schema import TLSConfig
 from gateway.context import HOLDER
 from gateway.lowlevel import GatewayRunner
+from gateway.security.keys import KeyConfigError
+from gateway.services import StartupError
 
 log = logging.getLogger("gateway.server")
 
@@ -34,7 +36,11 @@ def tls_context(tls: TLSConfig) -> ssl.SSLContext:
 
 async def serve(config_path: Path, host: str | None = None, port: int | None = None) -> int:
     config = load_config(config_path)
-    app = build_app(config)
+    try:
+        app = build_app(config)
+    except KeyConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     server = config.server
     runner = GatewayRunner(
         app,
@@ -42,7 +48,12 @@ async def serve(config_path: Path, host: str | None = None, port: int | None = N
         access_log=None,  # the audit log is the per-request record; no log call per request
         shutdown_timeout=server.shutdown_grace,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        await app[HOLDER].current.close()
+        return 1
     listen_host = host or server.host
     listen_port = server.port if port is None else port
     site = web.TCPSite(

@@ -1,10 +1,16 @@
 """Shared fixtures: a routes.yaml written to a temp folder, the real gateway app
-built from it, and real aiohttp upstream servers on loopback."""
+built from it, real aiohttp upstream servers on loopback, and real databases:
+a migrated SQLite file always, PostgreSQL and Redis when the environment names
+them (always in CI)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 import textwrap
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -14,10 +20,30 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import build_app
 from gateway.config import load_config
 from gateway.middleware import Handler
+from gateway.services import ServiceSettings
+from gateway.store.migrate import upgrade_sync
 
-WriteConfig = Callable[[str], Path]
+# A fixed test secret (32+ bytes): subprocess gateways inherit it too.
+os.environ.setdefault("GATEWAY_JWT_SECRET", "test-secret-of-the-gateway-suite-0123456789")
+os.environ.pop("GATEWAY_DATABASE_URL", None)
+os.environ.pop("GATEWAY_REDIS_URL", None)
+
+POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL")
+IN_CI = os.environ.get("CI") == "true"
+TABLES = ("refresh_tokens", "audit_logs", "report_logs", "users")
+
+WriteConfig = Callable[..., Path]
 MakeGateway = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 MakeUpstream = Callable[[web.Application], Awaitable[TestServer]]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IN_CI and not (POSTGRES_URL and REDIS_URL):
+        raise pytest.UsageError(
+            "CI=true but GATEWAY_TEST_POSTGRES_URL / GATEWAY_TEST_REDIS_URL are not set: "
+            "run the suite through .ci/run"
+        )
 
 
 @pytest.fixture
@@ -33,6 +59,97 @@ def write_config(tmp_path: Path) -> WriteConfig:
 
 
 @pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    """The shipped role hierarchy (user ← analyst ← admin) in tmp_path/policies."""
+    target = tmp_path / "policies"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "policies", target)
+    return target
+
+
+# --- databases -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per worker; each test gets a copy."""
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    upgrade_sync(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "gateway.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def postgres_database(worker_id: str) -> Iterator[str]:
+    """A database of this xdist worker's own, migrated once, dropped at the end."""
+    if not POSTGRES_URL:
+        pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set (CI sets it): PostgreSQL variant skipped")
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(POSTGRES_URL)
+    name = f"gw_test_{worker_id}_{uuid.uuid4().hex[:6]}"
+    dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    upgrade_sync(url)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def postgres_url(postgres_database: str) -> str:
+    """The worker's PostgreSQL database, emptied for this test."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(postgres_database).set(drivername="postgresql")
+    connection = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+    try:
+        await connection.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+    finally:
+        await connection.close()
+    return postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest) -> str:
+    """Each DB-touching test runs on SQLite, and on PostgreSQL when it is configured."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    if not REDIS_URL:
+        pytest.skip("GATEWAY_TEST_REDIS_URL is not set (CI sets it): Redis variant skipped")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so parallel tests share one Redis safely."""
+    return f"gwtest:{uuid.uuid4().hex[:10]}:"
+
+
+# --- servers ---------------------------------------------------------------
+
+
+@pytest.fixture
 async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> MakeUpstream:
     """Start a real aiohttp server on loopback from an Application."""
 
@@ -45,15 +162,30 @@ async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Make
 @pytest.fixture
 async def gateway(
     write_config: WriteConfig,
+    sqlite_url: str,
     aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
 ) -> MakeGateway:
-    """Build the real gateway app from routes.yaml text and return a client for it."""
+    """Build the real gateway app from routes.yaml text and return a client for it.
+
+    The database is this test's migrated SQLite copy unless `database_url` is
+    given; Redis is used when `redis_url` is given.
+    """
 
     async def make(
-        text: str, handlers: Mapping[str, Handler] | None = None
+        text: str,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str = "gateway:",
     ) -> TestClient[web.Request, web.Application]:
         path = write_config(text)
         config = load_config(path, extra_handlers=set(handlers or ()))
-        return await aiohttp_client(build_app(config, handlers=handlers))
+        settings = ServiceSettings(
+            database_url=database_url or sqlite_url,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+        )
+        return await aiohttp_client(build_app(config, handlers=handlers, settings=settings))
 
     return make

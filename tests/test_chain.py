@@ -21,6 +21,7 @@ def test_the_chain_order_is_pinned() -> None:
         "errors_stage",
         "route_stage",
         "authentication_stage",
+        "policy_stage",
     ]
 
 

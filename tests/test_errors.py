@@ -132,7 +132,7 @@ async def test_401_without_and_with_a_token(client: Client) -> None:
     await assert_problem(resp, 401, "missing_token")
     assert resp.headers["WWW-Authenticate"] == 'Bearer realm="gateway"'
     resp = await client.get("/private", headers={"Authorization": "Bearer abc.def.ghi"})
-    await assert_problem(resp, 401, "no_verifier")
+    await assert_problem(resp, 401, "token_malformed")
     assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
 
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from gateway.handlers.health import healthz, readyz
+from gateway.handlers.admin import admin
+from gateway.handlers.auth import login, logout, refresh, register
+from gateway.handlers.health import healthz, jwks, readyz
+from gateway.handlers.users import users
 from gateway.middleware import Handler
 
 # Names a route's `handler:` may use; tests pin this to config.KNOWN_HANDLERS.
-ROUTABLE: dict[str, Handler] = {}
+ROUTABLE: dict[str, Handler] = {
+    "auth.register": register,
+    "auth.login": login,
+    "auth.refresh": refresh,
+    "auth.logout": logout,
+    "users": users,
+    "admin": admin,
+}
 
 BUILTIN: dict[str, Handler] = {
     "builtin.healthz": healthz,
     "builtin.readyz": readyz,
+    "builtin.jwks.json": jwks,
 }

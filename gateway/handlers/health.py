@@ -1,10 +1,10 @@
-"""/healthz (the process answers) and /readyz (it should be sent traffic)."""
+"""/healthz (the process answers), /readyz (it should get traffic), /.well-known/jwks.json."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.context import CTX, HOLDER
+from gateway.context import CTX, HOLDER, SERVICES
 from gateway.handlers.jsonio import json_response
 from gateway.problems import GatewayError
 
@@ -19,9 +19,18 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     if holder.draining:
         # Shutting down: tell load balancers to stop sending before we stop listening.
         raise GatewayError.unavailable("the gateway is draining", code="draining")
+    if not await request.app[SERVICES].database_ok():
+        raise GatewayError.unavailable("the database is unreachable", code="database_down")
     return json_response(
         {
             "status": "ready",
             "config": {"version": runtime.version, "file_hash": runtime.config.file_hash},
         }
     )
+
+
+async def jwks(request: web.Request) -> web.StreamResponse:
+    runtime = request[CTX].runtime or request.app[HOLDER].current
+    response = json_response(runtime.keys.jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response

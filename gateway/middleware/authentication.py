@@ -1,8 +1,9 @@
-"""Stage 4: routes without `auth: none` need a valid bearer token (default deny).
+"""Stage 4: routes without `auth: none` need a valid, unrevoked bearer token of an active user.
 
-Token issuing and verification arrive with the identity layer; until a
-verifier is configured, no presented token can be valid, so every route
-that needs one answers 401 exactly as the contract words it (section 8).
+401 (RFC 6750) when there is no token, or the token fails: bad signature,
+expired, wrong issuer, algorithm not the configured one, unknown key id,
+revoked, or its user deactivated. The caller's current role is taken from
+the user's state, not the token, so a role change applies at once.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.context import CTX
+from gateway.context import CTX, SERVICES, Principal
 from gateway.middleware import Handler, Middleware
 from gateway.problems import GatewayError
-
-REALM = 'Bearer realm="gateway"'
+from gateway.security.tokens import TokenError
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,24 +23,39 @@ class AuthenticationConfig:
     realm: str = "gateway"
 
 
-def unauthorized(code: str, detail: str, token_presented: bool) -> GatewayError:
-    challenge = REALM
-    if token_presented:
-        # RFC 6750 §3: error codes only when a token was presented.
-        challenge += f', error="invalid_token", error_description="{detail}"'
-    return GatewayError(401, code, detail, {"WWW-Authenticate": challenge})
+unauthorized = GatewayError.unauthorized
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def authentication(cfg: AuthenticationConfig) -> Middleware:
     @web.middleware
     async def authentication_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = request[CTX].route
+        ctx = request[CTX]
+        route = ctx.route
         if route is None or route.auth == "none":
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header or scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
             raise unauthorized("missing_token", "this route needs a bearer token", False)
-        raise unauthorized("no_verifier", "no token verifier is configured", True)
+        runtime = ctx.runtime
+        assert runtime is not None  # set by the route stage
+        try:
+            claims = runtime.verifier.verify(token)
+        except TokenError as exc:
+            raise unauthorized(exc.code, exc.detail, True) from None
+        revoked, state = await request.app[SERVICES].identity.check(claims.jti, claims.sub)
+        if revoked:
+            raise unauthorized("token_revoked", "the token was revoked", True)
+        if state is None or not state.active:
+            raise unauthorized("user_inactive", "the account is deactivated", True)
+        ctx.user = Principal(claims.sub, state.role, claims.jti, float(claims.exp))
+        return await handler(request)
 
     return authentication_stage

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.context import CTX, HOLDER
+from gateway.forwarded import client_ip
 from gateway.middleware import Handler, Middleware
 from gateway.problems import GatewayError
 from gateway.routing import normalise_path
@@ -33,6 +34,11 @@ def route(cfg: RouteStageConfig) -> Middleware:
         except ValueError as exc:
             raise GatewayError.bad_request(str(exc), code="bad_path") from None
         ctx.path = path
+        ctx.client_ip = client_ip(
+            request.remote or "",
+            request.headers.get("X-Forwarded-For"),
+            runtime.config.server.trusted_proxies,
+        )
         builtin = runtime.builtins.get(path)
         if builtin is not None:
             if request.method not in builtin.methods:  # type: ignore[operator]

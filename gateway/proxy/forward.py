@@ -91,6 +91,12 @@ async def forward(
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = host
     headers["X-Request-Id"] = ctx.request_id
+    user = ctx.user
+    if user is not None and ctx.runtime is not None:
+        # Identity comes only from the verified token and the user's current
+        # state; whatever X-User-* the client sent was dropped above.
+        headers["X-User-Id"] = user.id
+        headers["X-User-Roles"] = ctx.runtime.role_header.get(user.role, user.role)
     if upstream.pass_host and host:
         headers["Host"] = host
 

@@ -1,0 +1,189 @@
+"""/admin/*: user management, the live route table and the loaded config.
+
+Validation errors name the field (400); an unknown id is 404; removing the
+last active admin is 409 `last_admin`. A role change or a deactivation is
+pushed to the identity state at once, so it holds at the user's next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.handlers.auth import USERNAME, context
+from gateway.handlers.jsonio import json_response, read_json
+from gateway.handlers.shapes import parse, query_bool, query_int, spec
+from gateway.handlers.subroutes import SubRoutes
+from gateway.problems import GatewayError
+from gateway.runtime import Runtime
+from gateway.services import Services
+from gateway.state.identity import UserState
+from gateway.store.users import UserRecord
+
+EMAIL = r"[^@\s]+@[^@\s]+"
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    username: str = field(metadata=spec(min_length=3, max_length=64, pattern=USERNAME))
+    password: str = field(metadata=spec(max_length=1024))
+    role: str = field(metadata=spec(min_length=1, max_length=64))
+    active: bool = True
+    display_name: str | None = field(default=None, metadata=spec(max_length=128))
+    email: str | None = field(default=None, metadata=spec(max_length=254, pattern=EMAIL))
+
+
+@dataclass(frozen=True, slots=True)
+class UserPatch:
+    role: str | None = field(default=None, metadata=spec(min_length=1, max_length=64))
+    active: bool | None = None
+    password: str | None = field(default=None, metadata=spec(max_length=1024))
+    display_name: str | None = field(default=None, metadata=spec(max_length=128))
+    email: str | None = field(default=None, metadata=spec(max_length=254, pattern=EMAIL))
+
+
+def check_role(runtime: Runtime, role: str) -> None:
+    roles = runtime.config.policy.roles
+    if role not in roles:
+        known = ", ".join(sorted(roles)) or "none defined"
+        raise GatewayError.bad_request(
+            f"role: unknown role {role!r} (roles: {known})", "invalid_field"
+        )
+
+
+async def publish(services: Services, user: UserRecord) -> None:
+    """Make the user's current role and status the one every instance checks."""
+    await services.identity.set_user(user.id, UserState(user.role, user.active))
+    if not user.active:
+        for jti, exp in await services.refresh_tokens.revoke_user(user.id):
+            await services.identity.revoke(jti, exp)
+
+
+async def list_users(request: web.Request) -> web.StreamResponse:
+    _, _, services = context(request)
+    query = request.query
+    limit = query_int(query.get("limit"), "limit", 50, 1, 500)
+    role = query.get("role") or None
+    items, cursor = await services.users.page(
+        limit,
+        query.get("cursor") or None,
+        role=role,
+        active=query_bool(query.get("active"), "active"),
+    )
+    return json_response({"items": [u.public() for u in items], "next_cursor": cursor})
+
+
+async def create_user(request: web.Request) -> web.StreamResponse:
+    _, runtime, services = context(request)
+    body = parse(await read_json(request, runtime.config.server.max_body), NewUser)
+    check_role(runtime, body.role)
+    services.passwords.check_policy(body.password, body.username)
+    password_hash = await asyncio.to_thread(services.passwords.hash, body.password)
+    user = await services.users.create(
+        body.username,
+        password_hash,
+        body.role,
+        display_name=body.display_name,
+        email=body.email,
+        active=body.active,
+    )
+    await publish(services, user)
+    return json_response(user.public(), status=201)
+
+
+async def get_user(request: web.Request) -> web.StreamResponse:
+    ctx, _, services = context(request)
+    user = await services.users.by_id(ctx.params["id"])
+    if user is None:
+        raise GatewayError(404, "user_not_found", f"no user with id {ctx.params['id']!r}")
+    return json_response(user.public())
+
+
+async def patch_user(request: web.Request) -> web.StreamResponse:
+    ctx, runtime, services = context(request)
+    data = await read_json(request, runtime.config.server.max_body)
+    patch = parse(data, UserPatch)
+    changes: dict[str, Any] = {}
+    for name in data:
+        value = getattr(patch, name)
+        if value is None and name in ("role", "active", "password"):
+            raise GatewayError.bad_request(f"{name}: may not be null", "invalid_field")
+        changes[name] = value
+    if "role" in changes:
+        check_role(runtime, changes["role"])
+    if "password" in changes:
+        current = await services.users.by_id(ctx.params["id"])
+        services.passwords.check_policy(changes["password"], current.username if current else None)
+        changes["password_hash"] = await asyncio.to_thread(
+            services.passwords.hash, changes.pop("password")
+        )
+    user = await services.users.update(ctx.params["id"], **changes)
+    await publish(services, user)
+    return json_response(user.public())
+
+
+async def delete_user(request: web.Request) -> web.StreamResponse:
+    ctx, _, services = context(request)
+    user = await services.users.delete(ctx.params["id"])
+    await publish(services, user)
+    return web.Response(status=204)
+
+
+async def routes(request: web.Request) -> web.StreamResponse:
+    _, runtime, _ = context(request)
+    return json_response(
+        {
+            "items": [
+                {
+                    "index": r.index,
+                    "path": r.path,
+                    "methods": sorted(r.methods) if r.methods else None,
+                    "handler": r.handler,
+                    "upstream": r.upstream,
+                    "strip_prefix": r.strip_prefix,
+                    "auth": r.auth,
+                    "roles": list(r.roles),
+                    "rate_limit": str(r.rate_limit.rate) if r.rate_limit else None,
+                    "model": r.model,
+                    "source": r.source,
+                }
+                for r in runtime.config.routes
+            ],
+            "next_cursor": None,
+        }
+    )
+
+
+async def config(request: web.Request) -> web.StreamResponse:
+    _, runtime, _ = context(request)
+    return json_response(
+        {
+            "version": runtime.version,
+            "loaded_at": datetime.fromtimestamp(runtime.loaded_at, UTC).isoformat(),
+            "file": str(runtime.config.path),
+            "file_hash": runtime.config.file_hash,
+            "policies_hash": runtime.config.policy.digest,
+            "last_error": None,
+        }
+    )
+
+
+ROUTES = SubRoutes(
+    [
+        ("/admin/users", ("GET",), list_users),
+        ("/admin/users", ("POST",), create_user),
+        ("/admin/users/{id}", ("GET",), get_user),
+        ("/admin/users/{id}", ("PATCH",), patch_user),
+        ("/admin/users/{id}", ("DELETE",), delete_user),
+        ("/admin/routes", ("GET",), routes),
+        ("/admin/config", ("GET",), config),
+    ]
+)
+
+
+async def admin(request: web.Request) -> web.StreamResponse:
+    return await ROUTES.dispatch(request)

@@ -1,0 +1,182 @@
+"""/auth/register, /auth/login, /auth/refresh, /auth/logout: the gateway as identity provider.
+
+Refresh tokens are opaque random strings rotated on every use; presenting
+one that was already spent revokes its whole family (and the access tokens
+issued with it). Logout revokes the caller's access token and its family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.context import CTX, SERVICES, Principal, RequestContext
+from gateway.handlers.jsonio import json_response, read_json
+from gateway.handlers.shapes import parse, spec
+from gateway.problems import GatewayError
+from gateway.runtime import Runtime
+from gateway.services import Services
+from gateway.state.identity import UserState
+from gateway.store.tokens import SpendOutcome
+from gateway.store.users import UserRecord
+
+USERNAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequest:
+    username: str = field(metadata=spec(min_length=1, max_length=64))
+    password: str = field(metadata=spec(min_length=1, max_length=1024))
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequest:
+    username: str = field(metadata=spec(min_length=3, max_length=64, pattern=USERNAME))
+    password: str = field(metadata=spec(max_length=1024))
+    display_name: str | None = field(default=None, metadata=spec(max_length=128))
+    email: str | None = field(
+        default=None, metadata=spec(max_length=254, pattern=r"[^@\s]+@[^@\s]+")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRequest:
+    refresh_token: str = field(metadata=spec(min_length=1, max_length=512))
+
+
+def invalid_credentials() -> GatewayError:
+    # One answer for a wrong password, an unknown user and a deactivated one:
+    # the response must not tell which usernames exist.
+    return GatewayError(
+        401,
+        "invalid_credentials",
+        "the username or password is wrong",
+        {"WWW-Authenticate": 'Bearer realm="gateway"'},
+    )
+
+
+def refresh_refused(code: str, detail: str) -> GatewayError:
+    return GatewayError.unauthorized(code, detail, token_presented=True)
+
+
+def context(request: web.Request) -> tuple[RequestContext, Runtime, Services]:
+    ctx = request[CTX]
+    assert ctx.runtime is not None  # set by the route stage
+    return ctx, ctx.runtime, request.app[SERVICES]
+
+
+async def issue_pair(
+    runtime: Runtime, services: Services, user: UserRecord, family_id: str | None = None
+) -> web.Response:
+    """A new access token and refresh token; a new family unless one is continued."""
+    auth = runtime.config.auth
+    access, claims = runtime.issuer.issue_access(user.id, user.role)
+    refresh = secrets.token_urlsafe(32)
+    await services.refresh_tokens.issue(
+        refresh,
+        user.id,
+        family_id or uuid.uuid4().hex,
+        auth.refresh_ttl,
+        claims.jti,
+        claims.exp,
+    )
+    return json_response(
+        {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_in": int(claims.exp - claims.iat),
+        }
+    )
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    ctx, runtime, services = context(request)
+    body = parse(await read_json(request, runtime.config.server.max_body), LoginRequest)
+    keys = (f"user:{body.username.lower()}", f"ip:{ctx.client_ip}")
+    waits = [await services.throttle.retry_after(key) for key in keys]
+    if max(waits) > 0:
+        raise GatewayError(
+            429,
+            "login_throttled",
+            "too many failed sign-ins; try again later",
+            {"Retry-After": str(max(waits))},
+        )
+    user = await services.users.by_username(body.username)
+    # argon2 is CPU work: off the event loop. An unknown user is verified
+    # against a dummy hash, so the time taken does not reveal who exists.
+    ok, new_hash = await asyncio.to_thread(
+        services.passwords.verify, user.password_hash if user else None, body.password
+    )
+    if user is None or not ok or not user.active:
+        for key in keys:
+            await services.throttle.fail(key)
+        raise invalid_credentials()
+    await services.throttle.clear(keys[0])
+    if new_hash is not None:  # hashing parameters changed since this hash was made
+        user = await services.users.update(user.id, password_hash=new_hash)
+    return await issue_pair(runtime, services, user)
+
+
+async def refresh(request: web.Request) -> web.StreamResponse:
+    _, runtime, services = context(request)
+    body = parse(await read_json(request, runtime.config.server.max_body), RefreshRequest)
+    spent = await services.refresh_tokens.spend(body.refresh_token)
+    if spent.outcome is SpendOutcome.REUSED:
+        for jti, exp in spent.revoked_access:
+            await services.identity.revoke(jti, exp)
+        raise refresh_refused(
+            "refresh_reused", "refresh token was already used; its session is revoked"
+        )
+    if spent.outcome is SpendOutcome.INVALID or spent.user_id is None:
+        raise refresh_refused("refresh_invalid", "refresh token is unknown, expired or revoked")
+    user = await services.users.by_id(spent.user_id)
+    if user is None or not user.active:
+        raise refresh_refused("user_inactive", "the account is deactivated")
+    return await issue_pair(runtime, services, user, spent.family_id)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    ctx, _, services = context(request)
+    principal = ctx.user
+    if principal is None:  # routes.yaml must not mark auth.logout `auth: none`
+        raise GatewayError(
+            401,
+            "missing_token",
+            "logout needs the bearer token to end",
+            {"WWW-Authenticate": 'Bearer realm="gateway"'},
+        )
+    await end_session(services, principal)
+    return web.Response(status=204)
+
+
+async def end_session(services: Services, principal: Principal) -> None:
+    """Revoke an access token, its refresh family and that family's other access tokens."""
+    await services.identity.revoke(principal.jti, principal.exp)
+    family = await services.refresh_tokens.family_of_access(principal.jti)
+    if family is not None:
+        for jti, exp in await services.refresh_tokens.revoke_family(family):
+            await services.identity.revoke(jti, exp)
+
+
+async def register(request: web.Request) -> web.StreamResponse:
+    _, runtime, services = context(request)
+    auth = runtime.config.auth
+    if not auth.allow_registration:
+        raise GatewayError(403, "registration_closed", "self-registration is turned off")
+    body = parse(await read_json(request, runtime.config.server.max_body), RegisterRequest)
+    services.passwords.check_policy(body.password, body.username)
+    password_hash = await asyncio.to_thread(services.passwords.hash, body.password)
+    user = await services.users.create(
+        body.username,
+        password_hash,
+        auth.default_role,
+        display_name=body.display_name,
+        email=body.email,
+    )
+    await services.identity.set_user(user.id, UserState(user.role, user.active))
+    return json_response(user.public(), status=201)

@@ -1,0 +1,118 @@
+"""Request shapes declared as dataclasses, and the one validator that reads them.
+
+A local endpoint declares its body as a frozen dataclass whose fields carry
+their type and bounds; `parse` turns JSON into it or raises a 400 naming the
+field. The same declarations can describe the API (OpenAPI) later, so the
+documentation and the validation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, TypeVar
+
+from gateway.problems import GatewayError
+
+T = TypeVar("T")
+
+
+def spec(
+    *,
+    min_length: int | None = None,
+    max_length: int | None = None,
+    pattern: str | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    """Field metadata: bounds the validator checks, and a line of documentation."""
+    return {
+        "min_length": min_length,
+        "max_length": max_length,
+        "pattern": re.compile(pattern) if pattern else None,
+        "description": description,
+    }
+
+
+def invalid(field: str, detail: str) -> GatewayError:
+    return GatewayError.bad_request(f"{field}: {detail}", code="invalid_field")
+
+
+def parse(data: Any, shape: type[T]) -> T:
+    """`data` (parsed JSON) as an instance of the dataclass `shape`, or a 400."""
+    if not isinstance(data, dict):
+        raise GatewayError.bad_request("the body must be a JSON object", code="invalid_body")
+    hints = typing.get_type_hints(shape)
+    fields = {f.name: f for f in dataclasses.fields(shape)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise invalid(unknown[0], f"unknown field (fields: {', '.join(fields)})")
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in data:
+            required = (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            )
+            if required:
+                raise invalid(name, "is required")
+            continue
+        values[name] = _check(name, data[name], hints[name], field.metadata)
+    return shape(**values)
+
+
+def _check(name: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) -> Any:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise invalid(name, "may not be null")
+    kinds = [k for k in allowed if k is not type(None)]
+    kind = kinds[0]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise invalid(name, "must be true or false")
+        return value
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise invalid(name, "must be a whole number")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise invalid(name, "must be a string")
+        low, high = meta.get("min_length"), meta.get("max_length")
+        if low is not None and len(value) < low:
+            raise invalid(name, f"must be at least {low} characters")
+        if high is not None and len(value) > high:
+            raise invalid(name, f"must be at most {high} characters")
+        pattern = meta.get("pattern")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise invalid(name, f"must match {pattern.pattern}")
+        return value
+    raise TypeError(f"unsupported field type {hint!r} for {name}")  # a declaration bug
+
+
+def query_int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high], or a 400 naming it."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise GatewayError.bad_request(
+            f"{name}: must be a whole number", code="invalid_query"
+        ) from None
+    if not low <= value <= high:
+        raise GatewayError.bad_request(f"{name}: must be {low}-{high}", code="invalid_query")
+    return value
+
+
+def query_bool(raw: str | None, name: str) -> bool | None:
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise GatewayError.bad_request(f"{name}: must be true or false", code="invalid_query")

@@ -1,0 +1,83 @@
+"""/users/me (GET, PATCH) and /users/me/password: the caller's own profile."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.handlers.auth import context, end_session
+from gateway.handlers.jsonio import json_response, read_json
+from gateway.handlers.shapes import parse, spec
+from gateway.handlers.subroutes import SubRoutes
+from gateway.problems import GatewayError
+
+EMAIL = r"[^@\s]+@[^@\s]+"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePatch:
+    display_name: str | None = field(default=None, metadata=spec(max_length=128))
+    email: str | None = field(default=None, metadata=spec(max_length=254, pattern=EMAIL))
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordChange:
+    current_password: str = field(metadata=spec(min_length=1, max_length=1024))
+    new_password: str = field(metadata=spec(max_length=1024))
+
+
+async def me(request: web.Request) -> web.StreamResponse:
+    ctx, _, services = context(request)
+    assert ctx.user is not None  # the users routes need a token
+    user = await services.users.by_id(ctx.user.id)
+    if user is None:
+        raise GatewayError(404, "user_not_found", "the account no longer exists")
+    return json_response(user.public())
+
+
+async def patch_me(request: web.Request) -> web.StreamResponse:
+    ctx, runtime, services = context(request)
+    assert ctx.user is not None
+    data = await read_json(request, runtime.config.server.max_body)
+    patch = parse(data, ProfilePatch)
+    changes = {name: getattr(patch, name) for name in data}  # only what was sent
+    user = await services.users.update(ctx.user.id, **changes)
+    return json_response(user.public())
+
+
+async def change_password(request: web.Request) -> web.StreamResponse:
+    ctx, runtime, services = context(request)
+    assert ctx.user is not None
+    body = parse(await read_json(request, runtime.config.server.max_body), PasswordChange)
+    user = await services.users.by_id(ctx.user.id)
+    if user is None:
+        raise GatewayError(404, "user_not_found", "the account no longer exists")
+    ok, _ = await asyncio.to_thread(
+        services.passwords.verify, user.password_hash, body.current_password
+    )
+    if not ok:
+        raise GatewayError.bad_request("current_password: is wrong", code="wrong_password")
+    services.passwords.check_policy(body.new_password, user.username)
+    new_hash = await asyncio.to_thread(services.passwords.hash, body.new_password)
+    await services.users.update(user.id, password_hash=new_hash)
+    # Every other session of this user ends; this request's token ends too,
+    # so the client signs in again with the new password.
+    for jti, exp in await services.refresh_tokens.revoke_user(user.id):
+        await services.identity.revoke(jti, exp)
+    await end_session(services, ctx.user)
+    return web.Response(status=204)
+
+
+ROUTES = SubRoutes(
+    [
+        ("/users/me", ("GET",), me),
+        ("/users/me", ("PATCH",), patch_me),
+        ("/users/me/password", ("POST",), change_password),
+    ]
+)
+
+
+async def users(request: web.Request) -> web.StreamResponse:
+    return await ROUTES.dispatch(request)

@@ -1,0 +1,138 @@
+"""Process-wide resources opened at start-up: the database, Redis, identity state.
+
+They outlive config reloads (unlike `Runtime`), and are closed once at
+shutdown. Redis is used only when a URL is given (GATEWAY_REDIS_URL).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.config.schema import Config
+from gateway.security.passwords import PasswordService
+from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
+from gateway.state.throttle import LocalThrottle, RedisThrottle
+from gateway.store.engine import database_url, is_sqlite, make_engine, make_sessions, safe_url
+from gateway.store.migrate import current_revision, head_revision, upgrade
+from gateway.store.tokens import RefreshTokenStore
+from gateway.store.users import UserStore
+
+log = logging.getLogger("gateway.services")
+
+ENV_REDIS_URL = "GATEWAY_REDIS_URL"
+ENV_REDIS_PREFIX = "GATEWAY_REDIS_PREFIX"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """Where the shared state lives; from the environment unless given."""
+
+    database_url: str
+    redis_url: str | None = None
+    redis_prefix: str = "gateway:"
+
+    @classmethod
+    def from_env(cls, config: Config) -> ServiceSettings:
+        return cls(
+            database_url=database_url(config.base_dir),
+            redis_url=os.environ.get(ENV_REDIS_URL) or None,
+            redis_prefix=os.environ.get(ENV_REDIS_PREFIX, "gateway:"),
+        )
+
+
+@dataclass(slots=True)
+class Services:
+    settings: ServiceSettings
+    engine: AsyncEngine
+    users: UserStore
+    refresh_tokens: RefreshTokenStore
+    identity: LocalIdentity
+    throttle: LocalThrottle
+    passwords: PasswordService
+    redis: Redis | None
+
+    async def database_ok(self) -> bool:
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:  # any driver error means "not ready"; the log says which
+            log.exception("database check failed")
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.identity.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+
+class StartupError(Exception):
+    """The gateway cannot serve as configured; the message says how to fix it."""
+
+
+async def ensure_schema(engine: AsyncEngine, url: str) -> None:
+    """SQLite (one machine) is migrated in place; PostgreSQL must be upgraded on purpose."""
+    current, head = await current_revision(engine), head_revision()
+    if current == head:
+        return
+    if is_sqlite(url):
+        log.info("migrating database", extra={"from": current, "to": head})
+        await upgrade(url)
+        return
+    raise StartupError(
+        f"database {safe_url(url)} is at schema {current or 'none'}, the gateway needs {head}: "
+        "run `gateway db upgrade` once (not from every instance at the same time)"
+    )
+
+
+async def open_services(config: Config, settings: ServiceSettings) -> Services:
+    engine = make_engine(settings.database_url)
+    try:
+        await ensure_schema(engine, settings.database_url)
+    except BaseException:
+        await engine.dispose()
+        raise
+    sessions = make_sessions(engine)
+    users = UserStore(sessions)
+
+    async def load_user(user_id: str) -> UserState | None:
+        record = await users.by_id(user_id)
+        return UserState(record.role, record.active) if record is not None else None
+
+    redis: Redis | None = None
+    identity: LocalIdentity
+    throttle: LocalThrottle
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        identity = RedisIdentity(redis, settings.redis_prefix, load_user)
+        throttle = RedisThrottle(config.auth.login_failures, redis, settings.redis_prefix)
+    else:
+        identity = LocalIdentity(load_user)
+        throttle = LocalThrottle(config.auth.login_failures)
+    states = await users.states()
+    await identity.start({uid: UserState(role, active) for uid, (role, active) in states.items()})
+    log.info(
+        "services open",
+        extra={
+            "database": safe_url(settings.database_url),
+            "redis": safe_url(settings.redis_url) if settings.redis_url else None,
+            "users": len(states),
+        },
+    )
+    return Services(
+        settings=settings,
+        engine=engine,
+        users=users,
+        refresh_tokens=RefreshTokenStore(sessions),
+        identity=identity,
+        throttle=throttle,
+        passwords=PasswordService(config.auth.password_min_length),
+        redis=redis,
+    )

@@ -1,0 +1,155 @@
+"""Per request: is this token revoked, and what are its user's current role and status?
+
+`LocalIdentity` answers from memory (one process). `RedisIdentity` answers
+with one pipelined round trip to Redis, so a logout, a deactivation or a
+role change on one instance holds on every other at their next request.
+Entries of revoked tokens expire with the token, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("gateway.identity")
+
+UserLoader = Callable[[str], Awaitable["UserState | None"]]
+PURGE_EVERY = 1024  # revocations between sweeps of expired entries
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    role: str
+    active: bool
+
+    def encode(self) -> str:
+        return f"{self.role}\t{int(self.active)}"
+
+    @classmethod
+    def decode(cls, text: str) -> UserState:
+        role, _, active = text.rpartition("\t")
+        return cls(role, active == "1")
+
+
+class LocalIdentity:
+    """Revocations and user states held in this process."""
+
+    def __init__(self, load_user: UserLoader | None = None) -> None:
+        self.revoked: dict[str, float] = {}  # jti → token expiry (epoch seconds)
+        self.users: dict[str, UserState] = {}
+        self._load_user = load_user
+        self._since_purge = 0
+
+    async def start(self, users: dict[str, UserState]) -> None:
+        self.users.update(users)
+
+    async def close(self) -> None:
+        return None
+
+    async def check(self, jti: str, user_id: str) -> tuple[bool, UserState | None]:
+        """(revoked, current user state or None if the user is unknown)."""
+        expiry = self.revoked.get(jti)
+        revoked = expiry is not None and expiry > time.time()
+        return revoked, await self._user(user_id)
+
+    async def _user(self, user_id: str) -> UserState | None:
+        state = self.users.get(user_id)
+        if state is None and self._load_user is not None:
+            # A user made elsewhere since start-up: read once, then remember.
+            state = await self._load_user(user_id)
+            if state is not None:
+                self.users[user_id] = state
+        return state
+
+    async def revoke(self, jti: str, expires_at: float) -> None:
+        self.revoked[jti] = expires_at
+        self._since_purge += 1
+        if self._since_purge >= PURGE_EVERY:
+            self.purge()
+
+    def purge(self) -> None:
+        moment = time.time()
+        self.revoked = {j: e for j, e in self.revoked.items() if e > moment}
+        self._since_purge = 0
+
+    async def set_user(self, user_id: str, state: UserState) -> None:
+        self.users[user_id] = state
+
+
+class RedisIdentity(LocalIdentity):
+    """The same answers, shared by every instance through Redis."""
+
+    def __init__(self, redis: Redis, prefix: str, load_user: UserLoader | None = None) -> None:
+        super().__init__(load_user)
+        self._redis = redis
+        self._prefix = prefix
+        self._degraded = False
+
+    def _rev(self, jti: str) -> str:
+        return f"{self._prefix}rev:{jti}"
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self._prefix}user:{user_id}"
+
+    async def start(self, users: dict[str, UserState]) -> None:
+        await super().start(users)
+        # Fill in users Redis does not know; never overwrite: another instance
+        # may have written a newer change than the database read above.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id, state in users.items():
+                pipe.set(self._user_key(user_id), state.encode(), nx=True)
+            await pipe.execute()
+
+    async def check(self, jti: str, user_id: str) -> tuple[bool, UserState | None]:
+        local = self.revoked.get(jti)
+        if local is not None and local > time.time():
+            return True, self.users.get(user_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(self._rev(jti))
+                pipe.get(self._user_key(user_id))
+                revoked, encoded = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._report(exc)
+            return await super().check(jti, user_id)
+        self._recovered()
+        if encoded is None:
+            state = await self._user(user_id)
+        else:
+            text = encoded.decode() if isinstance(encoded, bytes) else str(encoded)
+            state = UserState.decode(text)
+            self.users[user_id] = state
+        return bool(revoked), state
+
+    async def revoke(self, jti: str, expires_at: float) -> None:
+        await super().revoke(jti, expires_at)
+        ttl = max(1, int(expires_at - time.time()) + 1)
+        try:
+            await self._redis.set(self._rev(jti), b"1", ex=ttl)
+        except (RedisError, OSError) as exc:
+            self._report(exc)
+
+    async def set_user(self, user_id: str, state: UserState) -> None:
+        await super().set_user(user_id, state)
+        try:
+            await self._redis.set(self._user_key(user_id), state.encode())
+        except (RedisError, OSError) as exc:
+            self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        if not self._degraded:
+            self._degraded = True
+            log.error(
+                "redis unreachable: revocations and user changes are local to this instance",
+                extra={"error": type(exc).__name__},
+            )
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            log.warning("redis reachable again: identity state is shared")
