@@ -18,7 +18,12 @@ from gateway.routing import RouteTable
 from gateway.security.keys import KeySet
 from gateway.security.tokens import TokenIssuer, TokenVerifier
 
-BUILTIN_PATHS = ("/healthz", "/readyz", "/.well-known/jwks.json")
+# path → handler name in gateway.handlers.BUILTIN
+BUILTIN_PATHS = {
+    "/healthz": "builtin.healthz",
+    "/readyz": "builtin.readyz",
+    "/.well-known/jwks.json": "builtin.jwks",
+}
 
 
 def builtin_routes() -> dict[str, Route]:
@@ -28,11 +33,11 @@ def builtin_routes() -> dict[str, Route]:
             index=-1 - i,
             path=path,
             methods=frozenset({"GET", "HEAD"}),
-            handler="builtin" + path.replace("/", ".").replace(".well-known.", "."),
+            handler=handler,
             auth="none",
             source="built-in",
         )
-        for i, path in enumerate(BUILTIN_PATHS)
+        for i, (path, handler) in enumerate(BUILTIN_PATHS.items())
     }
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from argon2 import PasswordHasher
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -126,6 +127,7 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
             "users": len(states),
         },
     )
+    hashing = config.auth.hashing
     return Services(
         settings=settings,
         engine=engine,
@@ -133,6 +135,13 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         refresh_tokens=RefreshTokenStore(sessions),
         identity=identity,
         throttle=throttle,
-        passwords=PasswordService(config.auth.password_min_length),
+        passwords=PasswordService(
+            config.auth.password_min_length,
+            PasswordHasher(
+                time_cost=hashing.time_cost,
+                memory_cost=hashing.memory_cost // 1024,  # argon2 counts KiB
+                parallelism=hashing.parallelism,
+            ),
+        ),
         redis=redis,
     )

@@ -6,12 +6,14 @@ them (always in CI)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import textwrap
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -69,11 +71,17 @@ def policies(tmp_path: Path) -> Path:
 # --- databases -------------------------------------------------------------
 
 
+def off_loop(function: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking set-up (which may start its own event loop) in a thread of its own."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args).result()
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file migrated once per worker; each test gets a copy."""
     path = tmp_path_factory.mktemp("db") / "template.db"
-    upgrade_sync(f"sqlite+aiosqlite:///{path}")
+    off_loop(upgrade_sync, f"sqlite+aiosqlite:///{path}")
     return path
 
 
@@ -103,30 +111,34 @@ def postgres_database(worker_id: str) -> Iterator[str]:
         finally:
             await connection.close()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    off_loop(asyncio.run, admin(f'CREATE DATABASE "{name}"'))
     url = base.set(database=name).render_as_string(hide_password=False)
-    upgrade_sync(url)
+    off_loop(upgrade_sync, url)
     yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    off_loop(asyncio.run, admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
-async def postgres_url(postgres_database: str) -> str:
+def postgres_url(postgres_database: str) -> str:
     """The worker's PostgreSQL database, emptied for this test."""
     import asyncpg
     from sqlalchemy.engine import make_url
 
     dsn = make_url(postgres_database).set(drivername="postgresql")
-    connection = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-    try:
-        await connection.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
-    finally:
-        await connection.close()
+
+    async def truncate() -> None:
+        connection = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+        try:
+            await connection.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+        finally:
+            await connection.close()
+
+    off_loop(asyncio.run, truncate())
     return postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest) -> str:
+def database_url(request: pytest.FixtureRequest) -> str:
     """Each DB-touching test runs on SQLite, and on PostgreSQL when it is configured."""
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))

@@ -36,3 +36,10 @@ async def test_the_app_uses_exactly_that_chain() -> None:
 
 def test_routable_handlers_match_what_config_accepts() -> None:
     assert set(ROUTABLE) == set(KNOWN_HANDLERS)
+
+
+def test_every_builtin_route_has_a_handler() -> None:
+    from gateway.handlers import BUILTIN
+    from gateway.runtime import builtin_routes
+
+    assert {r.handler for r in builtin_routes().values()} == set(BUILTIN)

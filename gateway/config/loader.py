@@ -18,6 +18,7 @@ from gateway.config.policies import Policy, load_policies
 from gateway.config.schema import (
     AuthConfig,
     Config,
+    HashingConfig,
     IPNetwork,
     KeyConfig,
     ModelConfig,
@@ -255,10 +256,12 @@ def _auth(top: Section, base_dir: Path, role_refs: list[tuple[str, Value]]) -> A
             "login_failures", lambda v: v.convert(parse_rate), default.login_failures
         ),
         token_cache=sec.field("token_cache", lambda v: v.integer(minimum=0), default.token_cache),
+        hashing=sec.field("password_hashing", lambda v: _hashing(v, top.problems), default.hashing),
     )
     sec.check_unknown(
         "issuer, algorithm, access_ttl, refresh_ttl, allow_registration, default_role, "
-        "audience, leeway, keys, password_min_length, login_failures, token_cache"
+        "audience, leeway, keys, password_min_length, login_failures, token_cache, "
+        "password_hashing"
     )
     hmac = auth.algorithm.startswith("HS")
     for key in auth.keys:
@@ -402,6 +405,20 @@ def _methods(value: Value) -> frozenset[str] | None:
     if "GET" in methods:
         methods.add("HEAD")  # a GET route answers HEAD, as HTTP expects
     return frozenset(methods)
+
+
+def _hashing(value: Value, problems: Problems) -> HashingConfig:
+    sec = value.section(problems)
+    default = HashingConfig()
+    hashing = HashingConfig(
+        time_cost=sec.field("time_cost", lambda v: v.integer(minimum=1), default.time_cost),
+        memory_cost=sec.field("memory_cost", lambda v: v.convert(parse_size), default.memory_cost),
+        parallelism=sec.field("parallelism", lambda v: v.integer(minimum=1), default.parallelism),
+    )
+    sec.check_unknown("time_cost, memory_cost, parallelism")
+    if hashing.memory_cost < 8 * 1024 * hashing.parallelism:
+        raise Invalid(f"{value.key}.memory_cost: argon2 needs at least 8KiB per lane", value.line)
+    return hashing
 
 
 def _auth_mode(value: Value) -> str:

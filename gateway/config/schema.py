@@ -45,6 +45,18 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HashingConfig:
+    """auth.password_hashing: argon2id cost (RFC 9106 low-memory profile by default)."""
+
+    time_cost: int = 3  # passes
+    memory_cost: int = 64 * 1024 * 1024  # bytes
+    parallelism: int = 4
+
+
+DEFAULT_HASHING = HashingConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class KeyConfig:
     """auth.keys[i]: one signing/verification key; the first with private material signs."""
 
@@ -71,6 +83,7 @@ class AuthConfig:
     password_min_length: int = 12
     login_failures: Rate = LOGIN_FAILURES  # failed logins per username, and per IP
     token_cache: int = 10_000  # verified tokens kept (never past exp or a revocation)
+    hashing: HashingConfig = DEFAULT_HASHING
 
 
 @dataclass(frozen=True, slots=True)

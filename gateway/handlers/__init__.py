@@ -21,5 +21,5 @@ ROUTABLE: dict[str, Handler] = {
 BUILTIN: dict[str, Handler] = {
     "builtin.healthz": healthz,
     "builtin.readyz": readyz,
-    "builtin.jwks.json": jwks,
+    "builtin.jwks": jwks,
 }

@@ -51,10 +51,10 @@ def authentication(cfg: AuthenticationConfig) -> Middleware:
         except TokenError as exc:
             raise unauthorized(exc.code, exc.detail, True) from None
         revoked, state = await request.app[SERVICES].identity.check(claims.jti, claims.sub)
-        if revoked:
-            raise unauthorized("token_revoked", "the token was revoked", True)
         if state is None or not state.active:
             raise unauthorized("user_inactive", "the account is deactivated", True)
+        if revoked:
+            raise unauthorized("token_revoked", "the token was revoked", True)
         ctx.user = Principal(claims.sub, state.role, claims.jti, float(claims.exp))
         return await handler(request)
 
