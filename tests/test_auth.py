@@ -179,7 +179,8 @@ async def test_register_when_open_and_when_closed(
     assert user["role"] == "user"
     assert user["active"] is True
     assert isinstance(user["id"], str)
-    assert "password" not in str(user) and "hash" not in str(user)
+    assert "password" not in str(user)
+    assert "hash" not in str(user)
     taken = await client.post("/auth/register", json={"username": "hank", "password": PASSWORD})
     assert taken.status == 409
     assert (await taken.json())["code"] == "username_taken"
