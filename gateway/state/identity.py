@@ -100,10 +100,13 @@ class RedisIdentity(LocalIdentity):
         await super().start(users)
         # Fill in users Redis does not know; never overwrite: another instance
         # may have written a newer change than the database read above.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id, state in users.items():
-                pipe.set(self._user_key(user_id), state.encode(), nx=True)
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, state in users.items():
+                    pipe.set(self._user_key(user_id), state.encode(), nx=True)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._report(exc)  # serve on local state; shared again once Redis answers
 
     async def check(self, jti: str, user_id: str) -> tuple[bool, UserState | None]:
         local = self.revoked.get(jti)
