@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.handlers.auth import USERNAME, context
+from gateway.handlers.auth import USERNAME, context, end_all_sessions, reserved_username
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, query_bool, query_int, spec
 from gateway.handlers.subroutes import SubRoutes
@@ -59,8 +59,7 @@ async def publish(services: Services, user: UserRecord) -> None:
     """Make the user's current role and status the one every instance checks."""
     await services.identity.set_user(user.id, UserState(user.role, user.active))
     if not user.active:
-        for jti, exp in await services.refresh_tokens.revoke_user(user.id):
-            await services.identity.revoke(jti, exp)
+        await end_all_sessions(services, user.id)
 
 
 async def list_users(request: web.Request) -> web.StreamResponse:
@@ -81,6 +80,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     _, runtime, services = context(request)
     body = parse(await read_json(request, runtime.config.server.max_body), NewUser)
     check_role(runtime, body.role)
+    reserved_username(body.username)
     services.passwords.check_policy(body.password, body.username)
     password_hash = await asyncio.to_thread(services.passwords.hash, body.password)
     user = await services.users.create(
@@ -123,6 +123,8 @@ async def patch_user(request: web.Request) -> web.StreamResponse:
         )
     user = await services.users.update(ctx.params["id"], **changes)
     await publish(services, user)
+    if "password_hash" in changes:
+        await end_all_sessions(services, user.id)  # a reset password ends every session
     return json_response(user.public())
 
 

@@ -22,7 +22,7 @@ from gateway.runtime import Runtime
 from gateway.services import Services
 from gateway.state.identity import UserState
 from gateway.store.tokens import SpendOutcome
-from gateway.store.users import UserRecord
+from gateway.store.users import DELETED_PREFIX, UserRecord
 
 USERNAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
@@ -46,6 +46,30 @@ class RegisterRequest:
 @dataclass(frozen=True, slots=True)
 class RefreshRequest:
     refresh_token: str = field(metadata=spec(min_length=1, max_length=512))
+
+
+def user_throttle_key(username: str) -> str:
+    """The failed-password counter of a username, shared by login and password change."""
+    return f"user:{username.lower()}"
+
+
+async def check_throttle(services: Services, keys: tuple[str, ...], detail: str) -> None:
+    waits = [await services.throttle.retry_after(key) for key in keys]
+    if max(waits) > 0:
+        raise GatewayError(429, "login_throttled", detail, {"Retry-After": str(max(waits))})
+
+
+def reserved_username(username: str) -> None:
+    if username.lower().startswith(DELETED_PREFIX):
+        raise GatewayError.bad_request(
+            f"username: names starting with {DELETED_PREFIX!r} are reserved", code="invalid_field"
+        )
+
+
+async def end_all_sessions(services: Services, user_id: str) -> None:
+    """Revoke every refresh family of a user and the access tokens issued with them."""
+    for jti, exp in await services.refresh_tokens.revoke_user(user_id):
+        await services.identity.revoke(jti, exp)
 
 
 def invalid_credentials() -> GatewayError:
@@ -97,15 +121,8 @@ async def issue_pair(
 async def login(request: web.Request) -> web.StreamResponse:
     ctx, runtime, services = context(request)
     body = parse(await read_json(request, runtime.config.server.max_body), LoginRequest)
-    keys = (f"user:{body.username.lower()}", f"ip:{ctx.client_ip}")
-    waits = [await services.throttle.retry_after(key) for key in keys]
-    if max(waits) > 0:
-        raise GatewayError(
-            429,
-            "login_throttled",
-            "too many failed sign-ins; try again later",
-            {"Retry-After": str(max(waits))},
-        )
+    keys = (user_throttle_key(body.username), f"ip:{ctx.client_ip}")
+    await check_throttle(services, keys, "too many failed sign-ins; try again later")
     user = await services.users.by_username(body.username)
     # argon2 is CPU work: off the event loop. An unknown user is verified
     # against a dummy hash, so the time taken does not reveal who exists.
@@ -169,6 +186,7 @@ async def register(request: web.Request) -> web.StreamResponse:
     if not auth.allow_registration:
         raise GatewayError(403, "registration_closed", "self-registration is turned off")
     body = parse(await read_json(request, runtime.config.server.max_body), RegisterRequest)
+    reserved_username(body.username)
     services.passwords.check_policy(body.password, body.username)
     password_hash = await asyncio.to_thread(services.passwords.hash, body.password)
     user = await services.users.create(

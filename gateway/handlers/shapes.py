@@ -97,12 +97,10 @@ def query_int(raw: str | None, name: str, default: int, low: int, high: int) -> 
     """An integer query parameter within [low, high], or a 400 naming it."""
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise GatewayError.bad_request(
-            f"{name}: must be a whole number", code="invalid_query"
-        ) from None
+    # Plain ASCII digits only: int() would also take " 3", "3_0" and "٣".
+    if re.fullmatch(r"-?[0-9]+", raw) is None:
+        raise GatewayError.bad_request(f"{name}: must be a whole number", code="invalid_query")
+    value = int(raw) if len(raw) <= 20 else high + 1  # longer is out of range anyway
     if not low <= value <= high:
         raise GatewayError.bad_request(f"{name}: must be {low}-{high}", code="invalid_query")
     return value

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.handlers.auth import context, end_session
+from gateway.handlers.auth import (
+    check_throttle,
+    context,
+    end_all_sessions,
+    end_session,
+    user_throttle_key,
+)
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, spec
 from gateway.handlers.subroutes import SubRoutes
@@ -54,18 +60,23 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     user = await services.users.by_id(ctx.user.id)
     if user is None:
         raise GatewayError(404, "user_not_found", "the account no longer exists")
+    # Counted with the sign-in failures (auth.login's per-username key): a
+    # stolen access token must not buy unlimited guesses at the password.
+    throttle_key = user_throttle_key(user.username)
+    await check_throttle(services, (throttle_key,), "too many wrong passwords; try again later")
     ok, _ = await asyncio.to_thread(
         services.passwords.verify, user.password_hash, body.current_password
     )
     if not ok:
+        await services.throttle.fail(throttle_key)
         raise GatewayError.bad_request("current_password: is wrong", code="wrong_password")
+    await services.throttle.clear(throttle_key)
     services.passwords.check_policy(body.new_password, user.username)
     new_hash = await asyncio.to_thread(services.passwords.hash, body.new_password)
     await services.users.update(user.id, password_hash=new_hash)
     # Every other session of this user ends; this request's token ends too,
     # so the client signs in again with the new password.
-    for jti, exp in await services.refresh_tokens.revoke_user(user.id):
-        await services.identity.revoke(jti, exp)
+    await end_all_sessions(services, user.id)
     await end_session(services, ctx.user)
     return web.Response(status=204)
 

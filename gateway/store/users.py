@@ -23,6 +23,7 @@ from gateway.problems import GatewayError
 from models import User
 
 ADMIN_ROLE = "admin"
+DELETED_PREFIX = "deleted-"  # deleted users are renamed so; new names may not start so
 NO_PASSWORD = "!"  # not an argon2 hash: no password verifies against it  # noqa: S105
 
 
@@ -86,16 +87,32 @@ def encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
 
 
+def bad_cursor() -> GatewayError:
+    return GatewayError.bad_request("cursor is not one this API gave out", "bad_cursor")
+
+
 def decode_cursor(cursor: str, size: int) -> list[Any]:
     try:
         values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, orjson.JSONDecodeError):
-        raise GatewayError.bad_request(
-            "cursor is not one this API gave out", "bad_cursor"
-        ) from None
+        raise bad_cursor() from None
     if not isinstance(values, list) or len(values) != size:
-        raise GatewayError.bad_request("cursor is not one this API gave out", "bad_cursor")
+        raise bad_cursor()
     return values
+
+
+def decode_user_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a users page ended at; a 400, never a 500, for a forged one."""
+    created, last_id = decode_cursor(cursor, 2)
+    if not isinstance(created, str) or not isinstance(last_id, str):
+        raise bad_cursor()
+    try:
+        moment = datetime.fromisoformat(created)
+    except ValueError:
+        raise bad_cursor() from None
+    # SQLite stores UTC wall time and ignores an offset; PostgreSQL wants one.
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment, last_id
 
 
 class UserStore:
@@ -203,7 +220,7 @@ class UserStore:
 
     async def delete(self, user_id: str) -> UserRecord:
         """Deactivate and anonymise (contract section 8); the row stays for the audit trail."""
-        anonymous = f"deleted-{user_id[:12]}"
+        anonymous = f"{DELETED_PREFIX}{user_id[:12]}"
         return await self.update(
             user_id,
             active=False,
@@ -223,8 +240,7 @@ class UserStore:
         if active is not None:
             query = query.where(User.active.is_(active))
         if cursor:
-            created, last_id = decode_cursor(cursor, 2)
-            moment = datetime.fromisoformat(str(created))
+            moment, last_id = decode_user_cursor(cursor)
             query = query.where(
                 or_(User.created_at > moment, and_(User.created_at == moment, User.id > last_id))
             )
