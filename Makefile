@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run: the gateway on the shipped routes.yaml, with the DEMO model upstream in front of it
+## run: migrate and seed the database, then the gateway with the DEMO model upstream behind it
 run: venv
+	$(VENV)/bin/gateway db upgrade --config $(CONFIG)
+	$(PY) seed_data.py --config $(CONFIG)
 	$(PY) -m gateway.demo.launch $(CONFIG)
 
 ## lint: ruff, formatting and mypy, as in CI

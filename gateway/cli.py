@@ -1,15 +1,25 @@
-"""The `gateway` command: serve, check, routes (contract section 1)."""
+"""The `gateway` command: serve, check, routes, db upgrade, users create (contract section 1)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
+import getpass
+import re
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, load_config
 from gateway.config.schema import Config
 from gateway.config.units import format_duration
+
+if TYPE_CHECKING:  # the db and users commands import their machinery when run: check stays quick
+    from gateway.services import ServiceSettings
+    from gateway.state.identity import UserState
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     routes = commands.add_parser("routes", help="print the resolved route table")
     _config_arg(routes)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    upgrade = db_commands.add_parser("upgrade", help="apply the database migrations")
+    _config_arg(upgrade)
+
+    users = commands.add_parser("users", help="manage users")
+    user_commands = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
+    create = user_commands.add_parser(
+        "create", help="create a user; the password is read from stdin (prompted on a terminal)"
+    )
+    create.add_argument("username", help="3-64 characters: letters, digits, '.', '_', '-'")
+    create.add_argument("--role", required=True, help="a role defined in policies/")
+    _config_arg(create)
     return parser
 
 
@@ -48,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "routes":
         return _routes(args.config)
+    if args.command == "db":
+        return _db_upgrade(args.config)
+    if args.command == "users":
+        return _users_create(args.config, args.username, args.role)
     raise AssertionError(args.command)  # argparse only admits the commands above
 
 
@@ -115,3 +143,200 @@ def _routes(path: Path) -> int:
             connect = format_duration(upstream.connect_timeout)
             print(f"upstream {upstream.name}: {targets} (timeout {timeout}, connect {connect})")
     return 0
+
+
+# --- db upgrade, users create ------------------------------------------------
+
+DB_CONNECT_TIMEOUT = 10.0  # seconds to reach the database before saying so
+USERNAME_RULE = "3 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """Why a database, Redis or upstream connection failed, in one line without secrets."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig  # the driver's words, without SQLAlchemy's statement and help link
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(exc, OSError) and isinstance(cause, OSError):
+        exc = cause  # redis wraps the socket error in its own words; the socket's are plainer
+    if isinstance(exc, ImportError):
+        return f"no driver installed for this URL ({exc.name or exc})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password masked; never the raw text of a URL that does not parse."""
+    from sqlalchemy.exc import ArgumentError
+
+    from gateway.store.engine import safe_url
+
+    try:
+        return safe_url(url)
+    except ArgumentError:
+        return "(a URL that does not parse)"
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What reaching and migrating a database can raise, to report in one line."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    # OSError covers refused and unreachable hosts (asyncpg raises them bare);
+    # CommandError is Alembic meeting a revision it does not know; ImportError
+    # a URL naming a driver that is not installed.
+    return (OSError, SQLAlchemyError, CommandError, ImportError)
+
+
+def _db_upgrade(path: Path) -> int:
+    from gateway.store.engine import database_url
+
+    config = _load_or_report(path)
+    if config is None:
+        return 1
+    url = database_url(config.base_dir)
+    try:
+        before, after = asyncio.run(_upgrade(url))
+    except database_errors() as exc:
+        print(
+            f"gateway db upgrade: database {masked_url(url)}: {describe_connection_error(exc)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"database {masked_url(url)}")
+    if before == after:
+        print(f"schema {after}: already at head, nothing to do")
+    else:
+        print(f"schema {before or 'none'} -> {after} (head)")
+    return 0
+
+
+async def _upgrade(url: str) -> tuple[str | None, str | None]:
+    from gateway.store.engine import make_engine
+    from gateway.store.migrate import current_revision, head_revision, upgrade
+
+    engine = make_engine(url)
+    try:
+        # Reach the database first, with a deadline: the migration thread cannot be cancelled.
+        before = await asyncio.wait_for(current_revision(engine), DB_CONNECT_TIMEOUT)
+        if before != head_revision():
+            await upgrade(url)
+        return before, await current_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+def _users_create(path: Path, username: str, role: str) -> int:
+    from gateway.handlers.auth import USERNAME
+    from gateway.problems import GatewayError
+    from gateway.services import ServiceSettings, StartupError, password_service
+
+    config = _load_or_report(path)
+    if config is None:
+        return 1
+    if not (3 <= len(username) <= 64 and re.fullmatch(USERNAME, username)):
+        print(f"invalid username {username!r}: {USERNAME_RULE}", file=sys.stderr)
+        return 1
+    if role not in config.policy.roles:
+        known = ", ".join(sorted(config.policy.roles)) or "none"
+        print(f"unknown role {role!r}: the policies define {known}", file=sys.stderr)
+        return 1
+    password = _read_password()
+    if password is None:
+        return 1
+    passwords = password_service(config.auth)
+    try:
+        passwords.check_policy(password, username)
+    except GatewayError as exc:
+        print(f"weak password: {exc.detail}", file=sys.stderr)
+        return 1
+    settings = ServiceSettings.from_env(config)
+    try:
+        return asyncio.run(_create_user(settings, username, passwords.hash(password), role))
+    except StartupError as exc:
+        print(str(exc), file=sys.stderr)
+    except database_errors() as exc:
+        print(
+            f"gateway users create: database {masked_url(settings.database_url)}: "
+            f"{describe_connection_error(exc)}",
+            file=sys.stderr,
+        )
+    return 1
+
+
+def _read_password() -> str | None:
+    """One line of stdin (its newline stripped); on a terminal, prompt twice."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat the password: ") != first:
+            print("the passwords do not match", file=sys.stderr)
+            return None
+        return first
+    line = sys.stdin.readline()
+    if not line:
+        print("no password given: write it as one line on stdin", file=sys.stderr)
+        return None
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+async def _create_user(
+    settings: ServiceSettings, username: str, password_hash: str, role: str
+) -> int:
+    from gateway.problems import GatewayError
+    from gateway.services import ensure_schema
+    from gateway.store.engine import make_engine, make_sessions
+    from gateway.store.users import UserStore
+
+    engine = make_engine(settings.database_url)
+    try:
+        await asyncio.wait_for(ensure_schema(engine, settings.database_url), DB_CONNECT_TIMEOUT)
+        try:
+            user = await UserStore(make_sessions(engine)).create(username, password_hash, role)
+        except GatewayError as exc:
+            if exc.code != "username_taken":
+                raise
+            print(f"username {username!r} is taken", file=sys.stderr)
+            return 1
+    finally:
+        await engine.dispose()
+    print(f"created user {user.username!r}: id {user.id}, role {user.role}")
+    if settings.redis_url:
+        from gateway.state.identity import UserState
+
+        state = UserState(user.role, user.active)
+        await _share_user(settings.redis_url, settings.redis_prefix, user.id, state)
+    return 0
+
+
+async def _share_user(redis_url: str, prefix: str, user_id: str, state: UserState) -> None:
+    """Write the user's state where running gateways look first (as RedisIdentity does)."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from gateway.state.identity import RedisIdentity
+
+    try:
+        redis = Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            await redis.ping()  # set_user only logs a failure; this one should be said
+            await RedisIdentity(redis, prefix).set_user(user_id, state)
+        finally:
+            await redis.aclose()
+    # ValueError: a URL scheme redis-py does not know
+    except (RedisError, OSError, ValueError) as exc:
+        print(
+            f"warning: redis {masked_url(redis_url)}: {describe_connection_error(exc)}; "
+            "running gateways read the new user from the database instead",
+            file=sys.stderr,
+        )
+    else:
+        print(f"shared with running gateways through redis {masked_url(redis_url)}")

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config.schema import Config
+from gateway.config.schema import AuthConfig, Config
 from gateway.security.passwords import PasswordService
 from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
 from gateway.state.throttle import LocalThrottle, RedisThrottle
@@ -74,6 +74,19 @@ class Services:
         await self.engine.dispose()
 
 
+def password_service(auth: AuthConfig) -> PasswordService:
+    """The password policy and argon2id hasher of auth: (the gateway and the CLI alike)."""
+    hashing = auth.hashing
+    return PasswordService(
+        auth.password_min_length,
+        PasswordHasher(
+            time_cost=hashing.time_cost,
+            memory_cost=hashing.memory_cost // 1024,  # argon2 counts KiB
+            parallelism=hashing.parallelism,
+        ),
+    )
+
+
 class StartupError(Exception):
     """The gateway cannot serve as configured; the message says how to fix it."""
 
@@ -127,7 +140,6 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
             "users": len(states),
         },
     )
-    hashing = config.auth.hashing
     return Services(
         settings=settings,
         engine=engine,
@@ -135,13 +147,6 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         refresh_tokens=RefreshTokenStore(sessions),
         identity=identity,
         throttle=throttle,
-        passwords=PasswordService(
-            config.auth.password_min_length,
-            PasswordHasher(
-                time_cost=hashing.time_cost,
-                memory_cost=hashing.memory_cost // 1024,  # argon2 counts KiB
-                parallelism=hashing.parallelism,
-            ),
-        ),
+        passwords=password_service(config.auth),
         redis=redis,
     )

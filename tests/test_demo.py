@@ -1,4 +1,5 @@
-"""`make run`'s launcher: the DEMO model and the gateway start, and the printed curl lines work."""
+"""`make run`'s steps on a copy of the shipped config: migrate, seed, launch; the
+printed curl lines then work, signed in as a seeded user."""
 
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ import pytest
 from tests.processes import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
+MARK = "=====next====="
 
 
-def curl_commands(banner: str) -> list[str]:
+def commands_of(banner: str) -> list[str]:
     joined = banner.replace("\\\n", " ")
-    return [line.strip() for line in joined.splitlines() if line.strip().startswith("curl ")]
+    lines = [line.strip() for line in joined.splitlines()]
+    return [line for line in lines if line.startswith(("curl ", "TOKEN="))]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_launcher_prints_curl_lines_that_work(tmp_path: Path) -> None:
+def test_make_run_steps_print_curl_lines_that_work(tmp_path: Path) -> None:
     gateway_port, model_port = free_port(), free_port()
     text = (ROOT / "routes.yaml").read_text()
     text = text.replace("127.0.0.1:8080", f"127.0.0.1:{gateway_port}")
@@ -32,13 +35,22 @@ def test_launcher_prints_curl_lines_that_work(tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text(text)
     shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("GATEWAY_JWT_SECRET", None)  # make run works without one: a dev secret is made
 
+    # the same steps as `make run`
+    for step in (
+        [sys.executable, "-m", "gateway", "db", "upgrade", "--config", str(config)],
+        [sys.executable, str(ROOT / "seed_data.py"), "--config", str(config)],
+    ):
+        done = subprocess.run(step, capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.demo.launch", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=env,
     )
     try:
         assert process.stdout is not None
@@ -48,23 +60,26 @@ def test_launcher_prints_curl_lines_that_work(tmp_path: Path) -> None:
             if line.startswith("stop with"):
                 break
         assert "DEMO" in banner
+        assert (tmp_path / "certs" / "dev-jwt-secret").stat().st_mode & 0o777 == 0o600
         wait_for_port(gateway_port, process)  # type: ignore[arg-type]
-        commands = curl_commands(banner)
-        assert len(commands) >= 4
-        outputs = []
-        for command in commands:
-            result = subprocess.run(
-                ["bash", "-c", command + " --fail --max-time 20"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            assert result.returncode == 0, (command, result.stderr)
-            outputs.append(result.stdout)
-        assert json.loads(outputs[0]) == {"status": "ok"}
-        completion = json.loads(outputs[2])
-        assert completion["choices"][0]["message"]["content"].endswith("hello")
-        events = re.findall(r"^data: (.+)$", outputs[3], re.MULTILINE)
+        commands = commands_of(banner)
+        assert len(commands) == 5
+        script = f"\necho {MARK}\n".join(
+            f"{c} --fail --max-time 20" if c.startswith("curl") else c for c in commands
+        )
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        health, _token, models, completion, stream = result.stdout.split(MARK + "\n")
+        assert json.loads(health) == {"status": "ok"}
+        assert json.loads(models)["data"][0]["id"] == "demo"
+        reply = json.loads(completion)["choices"][0]["message"]["content"]
+        assert reply.endswith("hello")
+        events = re.findall(r"^data: (.+)$", stream, re.MULTILINE)
         assert events[-1] == "[DONE]"
         assert len(events) > 3  # streamed as several events
     finally:
