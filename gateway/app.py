@@ -24,7 +24,7 @@ from gateway.middleware import Handler, Middleware
 from gateway.middleware.authentication import AuthenticationConfig, authentication
 from gateway.middleware.errors import ErrorsConfig, errors
 from gateway.middleware.policy import PolicyConfig, policy
-from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_request_id
+from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
 from gateway.middleware.route import RouteStageConfig, route
 from gateway.runtime import Runtime, RuntimeHolder
 from gateway.services import ServiceSettings, open_services
@@ -58,7 +58,7 @@ def build_app(
     app[HOLDER] = holder
     registry: dict[str, Handler] = {**BUILTIN, **ROUTABLE, **(handlers or {})}
     app.router.add_route("*", "/{tail:.*}", dispatcher(registry))
-    app.on_response_prepare.append(stamp_request_id)
+    app.on_response_prepare.append(stamp_headers)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config, settings or ServiceSettings.from_env(config))

@@ -312,7 +312,7 @@ async def _create_user(
     if settings.redis_url:
         from gateway.state.identity import UserState
 
-        state = UserState(user.role, user.active)
+        state = UserState.of(user)
         await _share_user(settings.redis_url, settings.redis_prefix, user.id, state)
     return 0
 

@@ -18,6 +18,7 @@ class Principal:
     """The caller, as the verified token and the user's current state say."""
 
     id: str  # the token's sub: the user's id
+    username: str
     role: str  # the user's role now (a change applies at the next request)
     jti: str
     exp: float  # the access token's expiry, epoch seconds
@@ -37,6 +38,10 @@ class RequestContext:
     outcome: str = ""  # e.g. client_gone, upstream_reset: why a response ended early
     client_ip: str = ""  # right-most address not in server.trusted_proxies
     user: Principal | None = None  # set by the authentication stage
+    # RateLimit-* headers for this response, set by the rate-limit stage and
+    # stamped on whatever response goes out (local, proxied or a problem)
+    rate_headers: tuple[tuple[str, str], ...] = ()
+    bytes_in: int = 0  # request body bytes read (streamed bodies are counted)
 
 
 CTX = web.RequestKey("gateway.ctx", RequestContext)

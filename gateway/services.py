@@ -118,7 +118,7 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
 
     async def load_user(user_id: str) -> UserState | None:
         record = await users.by_id(user_id)
-        return UserState(record.role, record.active) if record is not None else None
+        return UserState.of(record) if record is not None else None
 
     redis: Redis | None = None
     identity: LocalIdentity
@@ -131,7 +131,9 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         identity = LocalIdentity(load_user)
         throttle = LocalThrottle(config.auth.login_failures)
     states = await users.states()
-    await identity.start({uid: UserState(role, active) for uid, (role, active) in states.items()})
+    await identity.start(
+        {uid: UserState(role, active, name) for uid, (role, active, name) in states.items()}
+    )
     log.info(
         "services open",
         extra={

@@ -67,7 +67,7 @@ async def make_user(
     services = client.app[SERVICES]
     password_hash = await asyncio.to_thread(services.passwords.hash, password)
     user = await services.users.create(username, password_hash, role, active=active)
-    await services.identity.set_user(user.id, UserState(user.role, user.active))
+    await services.identity.set_user(user.id, UserState.of(user))
     return user
 
 

@@ -285,7 +285,7 @@ def test_users_create_shares_the_new_user_through_redis(
     redis = Redis.from_url(redis_url)
     try:
         key = f"{redis_prefix}user:{created['id']}"
-        assert redis.get(key) == b"admin\t1"  # UserState.encode(): what RedisIdentity reads
+        assert redis.get(key) == b"admin\t1\tfrank"  # UserState.encode(): what RedisIdentity reads
         redis.delete(key)
     finally:
         redis.close()

@@ -57,7 +57,7 @@ def check_role(runtime: Runtime, role: str) -> None:
 
 async def publish(services: Services, user: UserRecord) -> None:
     """Make the user's current role and status the one every instance checks."""
-    await services.identity.set_user(user.id, UserState(user.role, user.active))
+    await services.identity.set_user(user.id, UserState.of(user))
     if not user.active:
         await end_all_sessions(services, user.id)
 

@@ -196,5 +196,5 @@ async def register(request: web.Request) -> web.StreamResponse:
         display_name=body.display_name,
         email=body.email,
     )
-    await services.identity.set_user(user.id, UserState(user.role, user.active))
+    await services.identity.set_user(user.id, UserState.of(user))
     return json_response(user.public(), status=201)

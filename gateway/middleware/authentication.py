@@ -55,7 +55,7 @@ def authentication(cfg: AuthenticationConfig) -> Middleware:
             raise unauthorized("user_inactive", "the account is deactivated", True)
         if revoked:
             raise unauthorized("token_revoked", "the token was revoked", True)
-        ctx.user = Principal(claims.sub, state.role, claims.jti, float(claims.exp))
+        ctx.user = Principal(claims.sub, state.username, state.role, claims.jti, float(claims.exp))
         return await handler(request)
 
     return authentication_stage

@@ -35,8 +35,11 @@ def request_id(cfg: RequestIdConfig) -> Middleware:
     return request_id_stage
 
 
-async def stamp_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
+async def stamp_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: runs for streamed, local and error responses alike."""
     ctx = request.get(CTX)
     if ctx is not None:
-        response.headers["X-Request-Id"] = ctx.request_id
+        headers = response.headers
+        headers["X-Request-Id"] = ctx.request_id
+        for name, value in ctx.rate_headers:
+            headers[name] = value

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.store.users import UserRecord
+
 log = logging.getLogger("gateway.identity")
 
 UserLoader = Callable[[str], Awaitable["UserState | None"]]
@@ -26,14 +28,20 @@ PURGE_EVERY = 1024  # revocations between sweeps of expired entries
 class UserState:
     role: str
     active: bool
+    username: str = ""  # for audit rows and logs; never used to authorise
 
     def encode(self) -> str:
-        return f"{self.role}\t{int(self.active)}"
+        return f"{self.role}\t{int(self.active)}\t{self.username}"
 
     @classmethod
     def decode(cls, text: str) -> UserState:
-        role, _, active = text.rpartition("\t")
-        return cls(role, active == "1")
+        role, _, rest = text.partition("\t")
+        active, _, username = rest.partition("\t")
+        return cls(role, active == "1", username)
+
+    @classmethod
+    def of(cls, user: UserRecord) -> UserState:
+        return cls(user.role, user.active, user.username)
 
 
 class LocalIdentity:

@@ -254,11 +254,11 @@ class UserStore:
         )
         return items, next_cursor
 
-    async def states(self) -> dict[str, tuple[str, bool]]:
-        """Every user's (role, active): what the authentication stage checks per request."""
+    async def states(self) -> dict[str, tuple[str, bool, str]]:
+        """Every user's (role, active, username): what each request is checked against."""
         async with self._sessions() as session:
-            rows = await session.execute(select(User.id, User.role, User.active))
-            return {row.id: (row.role, bool(row.active)) for row in rows}
+            rows = await session.execute(select(User.id, User.role, User.active, User.username))
+            return {row.id: (row.role, bool(row.active), row.username) for row in rows}
 
     async def count(self) -> int:
         async with self._sessions() as session:
