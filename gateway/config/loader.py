@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal
 from urllib.parse import urlsplit
 
 from gateway.config.policies import Policy, load_policies
@@ -176,10 +177,19 @@ def _server(top: Section, base_dir: Path) -> ServerConfig:
         shutdown_grace=sec.field(
             "shutdown_grace", lambda v: v.convert(parse_duration), default.shutdown_grace
         ),
-        access_log=sec.field("access_log", Value.boolean, default.access_log),
+        redis_failure=sec.field("redis_failure", _failure_mode, default.redis_failure),
     )
-    sec.check_unknown("listen, tls, trusted_proxies, max_body, shutdown_grace, access_log")
+    sec.check_unknown("listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure")
     return server
+
+
+def _failure_mode(value: Value) -> Literal["open", "closed"]:
+    text = value.text()
+    if text == "open":
+        return "open"
+    if text == "closed":
+        return "closed"
+    raise Invalid(f"{value.key}: must be open or closed, not {text!r}")
 
 
 def parse_listen(value: Value) -> tuple[str, int]:

@@ -41,7 +41,9 @@ class ServerConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()  # peers whose X-Forwarded-* are believed
     max_body: int = DEFAULT_MAX_BODY  # bytes; 413 above it, checked while streaming too
     shutdown_grace: float = 30.0  # seconds in-flight requests get after SIGTERM
-    access_log: bool = False  # one JSON line per request on stderr (off: audit covers it)
+    # Redis unreachable: "open" keeps serving with in-process limits (logged),
+    # "closed" refuses requests on rate-limited routes with 503 until it is back
+    redis_failure: Literal["open", "closed"] = "open"
 
 
 @dataclass(frozen=True, slots=True)
