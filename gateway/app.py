@@ -6,7 +6,8 @@ Order, outermost first, and why:
   route          - normalise the path, pin the config, 404/405 before any work
   authentication - routes without `auth: none` need a valid, unrevoked token
   policy         - the caller's role must pass the route's roles (403)
-  (rate limit → audit join here, in that order)
+  rate_limit     - the route's GCRA bucket for this caller (429); after policy, so
+                   refused callers do not spend anyone's quota
 then `dispatch`: the route's local handler or the streaming proxy.
 """
 
@@ -24,6 +25,7 @@ from gateway.middleware import Handler, Middleware
 from gateway.middleware.authentication import AuthenticationConfig, authentication
 from gateway.middleware.errors import ErrorsConfig, errors
 from gateway.middleware.policy import PolicyConfig, policy
+from gateway.middleware.rate_limit import RateLimitStageConfig, rate_limit
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
 from gateway.middleware.route import RouteStageConfig, route
 from gateway.runtime import Runtime, RuntimeHolder
@@ -38,6 +40,7 @@ def chain(config: Config) -> list[Middleware]:
         route(RouteStageConfig()),
         authentication(AuthenticationConfig()),
         policy(PolicyConfig()),
+        rate_limit(RateLimitStageConfig()),
     ]
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config.schema import AuthConfig, Config
 from gateway.security.passwords import PasswordService
 from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
+from gateway.state.limiter import LocalLimiter, RedisLimiter
 from gateway.state.throttle import LocalThrottle, RedisThrottle
 from gateway.store.engine import database_url, is_sqlite, make_engine, make_sessions, safe_url
 from gateway.store.migrate import current_revision, head_revision, upgrade
@@ -55,6 +56,7 @@ class Services:
     refresh_tokens: RefreshTokenStore
     identity: LocalIdentity
     throttle: LocalThrottle
+    limiter: LocalLimiter
     passwords: PasswordService
     redis: Redis | None
 
@@ -123,13 +125,16 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
     redis: Redis | None = None
     identity: LocalIdentity
     throttle: LocalThrottle
+    limiter: LocalLimiter
     if settings.redis_url:
         redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         identity = RedisIdentity(redis, settings.redis_prefix, load_user)
         throttle = RedisThrottle(config.auth.login_failures, redis, settings.redis_prefix)
+        limiter = RedisLimiter(redis, settings.redis_prefix, config.server.redis_failure)
     else:
         identity = LocalIdentity(load_user)
         throttle = LocalThrottle(config.auth.login_failures)
+        limiter = LocalLimiter()
     states = await users.states()
     await identity.start(
         {uid: UserState(role, active, name) for uid, (role, active, name) in states.items()}
@@ -149,6 +154,7 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         refresh_tokens=RefreshTokenStore(sessions),
         identity=identity,
         throttle=throttle,
+        limiter=limiter,
         passwords=password_service(config.auth),
         redis=redis,
     )

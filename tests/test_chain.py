@@ -22,6 +22,7 @@ def test_the_chain_order_is_pinned() -> None:
         "route_stage",
         "authentication_stage",
         "policy_stage",
+        "rate_limit_stage",
     ]
 
 

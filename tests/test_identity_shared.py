@@ -98,7 +98,7 @@ async def test_redis_unreachable_keeps_serving_on_local_state(
     gateway: MakeGateway, policies: Path, echo: TestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    with caplog.at_level(logging.ERROR, logger="gateway.identity"):
+    with caplog.at_level(logging.ERROR, logger="gateway.redis"):
         client = await gateway(identity_config(echo.port), redis_url=dead)
         await make_user(client, "pia", "analyst")
         tokens = await login(client, "pia")

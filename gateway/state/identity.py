@@ -8,7 +8,6 @@ Entries of revoked tokens expire with the token, so memory stays bounded.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,9 +15,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.state.redis_health import RedisHealth
 from gateway.store.users import UserRecord
-
-log = logging.getLogger("gateway.identity")
 
 UserLoader = Callable[[str], Awaitable["UserState | None"]]
 PURGE_EVERY = 1024  # revocations between sweeps of expired entries
@@ -92,11 +90,17 @@ class LocalIdentity:
 class RedisIdentity(LocalIdentity):
     """The same answers, shared by every instance through Redis."""
 
-    def __init__(self, redis: Redis, prefix: str, load_user: UserLoader | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        load_user: UserLoader | None = None,
+        health: RedisHealth | None = None,
+    ) -> None:
         super().__init__(load_user)
         self._redis = redis
         self._prefix = prefix
-        self._degraded = False
+        self._health = health or RedisHealth("revocations and user changes")
 
     def _rev(self, jti: str) -> str:
         return f"{self._prefix}rev:{jti}"
@@ -114,21 +118,23 @@ class RedisIdentity(LocalIdentity):
                     pipe.set(self._user_key(user_id), state.encode(), nx=True)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._report(exc)  # serve on local state; shared again once Redis answers
+            self._health.failed(exc)  # serve on local state; shared again once Redis answers
 
     async def check(self, jti: str, user_id: str) -> tuple[bool, UserState | None]:
         local = self.revoked.get(jti)
         if local is not None and local > time.time():
             return True, self.users.get(user_id)
+        if not self._health.available():
+            return await super().check(jti, user_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.exists(self._rev(jti))
                 pipe.get(self._user_key(user_id))
                 revoked, encoded = await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._report(exc)
+            self._health.failed(exc)
             return await super().check(jti, user_id)
-        self._recovered()
+        self._health.succeeded()
         if encoded is None:
             state = await self._user(user_id)
         else:
@@ -143,24 +149,11 @@ class RedisIdentity(LocalIdentity):
         try:
             await self._redis.set(self._rev(jti), b"1", ex=ttl)
         except (RedisError, OSError) as exc:
-            self._report(exc)
+            self._health.failed(exc)
 
     async def set_user(self, user_id: str, state: UserState) -> None:
         await super().set_user(user_id, state)
         try:
             await self._redis.set(self._user_key(user_id), state.encode())
         except (RedisError, OSError) as exc:
-            self._report(exc)
-
-    def _report(self, exc: BaseException) -> None:
-        if not self._degraded:
-            self._degraded = True
-            log.error(
-                "redis unreachable: revocations and user changes are local to this instance",
-                extra={"error": type(exc).__name__},
-            )
-
-    def _recovered(self) -> None:
-        if self._degraded:
-            self._degraded = False
-            log.warning("redis reachable again: identity state is shared")
+            self._health.failed(exc)

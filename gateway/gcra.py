@@ -1,0 +1,66 @@
+"""GCRA (the generic cell rate algorithm): a precise rate limit from one number per key.
+
+Pure arithmetic, shared by the in-process limiter and (as Lua) the Redis one.
+Each key stores its theoretical arrival time (TAT). With emission interval
+T = period / limit, a request at `now` passes if TAT + T - period <= now;
+it then moves TAT to max(TAT, now) + T. That admits `limit` requests in any
+window of length `period` and never the double burst of a fixed window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int  # requests that would pass right now, after this one
+    reset: int  # whole seconds until the full quota is back
+    retry_after: int  # whole seconds until the next request may pass (0 when allowed)
+
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """RateLimit-* (and Retry-After when refused), values in whole seconds."""
+        fields = (
+            ("RateLimit-Limit", str(self.limit)),
+            ("RateLimit-Remaining", str(self.remaining)),
+            ("RateLimit-Reset", str(self.reset)),
+        )
+        if self.allowed:
+            return fields
+        return (*fields, ("Retry-After", str(self.retry_after)))
+
+
+def decide(
+    tat: float | None, now: float, limit: int, period: float, cost: int = 1
+) -> tuple[Decision, float]:
+    """The decision for one request of `cost` units, and the TAT to store."""
+    interval = period / limit
+    start = now if tat is None or tat < now else tat
+    new_tat = start + interval * cost
+    allow_at = new_tat - period
+    if allow_at > now:
+        # Refused: nothing is consumed, so the stored TAT stays as it was.
+        return (
+            Decision(
+                allowed=False,
+                limit=limit,
+                remaining=0,
+                reset=max(1, math.ceil(start - now)),
+                retry_after=max(1, math.ceil(allow_at - now)),
+            ),
+            start,
+        )
+    remaining = min(limit, int((now - allow_at) / interval + 1e-9))
+    return (
+        Decision(
+            allowed=True,
+            limit=limit,
+            remaining=remaining,
+            reset=max(0, math.ceil(new_tat - now)),
+            retry_after=0,
+        ),
+        new_tat,
+    )

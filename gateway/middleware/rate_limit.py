@@ -1,0 +1,64 @@
+"""Stage 6: per-route (and per-model) rate limits, GCRA, with RateLimit-* headers.
+
+The bucket key is the route plus the route's `key`: the caller's user id
+(the default; the client IP when nobody is signed in), the client IP (from
+X-Forwarded-For only behind a trusted proxy), the route as a whole, or a
+named header (the client IP when the header is absent). Every response of a
+limited route carries RateLimit-Limit/Remaining/Reset; a 429 adds Retry-After.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.config.schema import RateLimitConfig
+from gateway.context import CTX, SERVICES, RequestContext
+from gateway.middleware import Handler, Middleware
+from gateway.problems import GatewayError
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitStageConfig:
+    pass
+
+
+def bucket(limit: RateLimitConfig, ctx: RequestContext, request: web.Request) -> str:
+    """The limiter key: route pattern | what is counted."""
+    assert ctx.route is not None
+    kind = limit.key
+    if kind == "user":
+        who = f"user:{ctx.user.id}" if ctx.user is not None else f"ip:{ctx.client_ip}"
+    elif kind == "ip":
+        who = f"ip:{ctx.client_ip}"
+    elif kind == "route":
+        who = "route"
+    else:  # header:NAME
+        value = request.headers.get(kind[7:])
+        who = f"{kind}={value[:128]}" if value else f"ip:{ctx.client_ip}"
+    return f"{ctx.route.path}|{who}"
+
+
+def rate_limit(cfg: RateLimitStageConfig) -> Middleware:
+    @web.middleware
+    async def rate_limit_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
+        ctx = request[CTX]
+        route = ctx.route
+        if route is None or route.rate_limit is None:
+            return await handler(request)
+        limit = route.rate_limit
+        rate = limit.rate
+        key = bucket(limit, ctx, request)
+        decision = await request.app[SERVICES].limiter.hit(key, rate.limit, rate.period)
+        ctx.rate_headers = decision.headers()
+        if not decision.allowed:
+            raise GatewayError(
+                429,
+                "rate_limited",
+                f"rate limit {rate} by {limit.key} on {route.path} exceeded; "
+                f"retry in {decision.retry_after}s",
+            )
+        return await handler(request)
+
+    return rate_limit_stage

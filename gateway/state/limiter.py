@@ -1,0 +1,134 @@
+"""Rate-limit state: GCRA decisions in process, or atomically in Redis for every instance.
+
+`LocalLimiter` keeps one float per key and forgets keys whose bucket is full
+again, so memory stays bounded by the active keys. `RedisLimiter` makes each
+decision with one Lua script call (read, decide, write: atomic), using the
+Redis server's clock so instances never disagree about time. If Redis is
+unreachable it follows `server.redis_failure`: "open" decides in process
+(logged once), "closed" refuses with 503 until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.gcra import Decision, decide
+from gateway.problems import GatewayError
+from gateway.state.redis_health import RedisHealth
+
+log = logging.getLogger("gateway.ratelimit")
+
+MAX_KEYS = 200_000  # beyond this, the oldest keys are forgotten (logged)
+PRUNE_EVERY = 4096  # decisions between sweeps of keys whose bucket is full again
+
+
+class LocalLimiter:
+    def __init__(self, max_keys: int = MAX_KEYS) -> None:
+        self._tat: dict[str, float] = {}
+        self._max_keys = max_keys
+        self._since_prune = 0
+        self._warned_at = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._tat)
+
+    async def hit(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
+        return self.hit_now(key, limit, period, cost)
+
+    def hit_now(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
+        now = time.monotonic()
+        decision, tat = decide(self._tat.get(key), now, limit, period, cost)
+        if decision.allowed:
+            self._tat[key] = tat
+            self._since_prune += 1
+            if self._since_prune >= PRUNE_EVERY or len(self._tat) > self._max_keys:
+                self._prune(now)
+        return decision
+
+    def _prune(self, now: float) -> None:
+        self._since_prune = 0
+        # A key whose TAT has passed has a full bucket: the same as no entry.
+        self._tat = {k: t for k, t in self._tat.items() if t > now}
+        # Over the bound with live keys: drop the oldest down to 90 %, so the
+        # next sweep is thousands of decisions away, not one.
+        excess = len(self._tat) - (self._max_keys * 9 // 10)
+        if len(self._tat) > self._max_keys and excess > 0:
+            if now - self._warned_at > 60:
+                self._warned_at = now
+                log.warning(
+                    "rate-limit keys over the bound; forgetting the oldest",
+                    extra={"bound": self._max_keys},
+                )
+            for key in list(self._tat)[:excess]:
+                del self._tat[key]
+
+
+# KEYS[1] the bucket; ARGV limit, period (s), cost. Returns
+# {allowed, remaining, seconds to full, seconds to retry} (floats as strings:
+# Redis would truncate them). The same arithmetic as gateway.gcra.decide.
+GCRA_LUA = """
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local interval = period / limit
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local new_tat = tat + interval * cost
+local allow_at = new_tat - period
+if allow_at > now then
+  return {0, 0, tostring(tat - now), tostring(allow_at - now)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000))
+return {1, math.floor((now - allow_at) / interval + 1e-9), tostring(new_tat - now), '0'}
+"""
+
+
+class RedisLimiter(LocalLimiter):
+    def __init__(
+        self, redis: Redis, prefix: str, failure: str, health: RedisHealth | None = None
+    ) -> None:
+        super().__init__()
+        self._prefix = f"{prefix}rl:"
+        self._script = redis.register_script(GCRA_LUA)
+        self._failure = failure
+        self._health = health or RedisHealth("rate limits")
+
+    async def hit(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
+        if self._health.available():
+            try:
+                reply = await self._script(keys=[self._prefix + key], args=[limit, period, cost])
+            except (RedisError, OSError) as exc:
+                self._health.failed(exc)
+            else:
+                self._health.succeeded()
+                return _decision(reply, limit)
+        if self._failure == "closed":
+            raise GatewayError.unavailable(
+                "rate limits cannot be checked right now",
+                code="rate_limit_unavailable",
+                retry_after=1,
+            )
+        return self.hit_now(key, limit, period, cost)
+
+
+def _decision(reply: list[object], limit: int) -> Decision:
+    allowed, remaining, to_full, to_retry = reply
+    full, retry = float(_text(to_full)), float(_text(to_retry))
+    if int(_text(allowed)) == 1:
+        return Decision(True, limit, int(_text(remaining)), max(0, _ceil(full)), 0)
+    return Decision(False, limit, 0, max(1, _ceil(full)), max(1, _ceil(retry)))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ceil(seconds: float) -> int:
+    whole = int(seconds)
+    return whole if whole == seconds else whole + 1
