@@ -3,6 +3,8 @@
 Order, outermost first, and why:
   request_id     - every response, even a crash, carries an id to quote
   errors         - wraps everything after it, so any failure becomes a problem
+  audit          - one row per request, allowed or denied: it sees every outcome
+                   of the stages below (and records the request metrics)
   route          - normalise the path, pin the config, 404/405 before any work
   authentication - routes without `auth: none` need a valid, unrevoked token
   policy         - the caller's role must pass the route's roles (403)
@@ -22,6 +24,7 @@ from gateway.context import HOLDER, SERVICES
 from gateway.dispatch import dispatcher
 from gateway.handlers import BUILTIN, ROUTABLE
 from gateway.middleware import Handler, Middleware
+from gateway.middleware.audit import AuditStageConfig, audit
 from gateway.middleware.authentication import AuthenticationConfig, authentication
 from gateway.middleware.errors import ErrorsConfig, errors
 from gateway.middleware.policy import PolicyConfig, policy
@@ -37,6 +40,7 @@ def chain(config: Config) -> list[Middleware]:
     return [
         request_id(RequestIdConfig()),
         errors(ErrorsConfig()),
+        audit(AuditStageConfig()),
         route(RouteStageConfig()),
         authentication(AuthenticationConfig()),
         policy(PolicyConfig()),

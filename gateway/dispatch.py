@@ -12,6 +12,10 @@ from gateway.middleware import Handler
 from gateway.problems import GatewayError
 from gateway.proxy.forward import forward
 
+# Local handlers that answer another media type than JSON, so Accept's JSON
+# check (406) does not apply: Prometheus asks for its text format.
+NOT_JSON = frozenset({"builtin.metrics"})
+
 
 def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
     async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -28,7 +32,7 @@ def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
             # load_config only admits registered handler names; reaching here
             # means the registry and KNOWN_HANDLERS drifted apart.
             raise GatewayError.internal()
-        if not accepts_json(request.headers.get("Accept")):
+        if route.handler not in NOT_JSON and not accepts_json(request.headers.get("Accept")):
             raise GatewayError.not_acceptable()
         return await handler(request)
 

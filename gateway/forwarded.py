@@ -31,6 +31,12 @@ def is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     return parsed is not None and any(parsed in network for network in trusted)
 
 
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8 or ::1 (an IPv4-mapped ::ffff:127.x counts too)."""
+    parsed = _parse(address)
+    return parsed is not None and parsed.is_loopback
+
+
 def forwarded_for(peer: str, sent: str | None, trusted: Sequence[IPNetwork]) -> str:
     """The X-Forwarded-For the upstream gets (contract section 8).
 

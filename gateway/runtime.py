@@ -23,6 +23,7 @@ BUILTIN_PATHS = {
     "/healthz": "builtin.healthz",
     "/readyz": "builtin.readyz",
     "/.well-known/jwks.json": "builtin.jwks",
+    "/metrics": "builtin.metrics",
 }
 
 

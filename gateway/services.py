@@ -1,4 +1,4 @@
-"""Process-wide resources opened at start-up: the database, Redis, identity state.
+"""Process-wide resources opened at start-up: the database, Redis, identity state, audit.
 
 They outlive config reloads (unlike `Runtime`), and are closed once at
 shutdown. Redis is used only when a URL is given (GATEWAY_REDIS_URL).
@@ -15,11 +15,14 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.audit.writer import AuditWriter
 from gateway.config.schema import AuthConfig, Config
+from gateway.metrics import Metrics
 from gateway.security.passwords import PasswordService
 from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
 from gateway.state.limiter import LocalLimiter, RedisLimiter
 from gateway.state.throttle import LocalThrottle, RedisThrottle
+from gateway.store.audit import AuditStore
 from gateway.store.engine import database_url, is_sqlite, make_engine, make_sessions, safe_url
 from gateway.store.migrate import current_revision, head_revision, upgrade
 from gateway.store.tokens import RefreshTokenStore
@@ -59,6 +62,8 @@ class Services:
     limiter: LocalLimiter
     passwords: PasswordService
     redis: Redis | None
+    audit: AuditWriter  # queues the audit and report rows, writes them in batches
+    metrics: Metrics  # this process's Prometheus registry (GET /metrics)
 
     async def database_ok(self) -> bool:
         try:
@@ -70,6 +75,7 @@ class Services:
         return True
 
     async def close(self) -> None:
+        await self.audit.close()  # before the engine goes: it writes out every queued row
         await self.identity.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -147,6 +153,8 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
             "users": len(states),
         },
     )
+    audit = AuditWriter(AuditStore(engine), config.audit)
+    audit.start()
     return Services(
         settings=settings,
         engine=engine,
@@ -157,4 +165,6 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         limiter=limiter,
         passwords=password_service(config.auth),
         redis=redis,
+        audit=audit,
+        metrics=Metrics(audit),
     )

@@ -19,6 +19,7 @@ def test_the_chain_order_is_pinned() -> None:
     assert names == [
         "request_id_stage",
         "errors_stage",
+        "audit_stage",
         "route_stage",
         "authentication_stage",
         "policy_stage",

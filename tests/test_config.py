@@ -211,7 +211,7 @@ def test_problem_and_error_text_are_file_line_message(write_config: WriteConfig)
     expected = ConfigProblem(
         str(path),
         1,
-        "bogus: unknown key (known keys: server, auth, policies, upstreams, models, routes)",
+        "bogus: unknown key (known keys: server, auth, policies, upstreams, models, routes, audit)",
     )
     assert info.value.problems == [expected]
     assert str(expected) == f"{path}:1: {expected.message}"
@@ -305,7 +305,8 @@ def test_unknown_top_level_key(write_config: WriteConfig) -> None:
     )
     assert only_problem(path) == (
         3,
-        "listeners: unknown key (known keys: server, auth, policies, upstreams, models, routes)",
+        "listeners: unknown key (known keys: server, auth, policies, upstreams, models, routes, "
+        "audit)",
     )
 
 
@@ -1365,7 +1366,8 @@ def test_several_problems_reported_together_sorted_by_line(write_config: WriteCo
         (14, "routes[2].upstream: undefined upstream 'missing' (upstreams: chat)"),
         (
             15,
-            "extra: unknown key (known keys: server, auth, policies, upstreams, models, routes)",
+            "extra: unknown key (known keys: server, auth, policies, upstreams, models, routes, "
+            "audit)",
         ),
     ]
 

@@ -260,3 +260,10 @@ async def test_redis_down_fail_closed_refuses_limited_routes(
     assert (await resp.json())["code"] == "rate_limit_unavailable"
     assert resp.headers["Retry-After"] == "1"
     assert (await client.get("/free/x")).status == 200  # unlimited routes are not affected
+
+
+async def test_refusals_are_counted_in_metrics(client: Client) -> None:
+    for _ in range(4):
+        await client.get("/by-ip/x")
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_rate_limited_total{route="/by-ip/**"} 1.0' in text

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from gateway.config.policies import Policy, load_policies
 from gateway.config.schema import (
+    DEFAULT_AUDIT,
+    AuditConfig,
     AuthConfig,
     Config,
     HashingConfig,
@@ -138,7 +140,8 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
         except Invalid as exc:
             top.report(models_value, str(exc))
 
-    top.check_unknown("server, auth, policies, upstreams, models, routes")
+    audit = _audit(top, base_dir)
+    top.check_unknown("server, auth, policies, upstreams, models, routes, audit")
     _cross_check(routes, problems, str(config_path))
     _check_references(upstream_refs, fallback_refs, upstreams, declared, models, problems)
     policy = _policy(policies_dir, top.get("policies"), role_refs, problems)
@@ -154,6 +157,7 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
         models=MappingProxyType(models),
         routes=tuple(routes),
         policy=policy,
+        audit=audit,
     )
 
 
@@ -181,6 +185,39 @@ def _server(top: Section, base_dir: Path) -> ServerConfig:
     )
     sec.check_unknown("listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure")
     return server
+
+
+def _audit(top: Section, base_dir: Path) -> AuditConfig:
+    value = top.get("audit")
+    default = AuditConfig(spool=base_dir / DEFAULT_AUDIT.spool)
+    if value is None:
+        return default
+    try:
+        sec = value.section(top.problems)
+    except Invalid as exc:
+        top.report(value, str(exc))
+        return default
+
+    def interval(v: Value) -> float:
+        seconds = v.convert(parse_duration)
+        if seconds <= 0:
+            raise Invalid(f"{v.key}: must be longer than zero")
+        return seconds
+
+    audit = AuditConfig(
+        queue_size=sec.field("queue_size", lambda v: v.integer(minimum=1), default.queue_size),
+        batch_size=sec.field("batch_size", lambda v: v.integer(minimum=1), default.batch_size),
+        flush_interval=sec.field("flush_interval", interval, default.flush_interval),
+        spool=sec.field("spool", lambda v: base_dir / v.text(), default.spool),
+    )
+    sec.check_unknown("queue_size, batch_size, flush_interval, spool")
+    if audit.batch_size > audit.queue_size:
+        sec.report(
+            sec.get("batch_size") or value,
+            f"audit.batch_size: {audit.batch_size} is more than audit.queue_size "
+            f"({audit.queue_size}); a batch is taken from the queue",
+        )
+    return audit
 
 
 def _failure_mode(value: Value) -> Literal["open", "closed"]:

@@ -161,6 +161,27 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """audit: how the per-request rows reach the database (read once, at start-up).
+
+    Rows wait in a bounded in-memory queue and are written in batches by one
+    background task; a request never waits on the database. While the database
+    does not answer, batches are appended to `spool` and replayed, in order,
+    once it does. Rule: batch_size <= queue_size.
+    """
+
+    queue_size: int = 100_000  # rows waiting in memory (>= 1); beyond it rows are dropped, counted
+    batch_size: int = 500  # rows per INSERT (>= 1); a full batch is written at once
+    flush_interval: float = 0.25  # seconds (> 0) a partial batch may wait
+    # JSON-lines file rows go to while the database is down; relative paths
+    # resolve beside routes.yaml (the loader makes this absolute)
+    spool: Path = Path("audit.spool")
+
+
+DEFAULT_AUDIT = AuditConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration; swapped as one reference."""
 
@@ -176,3 +197,4 @@ class Config:
     # roles from policies_dir; every role a route or auth.default_role names is defined
     # in it (empty when the folder is missing and nothing names a role)
     policy: Policy = field(default_factory=Policy)
+    audit: AuditConfig = DEFAULT_AUDIT

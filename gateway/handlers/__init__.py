@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.handlers.admin import admin
 from gateway.handlers.auth import login, logout, refresh, register
 from gateway.handlers.health import healthz, jwks, readyz
+from gateway.handlers.metrics import metrics
 from gateway.handlers.users import users
 from gateway.middleware import Handler
 
@@ -22,4 +23,5 @@ BUILTIN: dict[str, Handler] = {
     "builtin.healthz": healthz,
     "builtin.readyz": readyz,
     "builtin.jwks": jwks,
+    "builtin.metrics": metrics,
 }

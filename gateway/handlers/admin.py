@@ -1,4 +1,4 @@
-"""/admin/*: user management, the live route table and the loaded config.
+"""/admin/*: user management, the audit log and model reports, the route table, the config.
 
 Validation errors name the field (400); an unknown id is 404; removing the
 last active admin is 409 `last_admin`. A role change or a deactivation is
@@ -8,20 +8,23 @@ pushed to the identity state at once, so it holds at the user's next request.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
+from gateway.audit.report import summarise
 from gateway.handlers.auth import USERNAME, context, end_all_sessions, reserved_username
 from gateway.handlers.jsonio import json_response, read_json
-from gateway.handlers.shapes import parse, query_bool, query_int, spec
+from gateway.handlers.shapes import parse, query_bool, query_int, query_time, spec
 from gateway.handlers.subroutes import SubRoutes
 from gateway.problems import GatewayError
 from gateway.runtime import Runtime
 from gateway.services import Services
 from gateway.state.identity import UserState
+from gateway.store.audit import AuditFilter
 from gateway.store.users import UserRecord
 
 EMAIL = r"[^@\s]+@[^@\s]+"
@@ -135,6 +138,63 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+_STATUS = re.compile(r"([1-5])([0-9][0-9]|xx)", re.ASCII | re.IGNORECASE)
+REPORT_WINDOW = timedelta(days=1)  # /admin/reports without since=: the last day
+
+
+def bad_query(detail: str) -> GatewayError:
+    return GatewayError.bad_request(detail, code="invalid_query")
+
+
+def query_status(raw: str | None) -> tuple[int, int] | None:
+    """`status=`: an exact code (404) or a class (4xx), as an inclusive range."""
+    if not raw:
+        return None
+    match = _STATUS.fullmatch(raw)
+    if match is None:
+        raise bad_query("status: must be a status code (e.g. 404) or a class (e.g. 4xx)")
+    digit, rest = match.groups()
+    if rest.lower() == "xx":
+        return int(digit) * 100, int(digit) * 100 + 99
+    return int(raw), int(raw)
+
+
+def query_text(raw: str | None, name: str, max_length: int) -> str | None:
+    if not raw:
+        return None
+    if len(raw) > max_length or "\x00" in raw:
+        raise bad_query(f"{name}: must be at most {max_length} characters, without NUL")
+    return raw
+
+
+async def audit_logs(request: web.Request) -> web.StreamResponse:
+    """Audit rows, newest first: ?user=&status=&path=&since=&limit=&cursor=."""
+    _, _, services = context(request)
+    query = request.query
+    limit = query_int(query.get("limit"), "limit", 50, 1, 500)
+    path = query_text(query.get("path"), "path", 2048)
+    if path is not None and not path.startswith("/"):
+        raise bad_query("path: must be a path prefix starting with /")
+    where = AuditFilter(
+        username=query_text(query.get("user"), "user", 64),
+        status=query_status(query.get("status")),
+        path_prefix=path,
+        since=query_time(query.get("since"), "since"),
+    )
+    items, cursor = await services.audit.store.page(limit, query.get("cursor") or None, where)
+    return json_response({"items": items, "next_cursor": cursor})
+
+
+async def reports(request: web.Request) -> web.StreamResponse:
+    """Per model since ?since= (default: the last day): calls, errors, p50/p95, per user."""
+    _, _, services = context(request)
+    since = query_time(request.query.get("since"), "since")
+    if since is None:
+        since = datetime.now(UTC) - REPORT_WINDOW
+    rows = await services.audit.store.report_rows(since)
+    return json_response({"items": summarise(rows), "next_cursor": None})
+
+
 async def routes(request: web.Request) -> web.StreamResponse:
     _, runtime, _ = context(request)
     return json_response(
@@ -183,6 +243,8 @@ ROUTES = SubRoutes(
         ("/admin/users/{id}", ("DELETE",), delete_user),
         ("/admin/routes", ("GET",), routes),
         ("/admin/config", ("GET",), config),
+        ("/admin/audit-logs", ("GET",), audit_logs),
+        ("/admin/reports", ("GET",), reports),
     ]
 )
 

@@ -19,7 +19,16 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     if holder.draining:
         # Shutting down: tell load balancers to stop sending before we stop listening.
         raise GatewayError.unavailable("the gateway is draining", code="draining")
-    if not await request.app[SERVICES].database_ok():
+    services = request.app[SERVICES]
+    if services.audit.failing:
+        # Checked first: it means the database is down too, and rows may be lost.
+        # (Anyone may ask /readyz: the log, not this answer, names the spool file.)
+        raise GatewayError.unavailable(
+            "the audit log is failing: the database does not take rows "
+            "and the audit spool cannot be written",
+            code="audit_failing",
+        )
+    if not await services.database_ok():
         raise GatewayError.unavailable("the database is unreachable", code="database_down")
     return json_response(
         {

@@ -12,6 +12,7 @@ import dataclasses
 import re
 import types
 import typing
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from gateway.problems import GatewayError
@@ -104,6 +105,35 @@ def query_int(raw: str | None, name: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise GatewayError.bad_request(f"{name}: must be {low}-{high}", code="invalid_query")
     return value
+
+
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+\- ]\d{2}:\d{2})", re.ASCII
+)
+
+
+def query_time(raw: str | None, name: str) -> datetime | None:
+    """An RFC 3339 date-time query parameter (offset required) in UTC, or a 400 naming it.
+
+    A `+` left unencoded in a URL arrives as a space; before the offset it is read as `+`.
+    """
+    if raw is None or raw == "":
+        return None
+    match = _RFC3339.fullmatch(raw)
+    if match is not None:
+        date, clock, fraction, offset = match.groups()
+        fraction = (fraction or "")[:7]  # microseconds: Python keeps 6 digits
+        if offset in ("Z", "z"):
+            offset = "+00:00"
+        elif offset[0] == " ":  # a + the URL did not encode
+            offset = "+" + offset[1:]
+        try:
+            return datetime.fromisoformat(f"{date}T{clock}{fraction}{offset}").astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass  # 2025-02-30, 25:00:00, or past year 9999 in UTC
+    raise GatewayError.bad_request(
+        f"{name}: must be an RFC 3339 time, e.g. 2025-01-31T08:00:00Z", code="invalid_query"
+    )
 
 
 def query_bool(raw: str | None, name: str) -> bool | None:

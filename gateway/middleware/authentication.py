@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.context import CTX, SERVICES, Principal
 from gateway.middleware import Handler, Middleware
 from gateway.problems import GatewayError
+from gateway.runtime import Runtime
 from gateway.security.tokens import TokenError
 
 
@@ -34,6 +35,20 @@ def bearer_token(header: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+async def authenticate(request: web.Request, runtime: Runtime, token: str) -> Principal:
+    """The caller `token` names, as the user's current state says; or the 401 saying why not."""
+    try:
+        claims = runtime.verifier.verify(token)
+    except TokenError as exc:
+        raise unauthorized(exc.code, exc.detail, True) from None
+    revoked, state = await request.app[SERVICES].identity.check(claims.jti, claims.sub)
+    if state is None or not state.active:
+        raise unauthorized("user_inactive", "the account is deactivated", True)
+    if revoked:
+        raise unauthorized("token_revoked", "the token was revoked", True)
+    return Principal(claims.sub, state.username, state.role, claims.jti, float(claims.exp))
+
+
 def authentication(cfg: AuthenticationConfig) -> Middleware:
     @web.middleware
     async def authentication_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -46,16 +61,7 @@ def authentication(cfg: AuthenticationConfig) -> Middleware:
             raise unauthorized("missing_token", "this route needs a bearer token", False)
         runtime = ctx.runtime
         assert runtime is not None  # set by the route stage
-        try:
-            claims = runtime.verifier.verify(token)
-        except TokenError as exc:
-            raise unauthorized(exc.code, exc.detail, True) from None
-        revoked, state = await request.app[SERVICES].identity.check(claims.jti, claims.sub)
-        if state is None or not state.active:
-            raise unauthorized("user_inactive", "the account is deactivated", True)
-        if revoked:
-            raise unauthorized("token_revoked", "the token was revoked", True)
-        ctx.user = Principal(claims.sub, state.username, state.role, claims.jti, float(claims.exp))
+        ctx.user = await authenticate(request, runtime, token)
         return await handler(request)
 
     return authentication_stage

@@ -50,9 +50,11 @@ def rate_limit(cfg: RateLimitStageConfig) -> Middleware:
         limit = route.rate_limit
         rate = limit.rate
         key = bucket(limit, ctx, request)
-        decision = await request.app[SERVICES].limiter.hit(key, rate.limit, rate.period)
+        services = request.app[SERVICES]
+        decision = await services.limiter.hit(key, rate.limit, rate.period)
         ctx.rate_headers = decision.headers()
         if not decision.allowed:
+            services.metrics.rate_limited(route.path)
             raise GatewayError(
                 429,
                 "rate_limited",

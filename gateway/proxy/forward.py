@@ -38,6 +38,7 @@ async def _limited(
     total = 0
     async for chunk in stream.iter_any():
         total += len(chunk)
+        ctx.bytes_in = total  # the audit row's bytes in for a body without Content-Length
         if total > limit:
             ctx.outcome = "body_too_large"  # seen by the caller however aiohttp wraps it
             raise BodyTooLarge

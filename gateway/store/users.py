@@ -48,15 +48,16 @@ class UserRecord:
             "active": self.active,
             "display_name": self.display_name,
             "email": self.email,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "created_at": iso_utc(self.created_at),
+            "updated_at": iso_utc(self.updated_at),
         }
 
 
-def _iso(moment: datetime) -> str:
+def iso_utc(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z, e.g. 2025-01-31T08:00:00.123456Z."""
     if moment.tzinfo is None:  # SQLite hands back naive datetimes; they are UTC
         moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _record(row: User) -> UserRecord:

@@ -1,0 +1,165 @@
+"""The audit and report rows: what one request leaves behind, built from plain values.
+
+No aiohttp here: the audit stage gathers the values, these functions make the
+row. A row holds no header, query string or body, so no secret (Authorization,
+cookies, passwords, tokens) can reach the database through it. Strings are cut
+to their column's width, so no value can make the database refuse a batch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import Table
+
+from models import AuditLog, ReportLog
+
+
+def _width(table: Table, column: str) -> int:
+    length = getattr(table.c[column].type, "length", None)
+    assert isinstance(length, int), f"{table.name}.{column} has no width"
+    return length
+
+
+# Taken from the models, so a migration that widens a column widens these too.
+_AUDIT: Table = AuditLog.__table__  # type: ignore[assignment]
+_REPORT: Table = ReportLog.__table__  # type: ignore[assignment]
+_ID = _width(_AUDIT, "request_id")
+_USER_ID = _width(_AUDIT, "user_id")
+_USER = _width(_AUDIT, "username")
+_ROLE = _width(_AUDIT, "role")
+_METHOD = _width(_AUDIT, "method")
+_PATH = _width(_AUDIT, "path")
+_ROUTE = _width(_AUDIT, "route")
+_UPSTREAM = _width(_AUDIT, "upstream")
+_IP = _width(_AUDIT, "client_ip")
+_REASON = _width(_AUDIT, "reason")
+_MODEL = _width(_REPORT, "model")
+
+
+class AuditRow(NamedTuple):
+    """One request, allowed or denied: a row of audit_logs (field names are its columns)."""
+
+    ts: float  # epoch seconds when the response was finished (it arrived latency_ms earlier)
+    request_id: str
+    user_id: str | None
+    username: str | None
+    role: str | None
+    method: str
+    path: str  # the normalised path; never the query string
+    route: str | None  # the matched route's pattern
+    upstream: str | None
+    status: int
+    latency_ms: float
+    client_ip: str | None
+    bytes_in: int
+    bytes_out: int
+    reason: str | None  # the deny reason code, or why a response ended early
+
+
+class ReportRow(NamedTuple):
+    """One call to a model route: a row of report_logs (token counts stay NULL: unknown)."""
+
+    ts: float
+    request_id: str
+    model: str
+    user_id: str | None
+    username: str | None
+    route: str | None
+    status: int
+    latency_ms: float
+    bytes_in: int
+    bytes_out: int
+
+
+Row = AuditRow | ReportRow
+
+
+def _clip(value: str | None, width: int) -> str | None:
+    # Slicing a short str returns the same object: no copy on the common path.
+    return value[:width] if value is not None else None
+
+
+def audit_row(
+    *,
+    ts: float,
+    request_id: str,
+    user_id: str | None,
+    username: str | None,
+    role: str | None,
+    method: str,
+    path: str,
+    route: str | None,
+    upstream: str | None,
+    status: int,
+    latency: float,
+    client_ip: str,
+    bytes_in: int,
+    bytes_out: int,
+    reason: str | None,
+) -> AuditRow:
+    """The audit row of one request; `latency` in seconds."""
+    return AuditRow(
+        ts,
+        request_id[:_ID],
+        _clip(user_id, _USER_ID),
+        _clip(username, _USER),
+        _clip(role, _ROLE),
+        method[:_METHOD],
+        path[:_PATH],
+        _clip(route, _ROUTE),
+        _clip(upstream, _UPSTREAM),
+        status,
+        round(latency * 1000.0, 3),
+        client_ip[:_IP] or None,
+        bytes_in,
+        bytes_out,
+        _clip(reason, _REASON),
+    )
+
+
+def report_row(row: AuditRow, model: str) -> ReportRow:
+    """The report row of a model call, from the call's audit row."""
+    return ReportRow(
+        row.ts,
+        row.request_id,
+        model[:_MODEL],
+        row.user_id,
+        row.username,
+        row.route,
+        row.status,
+        row.latency_ms,
+        row.bytes_in,
+        row.bytes_out,
+    )
+
+
+def to_params(row: Row) -> dict[str, Any]:
+    """The row as INSERT parameters: its columns, `ts` as an aware UTC datetime."""
+    params = row._asdict()
+    params["ts"] = datetime.fromtimestamp(row.ts, UTC)
+    return params
+
+
+# The spool names each row's table, so one file keeps both kinds in order.
+TABLES: dict[type[Row], str] = {AuditRow: "audit_logs", ReportRow: "report_logs"}
+_KINDS: dict[str, type[Row]] = {name: kind for kind, name in TABLES.items()}
+
+
+def to_spool(row: Row) -> dict[str, Any]:
+    return {"table": TABLES[type(row)], "row": row._asdict()}
+
+
+def from_spool(entry: Any) -> Row:
+    """A spooled row back; ValueError for a line that is not one this module wrote."""
+    if not isinstance(entry, dict):
+        raise ValueError("a spool line must be a JSON object")
+    kind = _KINDS.get(entry.get("table"))  # type: ignore[arg-type]
+    fields = entry.get("row")
+    if kind is None or not isinstance(fields, dict):
+        raise ValueError("a spool line needs a known table and a row")
+    try:
+        return kind(**fields)
+    except TypeError as exc:
+        raise ValueError(f"a spooled row does not fit {kind.__name__}: {exc}") from None

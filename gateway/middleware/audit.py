@@ -1,0 +1,120 @@
+"""Stage 3, right inside errors: every request, allowed or denied, becomes one audit row.
+
+It sees every outcome of the stages inside it (404/405, 401, 403, 429, the
+handler, the proxy), records it and re-raises; the errors stage renders the
+problem. The row is made from the context, never from headers, the query
+string or the body, so no secret reaches it. Per request this is a tuple, a
+deque append and two metric updates: no await, no log call, no SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.audit.rows import audit_row, report_row
+from gateway.context import CTX, SERVICES, RequestContext
+from gateway.metrics import NO_ROUTE
+from gateway.middleware import Handler, Middleware
+from gateway.middleware.errors import from_http_exception
+from gateway.problems import GatewayError, render
+
+
+@dataclass(frozen=True, slots=True)
+class AuditStageConfig:
+    pass
+
+
+def _bytes_out(request: web.Request, response: web.StreamResponse) -> int:
+    if response.prepared:
+        # Streamed (proxied): aiohttp's count of what was written, head
+        # included; a response cut short counts what left before the cut.
+        return response.body_length or request.writer.output_size
+    if isinstance(response, web.Response):
+        body = response.body
+        if isinstance(body, bytes | bytearray):
+            return len(body)
+        return response.content_length or 0
+    return 0
+
+
+def _record(
+    request: web.Request,
+    ctx: RequestContext,
+    status: int,
+    bytes_out: int,
+    reason: str | None,
+    model_call: bool,
+) -> None:
+    latency = time.monotonic() - ctx.started
+    route, user = ctx.route, ctx.user
+    length = request.content_length
+    row = audit_row(
+        ts=time.time(),
+        request_id=ctx.request_id,
+        user_id=user.id if user is not None else None,
+        username=user.username if user is not None else None,
+        role=user.role if user is not None else None,
+        method=request.method,
+        # The normalised path; before the route stage set it (a path it could
+        # not normalise), the raw path. Never the query string.
+        path=ctx.path or request.raw_path.partition("?")[0],
+        route=route.path if route is not None else None,
+        upstream=route.upstream if route is not None else None,
+        status=status,
+        latency=latency,
+        client_ip=ctx.client_ip or request.remote or "",
+        bytes_in=length if length is not None else ctx.bytes_in,
+        bytes_out=bytes_out,
+        reason=reason,
+    )
+    services = request.app[SERVICES]
+    services.audit.submit(row)
+    if model_call and route is not None and route.model is not None:
+        services.audit.submit(report_row(row, route.model))
+    metrics = services.metrics
+    metrics.request(route.path if route is not None else NO_ROUTE, status, latency)
+    upstream = route.upstream if route is not None else None
+    if upstream is not None and reason is not None and reason.startswith("upstream_"):
+        metrics.upstream_error(upstream, reason)  # upstream_unreachable, _timeout, _reset
+
+
+def _record_error(request: web.Request, ctx: RequestContext, error: GatewayError) -> None:
+    # The errors stage renders exactly this body; its length is the bytes out.
+    # A 5xx on a model route is a failed model call; a 4xx is a refusal
+    # (token, role, limit, body) that never reached the model.
+    size = len(render(error, ctx.request_id))
+    _record(request, ctx, error.status, size, error.code, error.status >= 500)
+
+
+def audit(cfg: AuditStageConfig) -> Middleware:
+    @web.middleware
+    async def audit_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
+        ctx = request[CTX]
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            _record_error(request, ctx, exc)
+            raise
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                _record_error(request, ctx, from_http_exception(exc))
+            else:  # a redirect raised by a handler is an answer
+                _record(request, ctx, exc.status, 0, None, True)
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            _record(request, ctx, 499, 0, "client_gone", True)  # 499: nginx's "client closed"
+            raise
+        except Exception:
+            _record_error(request, ctx, GatewayError.internal())
+            raise
+        # ctx.outcome: why a proxied response ended early (client_gone, upstream_reset)
+        _record(
+            request, ctx, response.status, _bytes_out(request, response), ctx.outcome or None, True
+        )
+        return response
+
+    return audit_stage

@@ -1,0 +1,115 @@
+"""Queries on audit and report rows: batched inserts, the audit-log pages, report windows.
+
+Inserts are one executemany per table per batch, in one transaction: the
+writer's whole cost per batch is one round trip per table. Pages go newest
+first by id (insertion order), with the last id as the cursor, so rows written
+while someone pages never shift the pages they have not read yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.audit.rows import AuditRow, ReportRow, Row, to_params
+from gateway.store.users import bad_cursor, decode_cursor, encode_cursor, iso_utc
+from models import AuditLog, ReportLog
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """What `/admin/audit-logs` narrows the rows to; None: no condition."""
+
+    username: str | None = None
+    status: tuple[int, int] | None = None  # inclusive range: (404, 404) or (400, 499)
+    path_prefix: str | None = None
+    since: datetime | None = None  # aware
+
+
+def _item(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "ts": iso_utc(row.ts),
+        "request_id": row.request_id,
+        "user_id": row.user_id,
+        "username": row.username,
+        "role": row.role,
+        "method": row.method,
+        "path": row.path,
+        "route": row.route,
+        "upstream": row.upstream,
+        "status": row.status,
+        "latency_ms": row.latency_ms,
+        "client_ip": row.client_ip,
+        "bytes_in": row.bytes_in,
+        "bytes_out": row.bytes_out,
+        "reason": row.reason,
+    }
+
+
+def decode_id_cursor(cursor: str) -> int:
+    (last_id,) = decode_cursor(cursor, 1)
+    if not isinstance(last_id, int) or isinstance(last_id, bool) or not 0 < last_id < 2**63:
+        raise bad_cursor()
+    return last_id
+
+
+class AuditStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert(self, rows: Sequence[Row]) -> None:
+        """Write a batch: one executemany per table, both in one transaction."""
+        audit = [to_params(r) for r in rows if type(r) is AuditRow]
+        reports = [to_params(r) for r in rows if type(r) is ReportRow]
+        async with self._engine.begin() as connection:
+            if audit:
+                await connection.execute(insert(AuditLog), audit)
+            if reports:
+                await connection.execute(insert(ReportLog), reports)
+
+    async def answers(self) -> bool:
+        """Whether the database takes queries on both tables now (False: it is down)."""
+        try:
+            async with self._engine.connect() as connection:
+                await connection.execute(select(AuditLog.id).limit(1))
+                await connection.execute(select(ReportLog.id).limit(1))
+        except Exception:  # any driver or connection error means "not now"
+            return False
+        return True
+
+    async def page(
+        self, limit: int, cursor: str | None, where: AuditFilter
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        query = select(AuditLog)
+        if where.username is not None:
+            query = query.where(AuditLog.username == where.username)
+        if where.status is not None:
+            low, high = where.status
+            query = query.where(AuditLog.status.between(low, high))
+        if where.path_prefix is not None:
+            query = query.where(AuditLog.path.startswith(where.path_prefix, autoescape=True))
+        if where.since is not None:
+            query = query.where(AuditLog.ts >= where.since)
+        if cursor:
+            query = query.where(AuditLog.id < decode_id_cursor(cursor))
+        query = query.order_by(AuditLog.id.desc()).limit(limit + 1)
+        async with self._engine.connect() as connection:
+            rows = list((await connection.execute(query)).all())
+        items = [_item(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return items, encode_cursor([items[-1]["id"]]) if more else None
+
+    async def report_rows(self, since: datetime) -> list[tuple[str, str | None, int, float]]:
+        """(model, username, status, latency_ms) of every model call since `since`."""
+        query = select(
+            ReportLog.model, ReportLog.username, ReportLog.status, ReportLog.latency_ms
+        ).where(ReportLog.ts >= since)
+        async with self._engine.connect() as connection:
+            result = await connection.execute(query)
+            return [(r.model, r.username, r.status, r.latency_ms) for r in result]
