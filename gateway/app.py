@@ -31,6 +31,7 @@ from gateway.middleware.policy import PolicyConfig, policy
 from gateway.middleware.rate_limit import RateLimitStageConfig, rate_limit
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
 from gateway.middleware.route import RouteStageConfig, route
+from gateway.reload import RELOADER, Reloader
 from gateway.runtime import Runtime, RuntimeHolder
 from gateway.services import ServiceSettings, open_services
 
@@ -67,17 +68,25 @@ def build_app(
     app.router.add_route("*", "/{tail:.*}", dispatcher(registry))
     app.on_response_prepare.append(stamp_headers)
 
+    reloader = Reloader(holder, extra_handlers=handlers or ())
+    app[RELOADER] = reloader
+
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config, settings or ServiceSettings.from_env(config))
         app[SERVICES] = services
         yield
         await services.close()
 
+    async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
+        # After services (each reload is an audit row), stopped before they close.
+        reloader.start(app[SERVICES].audit.submit)
+        yield
+        await reloader.stop()
+
     async def close_pools(app: web.Application) -> None:
-        await holder.current.close()
-        for runtime in holder.retired:
-            await runtime.close()
+        await holder.close()  # the live Runtime's pools and those of retired ones
 
     app.cleanup_ctx.append(services_ctx)
+    app.cleanup_ctx.append(reload_ctx)
     app.on_cleanup.append(close_pools)
     return app

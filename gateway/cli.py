@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import getpass
+import os
 import re
 import socket
 import sys
@@ -41,12 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default: server.listen)")
     serve.add_argument("--port", type=int, help="listen port (default: server.listen)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes sharing the port (SO_REUSEPORT); more than 1 needs GATEWAY_REDIS_URL",
+    )
+    serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # set by --workers' parent
 
     check = commands.add_parser("check", help="validate routes.yaml and policies/")
     _config_arg(check)
 
     routes = commands.add_parser("routes", help="print the resolved route table")
     _config_arg(routes)
+
+    certs = commands.add_parser("certs", help="TLS certificates for development")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    dev = certs_commands.add_parser(
+        "dev", help="make a local CA (reused if present) and a server certificate for localhost"
+    )
+    dev.add_argument(
+        "--dir", type=Path, default=Path("certs"), help="output folder (default: certs beside it)"
+    )
+    dev.add_argument(
+        "--force", action="store_true", help="make a new CA even if one exists (trust it again)"
+    )
+    _config_arg(dev)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
@@ -61,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("username", help="3-64 characters: letters, digits, '.', '_', '-'")
     create.add_argument("--role", required=True, help="a role defined in policies/")
     _config_arg(create)
+
+    models = commands.add_parser("models", help="the AI team's models: add one, list them")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    add = model_commands.add_parser(
+        "add", help="register a model in routes.yaml (comments kept) once the result validates"
+    )
+    add.add_argument("name", help="the model's name: upstream NAME, route /models/NAME/**")
+    add.add_argument("url", help="where the model listens: http(s)://host:port[/base-path]")
+    add.add_argument("--roles", help="comma-separated roles that may call it (default: any user)")
+    add.add_argument(
+        "--rate-limit", help="per user, e.g. 30/min; off for none (default: 60/min per user)"
+    )
+    add.add_argument("--timeout", help="whole-response timeout, e.g. 2m (default: 5m)")
+    _config_arg(add)
+    listing = model_commands.add_parser("list", help="each model, its settings and its health")
+    _config_arg(listing)
     return parser
 
 
@@ -72,10 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "routes":
         return _routes(args.config)
+    if args.command == "certs":
+        return _certs_dev(args.config, args.dir, args.force)
     if args.command == "db":
         return _db_upgrade(args.config)
     if args.command == "users":
         return _users_create(args.config, args.username, args.role)
+    if args.command == "models":
+        return _models(args)
     raise AssertionError(args.command)  # argparse only admits the commands above
 
 
@@ -93,9 +134,44 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import run
 
     setup_logging(args.log_level.upper())
-    if _load_or_report(args.config) is None:
+    config = _load_or_report(args.config)
+    if config is None:
         return 1
-    return run(args.config, args.host, args.port)
+    if args.workers > 1:
+        from gateway.workers import serve_workers
+
+        return serve_workers(config, args.workers, args.host, args.port, args.log_level)
+    return run(args.config, args.host, args.port, worker_of=args.worker_of)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _certs_dev(config: Path, directory: Path, force: bool) -> int:
+    from gateway.certs import CertificateError, dev_certs, trust_instructions
+
+    base = config.resolve().parent  # like every relative path of routes.yaml
+    folder = directory if directory.is_absolute() else base / directory
+    try:
+        made = dev_certs(folder, force=force)
+    except CertificateError as exc:
+        print(f"gateway certs dev: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gateway certs dev: {folder}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"CA certificate:     {made.ca_cert} ({'kept' if made.ca_reused else 'new'})")
+    print(f"CA key:             {made.ca_key} (mode 0600)")
+    print(f"server certificate: {made.server_cert} (localhost, 127.0.0.1, ::1)")
+    print(f"server key:         {made.server_key} (mode 0600)")
+    cert, key = (os.path.relpath(p, base) for p in (made.server_cert, made.server_key))
+    print(f"In {config}: server: {{tls: {{cert: {cert}, key: {key}}}}}")
+    print()
+    print(trust_instructions(made))
+    return 0
 
 
 def _check(path: Path) -> int:
@@ -143,6 +219,16 @@ def _routes(path: Path) -> int:
             connect = format_duration(upstream.connect_timeout)
             print(f"upstream {upstream.name}: {targets} (timeout {timeout}, connect {connect})")
     return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from gateway.models_cli import add_model, list_models  # ruamel.yaml only when needed
+
+    if args.models_command == "add":
+        return add_model(
+            args.config, args.name, args.url, args.roles, args.rate_limit, args.timeout
+        )
+    return list_models(args.config)
 
 
 # --- db upgrade, users create ------------------------------------------------

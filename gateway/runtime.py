@@ -4,15 +4,20 @@ A request takes `RuntimeHolder.current` once when it is routed and keeps it
 to the end, so a reload never changes the rules under a request in flight.
 Everything a request needs is precomputed here: the route table, the token
 verifier, and per route the set of roles that pass (one set lookup per request).
+A reload (gateway/reload.py) builds a new Runtime and `RuntimeHolder.swap`s it
+in; the old one is retired and its upstream pools closed once its last
+request has ended (counted in `Usage`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gateway.config.schema import Config, Route
+from gateway.config.schema import Config, Route, UpstreamConfig
 from gateway.proxy.pool import UpstreamPool, make_pools
 from gateway.routing import RouteTable
 from gateway.security.keys import KeySet
@@ -42,6 +47,32 @@ def builtin_routes() -> dict[str, Route]:
     }
 
 
+@dataclass(slots=True)
+class Usage:
+    """The requests running on one Runtime.
+
+    A plain int, no lock: the event loop is one thread, and the route stage
+    pins a Runtime and counts it with no await in between, so a swap can never
+    fall between the two.
+    """
+
+    in_flight: int = 0
+    retired: bool = False  # replaced by a reload: closed when in_flight reaches 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFailure:
+    """The last reload that failed: when, and every problem as FILE:LINE: message."""
+
+    at: float  # epoch seconds
+    problems: tuple[str, ...]
+
+
+def same_upstream(a: UpstreamConfig, b: UpstreamConfig) -> bool:
+    """Whether a pool made for `a` serves `b` unchanged (its line in the file aside)."""
+    return dataclasses.replace(a, line=0) == dataclasses.replace(b, line=0)
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
     config: Config
@@ -57,20 +88,37 @@ class Runtime:
     role_header: Mapping[str, str]
     version: int
     loaded_at: float
+    usage: Usage = field(default_factory=Usage, compare=False, repr=False)
 
     @classmethod
-    def build(cls, config: Config, version: int = 1) -> Runtime:
-        """Everything derived from `config`; raises KeyConfigError for unusable keys."""
+    def build(
+        cls, config: Config, version: int = 1, reuse: Mapping[str, UpstreamPool] | None = None
+    ) -> Runtime:
+        """Everything derived from `config`; raises KeyConfigError for unusable keys.
+
+        `reuse`: the pools of the Runtime being replaced; a pool whose upstream
+        is unchanged is taken over instead of a new one being opened, so its
+        keep-alive connections and its targets' health state carry over.
+        """
         keys = KeySet.from_config(config.auth)
         policy = config.policy
+        table = RouteTable(config.routes)
+        issuer, verifier = TokenIssuer(config.auth, keys), TokenVerifier(config.auth, keys)
+        kept = {
+            name: pool
+            for name, pool in (reuse or {}).items()
+            if name in config.upstreams and same_upstream(pool.config, config.upstreams[name])
+        }
+        # Pools last: nothing that can fail comes after sessions are opened.
+        fresh = make_pools({n: u for n, u in config.upstreams.items() if n not in kept})
         return cls(
             config=config,
-            table=RouteTable(config.routes),
-            pools=make_pools(config.upstreams),
+            table=table,
+            pools={name: kept[name] if name in kept else fresh[name] for name in config.upstreams},
             builtins=builtin_routes(),
             keys=keys,
-            issuer=TokenIssuer(config.auth, keys),
-            verifier=TokenVerifier(config.auth, keys),
+            issuer=issuer,
+            verifier=verifier,
             allowed={r.index: policy.allowed_roles(r.roles) for r in config.routes if r.roles},
             role_header={role: ",".join(chain) for role, chain in policy.roles.items()},
             version=version,
@@ -78,12 +126,54 @@ class Runtime:
         )
 
     async def close(self) -> None:
-        for pool in self.pools.values():
-            await pool.close()
+        await close_pools(self.pools.values())
+
+
+async def close_pools(pools: Iterable[UpstreamPool]) -> None:
+    for pool in pools:
+        await pool.close()
 
 
 @dataclass(slots=True)
 class RuntimeHolder:
     current: Runtime
     draining: bool = False  # set on SIGTERM: /readyz says 503 so balancers move away
+    # replaced by a reload, with requests still running on them
     retired: list[Runtime] = field(default_factory=list)
+    last_error: ReloadFailure | None = None  # the last reload's problems; cleared by a good one
+    _closing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
+
+    def swap(self, runtime: Runtime) -> None:
+        """Make `runtime` the live config in one assignment and retire the old one."""
+        old = self.current
+        self.current = runtime  # the next request routed runs on the new config
+        old.usage.retired = True
+        if old.usage.in_flight:
+            self.retired.append(old)  # closed by `drained` when its last request ends
+        else:
+            self._close_unshared(old)
+
+    def drained(self, runtime: Runtime) -> None:
+        """The last request on a retired `runtime` has ended: close what only it used."""
+        self.retired = [r for r in self.retired if r is not runtime]
+        self._close_unshared(runtime)
+
+    def _close_unshared(self, runtime: Runtime) -> None:
+        # A pool taken over by a later Runtime stays open.
+        live = {id(p) for r in (self.current, *self.retired) for p in r.pools.values()}
+        pools = [p for p in runtime.pools.values() if id(p) not in live]
+        if pools:
+            task = asyncio.get_running_loop().create_task(close_pools(pools))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def wait_closed(self) -> None:
+        """Wait until the pools of drained Runtimes are closed."""
+        while pending := [t for t in self._closing if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        """At shutdown: close every pool, of the live Runtime and of retired ones."""
+        await self.wait_closed()
+        pools = {id(p): p for r in (self.current, *self.retired) for p in r.pools.values()}
+        await close_pools(pools.values())

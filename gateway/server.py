@@ -1,5 +1,8 @@
 """`gateway serve`: listen, and on SIGTERM/SIGINT drain in-flight requests and exit 0.
 
+SIGHUP reloads routes.yaml and policies/ (gateway/reload.py); so does editing them.
+With server.tls, a changed cert/key pair is picked up without a restart (gateway/tls.py).
+
 Shutdown order: mark draining (/readyz turns 503), stop accepting, let
 in-flight requests finish within server.shutdown_grace, close upstream pools.
 """
@@ -8,34 +11,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-import ssl
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import load_config
-from gateway.config.schema import TLSConfig
 from gateway.context import HOLDER
 from gateway.lowlevel import GatewayRunner
+from gateway.reload import RELOADER
 from gateway.security.keys import KeyConfigError
 from gateway.services import StartupError
+from gateway.tls import CertificateWatcher, server_context, start_redirect_listener
+from gateway.workers import exit_with_parent
 
 log = logging.getLogger("gateway.server")
 
 
-def tls_context(tls: TLSConfig) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # forward secrecy, AEAD only
-    context.set_alpn_protocols(["http/1.1"])
-    context.load_cert_chain(tls.cert, tls.key)
-    return context
-
-
-async def serve(config_path: Path, host: str | None = None, port: int | None = None) -> int:
+async def serve(
+    config_path: Path,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    worker_of: int | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT. `worker_of`: the pid of the `--workers` parent (the
+    port is shared with the other workers, and the worker stops if the parent is gone)."""
     config = load_config(config_path)
+    tls = config.server.tls
+    try:
+        context = server_context(tls.cert, tls.key) if tls else None
+    except (OSError, ValueError) as exc:  # changed since the config was checked
+        log.error("cannot start: server.tls: %s", exc)
+        return 1
     try:
         app = build_app(config)
     except KeyConfigError as exc:
@@ -60,11 +70,21 @@ async def serve(config_path: Path, host: str | None = None, port: int | None = N
         runner,
         listen_host,
         listen_port,
-        ssl_context=tls_context(server.tls) if server.tls else None,
+        ssl_context=context,
         backlog=1024,
+        reuse_port=worker_of is not None,  # --workers: the kernel spreads connections
     )
     await site.start()
     bound = _bound_port(runner) or listen_port
+    tasks: list[asyncio.Task[None]] = []
+    redirect = None
+    if tls is not None and context is not None:
+        watcher = CertificateWatcher(context, tls.cert, tls.key)  # new pair: no restart
+        tasks.append(asyncio.create_task(watcher.run()))
+        if tls.redirect_http is not None:
+            redirect = await start_redirect_listener(
+                tls.redirect_http, bound, reuse_port=worker_of is not None
+            )
     log.info(
         "listening",
         extra={
@@ -72,6 +92,7 @@ async def serve(config_path: Path, host: str | None = None, port: int | None = N
             "routes": len(config.routes),
             "upstreams": len(config.upstreams),
             "config": str(config.path),
+            "pid": os.getpid(),
         },
     )
 
@@ -79,10 +100,17 @@ async def serve(config_path: Path, host: str | None = None, port: int | None = N
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)  # reload routes.yaml, policies/
+    if worker_of is not None:
+        tasks.append(asyncio.create_task(exit_with_parent(worker_of, stop.set)))
     await stop.wait()
+    for task in tasks:
+        task.cancel()
 
     log.info("draining", extra={"grace_seconds": server.shutdown_grace})
     app[HOLDER].draining = True
+    if redirect is not None:
+        await redirect.cleanup()
     await runner.cleanup()  # stop accepting → wait for in-flight → on_cleanup closes pools
     log.info("stopped")
     return 0
@@ -95,10 +123,17 @@ def _bound_port(runner: web.AppRunner) -> int | None:
     return None
 
 
-def run(config_path: Path, host: str | None = None, port: int | None = None) -> int:
+def run(
+    config_path: Path,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    worker_of: int | None = None,
+) -> int:
+    main = serve(config_path, host, port, worker_of=worker_of)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(config_path, host, port))
+        return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(config_path, host, port))
+        return runner.run(main)

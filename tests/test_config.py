@@ -15,6 +15,7 @@ from textwrap import dedent
 
 import pytest
 
+from gateway import certs
 from gateway.config import ConfigError, ConfigProblem, load_config
 from gateway.config.loader import MODEL_TIMEOUT, UPSTREAM_TIMEOUT
 from gateway.config.schema import DEFAULT_MAX_BODY, Config, RateLimitConfig, TLSConfig
@@ -337,13 +338,14 @@ def test_unknown_key_in_upstream(write_config: WriteConfig) -> None:
         upstreams:
           up:
             targets: [http://127.0.0.1:9000]
-            retries: 3
+            max_fails: 3
         """
     )
     assert only_problem(path) == (
         4,
-        "upstreams.up.retries: unknown key (known keys: targets, timeout, connect_timeout, "
-        "first_byte_timeout, max_connections, forward_authorization, pass_host)",
+        "upstreams.up.max_fails: unknown key (known keys: targets, timeout, connect_timeout, "
+        "first_byte_timeout, max_connections, forward_authorization, pass_host, balance, "
+        "health_check, passive, retries, retry_budget, tls)",
     )
 
 
@@ -522,6 +524,7 @@ def test_relative_paths_resolve_beside_the_config_not_the_cwd(
 ) -> None:
     folder = tmp_path / "etc" / "gateway"
     folder.mkdir(parents=True)
+    write_pair(folder / "certs" / "server.crt", tmp_path / "etc" / "keys" / "server.key")
     (folder / "routes.yaml").write_text(
         "server:\n"
         "  tls: {cert: certs/server.crt, key: ../keys/server.key}\n"
@@ -542,10 +545,19 @@ def test_relative_paths_resolve_beside_the_config_not_the_cwd(
 
 def test_absolute_paths_are_kept(write_config: WriteConfig, tmp_path: Path) -> None:
     cert = tmp_path / "abs" / "c.crt"
+    write_pair(cert, tmp_path / "k.key")
     path = write_config(f"server:\n  tls: {{cert: {cert}, key: k.key}}\npolicies: /srv/p\n")
     config = load(path)
     assert config.server.tls == TLSConfig(cert=cert, key=tmp_path / "k.key")
     assert config.policies_dir == Path("/srv/p")
+
+
+def write_pair(cert: Path, key: Path) -> None:
+    """A certificate and its key at these paths: server.tls files must load at load time."""
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    key.parent.mkdir(parents=True, exist_ok=True)
+    ca_key = certs.new_key()
+    certs.write_server_pair(certs.make_ca(ca_key), ca_key, cert, key)
 
 
 def test_tls_needs_cert_and_key(write_config: WriteConfig) -> None:

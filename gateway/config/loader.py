@@ -18,21 +18,35 @@ from urllib.parse import urlsplit
 from gateway.config.policies import Policy, load_policies
 from gateway.config.schema import (
     DEFAULT_AUDIT,
+    DEFAULT_HSTS,
+    DEFAULT_PASSIVE,
+    DEFAULT_RETRY_BUDGET,
     AuditConfig,
     AuthConfig,
+    Balance,
     Config,
     HashingConfig,
+    HealthCheckConfig,
     IPNetwork,
     KeyConfig,
     ModelConfig,
+    PassiveConfig,
     RateLimitConfig,
+    RetryBudgetConfig,
     Route,
     ServerConfig,
     TLSConfig,
     UpstreamConfig,
     UpstreamTarget,
+    UpstreamTLSConfig,
 )
-from gateway.config.units import Rate, parse_duration, parse_rate, parse_size
+from gateway.config.units import (
+    Rate,
+    format_duration,
+    parse_duration,
+    parse_rate,
+    parse_size,
+)
 from gateway.config.yamlsource import (
     Invalid,
     Problems,
@@ -41,6 +55,7 @@ from gateway.config.yamlsource import (
     read_yaml,
 )
 from gateway.routing import compile_pattern, literal_prefix
+from gateway.tls import ca_problem, pair_problem
 
 # The local handlers a route may name. Kept beside the schema so `gateway
 # check` needs no aiohttp; tests pin it to the handler registry.
@@ -63,11 +78,23 @@ _UPSTREAM_KEYS = (
     "max_connections",
     "forward_authorization",
     "pass_host",
+    "balance",
+    "health_check",
+    "passive",
+    "retries",
+    "retry_budget",
+    "tls",
 )
+BALANCE_MODES = ("round_robin", "least_outstanding")
+MAX_WEIGHT = 1000
+MAX_RETRIES = 10
 _ROUTE_KEYS = ("methods", "auth", "roles", "rate_limit")
+_OFF = frozenset({"off", "none"})  # rate_limit values that turn a limit off
 UPSTREAM_TIMEOUT = 30.0
 MODEL_TIMEOUT = 300.0  # models answer slowly: a long default whole-response timeout
 MODEL_CONNECT_TIMEOUT = 5.0
+# models cost per call: 60/min per user unless the entry says otherwise (`rate_limit: off`)
+MODEL_RATE_LIMIT = RateLimitConfig(rate=Rate(60, 60.0), key="user")
 
 
 def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
@@ -175,7 +202,7 @@ def _server(top: Section, base_dir: Path) -> ServerConfig:
     server = ServerConfig(
         host=host,
         port=port,
-        tls=sec.field("tls", lambda v: _tls(v, base_dir, top), None),
+        tls=sec.field("tls", lambda v: _tls(v, base_dir, top, port), None),
         trusted_proxies=sec.field("trusted_proxies", _networks, ()),
         max_body=sec.field("max_body", lambda v: v.convert(parse_size), default.max_body),
         shutdown_grace=sec.field(
@@ -241,14 +268,51 @@ def parse_listen(value: Value) -> tuple[str, int]:
     return host, port
 
 
-def _tls(value: Value, base_dir: Path, top: Section) -> TLSConfig:
+def _tls(value: Value, base_dir: Path, top: Section, port: int) -> TLSConfig:
     sec = value.section(top.problems)
     cert = sec.field("cert", lambda v: base_dir / v.text(), None)
     key = sec.field("key", lambda v: base_dir / v.text(), None)
-    sec.check_unknown("cert, key")
+    hsts = sec.field("hsts", lambda v: int(v.convert(parse_duration)), DEFAULT_HSTS)
+    redirect = sec.field("redirect_http", parse_listen, None)
+    sec.check_unknown("cert, key, hsts, redirect_http")
     if cert is None or key is None:
         raise Invalid(f"{value.key}: needs both cert and key")
-    return TLSConfig(cert=cert, key=key)
+    problem = pair_problem(cert, key)
+    if problem is not None:
+        which, message = problem
+        sec.report(sec.get(which), f"{value.key}.{which}: {message}")
+    if redirect is not None and redirect[1] == port and port != 0:
+        sec.report(
+            sec.get("redirect_http"),
+            f"{value.key}.redirect_http: port {port} is the TLS listener's own; pick another",
+        )
+    return TLSConfig(cert=cert, key=key, hsts=hsts, redirect_http=redirect)
+
+
+def _upstream_tls(
+    value: Value, problems: Problems, targets: tuple[UpstreamTarget, ...]
+) -> UpstreamTLSConfig:
+    base_dir = Path(value.file).parent  # relative paths resolve beside routes.yaml
+    sec = value.section(problems)
+    tls = UpstreamTLSConfig(
+        ca=sec.field("ca", lambda v: base_dir / v.text(), None),
+        cert=sec.field("cert", lambda v: base_dir / v.text(), None),
+        key=sec.field("key", lambda v: base_dir / v.text(), None),
+        verify=sec.field("verify", Value.boolean, True),
+    )
+    sec.check_unknown("ca, cert, key, verify")
+    if targets and all(t.scheme != "https" for t in targets):
+        sec.report(value, f"{value.key}: only applies to https:// targets")
+    if tls.ca is not None and (ca_message := ca_problem(tls.ca)) is not None:
+        sec.report(sec.get("ca"), f"{value.key}.ca: {ca_message}")
+    if (tls.cert is None) != (tls.key is None):
+        raise Invalid(f"{value.key}: a client certificate needs both cert and key")
+    if tls.cert is not None and tls.key is not None:
+        problem = pair_problem(tls.cert, tls.key)
+        if problem is not None:
+            which, message = problem
+            sec.report(sec.get(which), f"{value.key}.{which}: {message}")
+    return tls
 
 
 def _networks(value: Value) -> tuple[IPNetwork, ...]:
@@ -387,11 +451,127 @@ def parse_target(value: Value, weight: int = 1) -> UpstreamTarget:
     )
 
 
-def _targets(value: Value) -> tuple[UpstreamTarget, ...]:
-    targets = tuple(parse_target(item) for item in value.items())
+def _targets(value: Value, problems: Problems) -> tuple[UpstreamTarget, ...]:
+    """`[URL, {url: URL, weight: N}, ...]`: each item a URL, or a URL with its weight."""
+    targets: list[UpstreamTarget] = []
+    for item in value.items():
+        if item.is_mapping():
+            sec = item.section(problems)
+            url = sec.get("url")
+            weight = sec.field("weight", _weight, 1)
+            sec.check_unknown("url, weight")
+            if url is None:
+                raise Invalid(f"{item.key}: needs a url", item.line)
+            target = parse_target(url, weight)
+        else:
+            target = parse_target(item)
+        if any(t.url == target.url for t in targets):
+            raise Invalid(f"{item.key}: {target.url!r} is listed twice", item.line)
+        targets.append(target)
     if not targets:
         raise Invalid(f"{value.key}: needs at least one target URL")
-    return targets
+    return tuple(targets)
+
+
+def _weight(value: Value) -> int:
+    weight = value.integer(minimum=1)
+    if weight > MAX_WEIGHT:
+        raise Invalid(f"{value.key}: must be at most {MAX_WEIGHT}", value.line)
+    return weight
+
+
+def _balance(value: Value) -> Balance:
+    text = value.text()
+    if text == "round_robin":
+        return "round_robin"
+    if text == "least_outstanding":
+        return "least_outstanding"
+    raise Invalid(f"{value.key}: must be one of {', '.join(BALANCE_MODES)}, not {text!r}")
+
+
+def _positive_duration(value: Value) -> float:
+    seconds = value.convert(parse_duration)
+    if seconds <= 0:
+        raise Invalid(f"{value.key}: must be longer than zero", value.line)
+    return seconds
+
+
+def _health_check(value: Value, problems: Problems) -> HealthCheckConfig:
+    sec = value.section(problems)
+    default = HealthCheckConfig()
+
+    def path(v: Value) -> str:
+        text = v.text()
+        if not text.startswith("/"):
+            raise Invalid(f"{v.key}: must start with /, got {text!r}", v.line)
+        return text
+
+    check = HealthCheckConfig(
+        path=sec.field("path", path, default.path),
+        interval=sec.field("interval", _positive_duration, default.interval),
+        timeout=sec.field("timeout", _positive_duration, default.timeout),
+        healthy=sec.field("healthy", lambda v: v.integer(minimum=1), default.healthy),
+        unhealthy=sec.field("unhealthy", lambda v: v.integer(minimum=1), default.unhealthy),
+    )
+    sec.check_unknown("path, interval, timeout, healthy, unhealthy")
+    return check
+
+
+def _passive(value: Value, problems: Problems) -> PassiveConfig:
+    sec = value.section(problems)
+    default = DEFAULT_PASSIVE
+    passive = PassiveConfig(
+        failures=sec.field("failures", lambda v: v.integer(minimum=1), default.failures),
+        backoff=sec.field("backoff", _positive_duration, default.backoff),
+        max_backoff=sec.field("max_backoff", _positive_duration, default.max_backoff),
+    )
+    sec.check_unknown("failures, backoff, max_backoff")
+    if passive.max_backoff < passive.backoff:
+        sec.report(
+            sec.get("max_backoff") or value,
+            f"{value.key}.max_backoff: {format_duration(passive.max_backoff)} is shorter than "
+            f"{value.key}.backoff ({format_duration(passive.backoff)})",
+        )
+    return passive
+
+
+def _ratio(value: Value) -> float:
+    """`20%` or a fraction `0.2`, between 0 and 1."""
+    raw = value.scalar()
+    try:
+        if isinstance(raw, bool) or raw is None:
+            raise ValueError
+        text = str(raw).strip()  # after ${ENV} expansion numbers arrive as text
+        ratio = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise Invalid(
+            f"{value.key}: expected a percentage like 20% (or a fraction like 0.2)", value.line
+        ) from None
+    if not 0 <= ratio <= 1:
+        raise Invalid(f"{value.key}: must be between 0% and 100%", value.line)
+    return ratio
+
+
+def _retry_budget(value: Value, problems: Problems) -> RetryBudgetConfig:
+    default = DEFAULT_RETRY_BUDGET
+    if not value.is_mapping():
+        return RetryBudgetConfig(ratio=_ratio(value), min_per_second=default.min_per_second)
+    sec = value.section(problems)
+    budget = RetryBudgetConfig(
+        ratio=sec.field("ratio", _ratio, default.ratio),
+        min_per_second=sec.field(
+            "min_per_second", lambda v: v.integer(minimum=0), default.min_per_second
+        ),
+    )
+    sec.check_unknown("ratio, min_per_second")
+    return budget
+
+
+def _retries(value: Value) -> int:
+    retries = value.integer(minimum=0)
+    if retries > MAX_RETRIES:
+        raise Invalid(f"{value.key}: must be at most {MAX_RETRIES}", value.line)
+    return retries
 
 
 def _upstream_fields(
@@ -416,6 +596,14 @@ def _upstream_fields(
         ),
         forward_authorization=sec.field("forward_authorization", Value.boolean, False),
         pass_host=sec.field("pass_host", Value.boolean, False),
+        balance=sec.field("balance", _balance, defaults.balance),
+        health_check=sec.field("health_check", lambda v: _health_check(v, sec.problems), None),
+        passive=sec.field("passive", lambda v: _passive(v, sec.problems), defaults.passive),
+        retries=sec.field("retries", _retries, defaults.retries),
+        retry_budget=sec.field(
+            "retry_budget", lambda v: _retry_budget(v, sec.problems), defaults.retry_budget
+        ),
+        tls=sec.field("tls", lambda v: _upstream_tls(v, sec.problems, targets), None),
         line=line,
     )
 
@@ -434,7 +622,7 @@ def _upstream(name: str, value: Value, problems: Problems, top: Section) -> Upst
         sec.report(value, f"{value.key}: needs targets: [URL, ...]")
         targets: tuple[UpstreamTarget, ...] = ()
     else:
-        targets = sec.field("targets", _targets, ())
+        targets = sec.field("targets", lambda v: _targets(v, problems), ())
     upstream = _upstream_fields(name, sec, targets, value.line, UPSTREAM_TIMEOUT)
     sec.check_unknown(", ".join(_UPSTREAM_KEYS))
     return upstream if targets else None
@@ -493,8 +681,13 @@ def _roles(value: Value) -> tuple[str, ...]:
 def rate_limit(
     value: Value, problems: Problems, default_key: str = "user"
 ) -> RateLimitConfig | None:
-    """`60/min` or {limit: 5, per: 1m, key: ip}; None when a part was already reported."""
+    """`60/min`, {limit: 5, per: 1m, key: ip}, or `off` / `none` for no limit.
+
+    None for `off`, and when a part was already reported.
+    """
     if not value.is_mapping():
+        if _is_off(value):
+            return None
         return RateLimitConfig(rate=value.convert(parse_rate), key=default_key)
     sec = value.section(problems)
     limit = sec.field("limit", lambda v: v.integer(minimum=1), None)
@@ -509,6 +702,14 @@ def rate_limit(
     if limit is None or per is None:
         return None  # the bad limit or per is reported already
     return RateLimitConfig(rate=Rate(limit, per), key=key)
+
+
+def _is_off(value: Value) -> bool:
+    """`off` or `none` (PyYAML reads a bare `off`, like `no` and `false`, as false)."""
+    scalar = value.scalar()
+    if scalar is True:
+        raise Invalid(f"{value.key}: give a rate like 60/min, or off for no limit", value.line)
+    return scalar is False or (isinstance(scalar, str) and scalar.strip().lower() in _OFF)
 
 
 def _limit_key(value: Value) -> str:
@@ -634,9 +835,11 @@ def _model(
     elif url is not None:
         targets = sec.field("url", lambda v: (parse_target(v),), ())
     else:
-        targets = sec.field("targets", _targets, ())
+        targets = sec.field("targets", lambda v: _targets(v, problems), ())
     upstream = _upstream_fields(name, sec, targets, value.line, MODEL_TIMEOUT)
     common = _route_common(sec, problems, role_refs)
+    if sec.get("rate_limit") is None:  # absent: the default; `off` gave None on purpose
+        common["rate_limit"] = MODEL_RATE_LIMIT
     usage = sec.field("usage", _usage_format, None)
     token_limit = sec.field("token_limit", lambda v: rate_limit(v, problems), None)
     fallback = sec.field("fallback", _names, _NO_NAMES)

@@ -21,14 +21,23 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 LOGIN_FAILURES = Rate(5, 900.0)
 AuthMode = Literal["required", "none"]
+DEFAULT_HSTS = 365 * 86400  # one year, as browsers' preload lists expect
 
 
 @dataclass(frozen=True, slots=True)
 class TLSConfig:
-    """server.tls: the certificate chain and key the listener presents."""
+    """server.tls: the certificate chain and key the listener presents.
 
-    cert: Path
-    key: Path
+    Both files must exist and load together (checked at load). They are
+    watched while serving: a changed pair is used for new handshakes.
+    """
+
+    cert: Path  # PEM chain: the server certificate first, then intermediates
+    key: Path  # unencrypted PEM private key of the certificate
+    hsts: int = DEFAULT_HSTS  # Strict-Transport-Security max-age, whole seconds; 0: no header
+    # HOST:PORT of a plain-HTTP listener that answers every request with a
+    # 308 to the same path on https; None: no such listener
+    redirect_http: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +114,77 @@ class UpstreamTarget:
     host: str
     port: int
     base_path: str  # "" or "/prefix" without a trailing slash
-    weight: int = 1
+    weight: int = 1  # 1-1000: its share of the upstream's requests
 
     @property
     def origin(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+
+Balance = Literal["round_robin", "least_outstanding"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """upstreams.NAME.health_check: active checks, one GET per target every `interval`.
+
+    A 2xx or 3xx answer within `timeout` is a success. A healthy target turns
+    unhealthy after `unhealthy` failures in a row, an unhealthy one healthy
+    again after `healthy` successes in a row.
+    """
+
+    path: str = "/health"  # starts with /; appended to the target's base path
+    interval: float = 5.0  # seconds (> 0) between rounds of checks
+    timeout: float = 2.0  # seconds (> 0) one check may take
+    healthy: int = 2  # consecutive successes (>= 1) to turn healthy
+    unhealthy: int = 3  # consecutive failures (>= 1) to turn unhealthy
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveConfig:
+    """upstreams.NAME.passive: ejection on the outcome of real requests.
+
+    After `failures` connection failures or 5xx answers in a row a target is
+    ejected for `backoff`, doubled at each ejection in a row up to
+    `max_backoff`; then one half-open probe request decides. Rule:
+    backoff <= max_backoff. An upstream with one target is never ejected.
+    """
+
+    failures: int = 5  # consecutive failures (>= 1) that eject a target
+    backoff: float = 10.0  # seconds (> 0) of the first ejection
+    max_backoff: float = 300.0  # seconds: the doubling stops here
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetConfig:
+    """upstreams.NAME.retry_budget: `20%` or {ratio: 20%, min_per_second: 3}.
+
+    Retries may be at most `ratio` of this upstream's requests over the last
+    10 seconds; `min_per_second` retries are allowed each second regardless,
+    so an upstream with little traffic can still retry.
+    """
+
+    ratio: float = 0.2  # 0-1, written as a percentage (20%) or a fraction (0.2)
+    min_per_second: int = 3  # >= 0
+
+
+DEFAULT_PASSIVE = PassiveConfig()
+DEFAULT_RETRY_BUDGET = RetryBudgetConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLSConfig:
+    """upstreams.NAME.tls: how the gateway checks an https:// upstream and proves itself to it.
+
+    Rule: cert and key come together (a client certificate for mutual TLS);
+    every file must exist and load (checked at load).
+    """
+
+    ca: Path | None = None  # PEM CA bundle that signs the upstream; None: the system CAs
+    cert: Path | None = None  # client certificate chain (PEM) for mutual TLS
+    key: Path | None = None  # its unencrypted PEM private key
+    verify: bool = True  # false: accept any certificate (logged as a warning at start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +199,14 @@ class UpstreamConfig:
     max_connections: int = 100  # pooled keep-alive connections per target
     forward_authorization: bool = False  # pass the client's Authorization header on
     pass_host: bool = False  # keep the client's Host (else the target's)
+    balance: Balance = "round_robin"  # smooth weighted round-robin | least_outstanding
+    health_check: HealthCheckConfig | None = None  # None: no active checks
+    passive: PassiveConfig = DEFAULT_PASSIVE
+    # extra attempts, each on another target, for idempotent bodiless requests
+    # whose connection failed (the request never reached a target); 0-10
+    retries: int = 2
+    retry_budget: RetryBudgetConfig = DEFAULT_RETRY_BUDGET
+    tls: UpstreamTLSConfig | None = None  # https:// targets; None: system CAs, full checks
     line: int = 0
 
 

@@ -1,4 +1,4 @@
-"""/admin/*: user management, the audit log and model reports, the route table, the config.
+"""/admin/*: users, the audit log and model reports, routes and upstream health, the config.
 
 Validation errors name the field (400); an unknown id is 404; removing the
 last active admin is 409 `last_admin`. A role change or a deactivation is
@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.audit.report import summarise
+from gateway.context import HOLDER
 from gateway.handlers.auth import USERNAME, context, end_all_sessions, reserved_username
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, query_bool, query_int, query_time, spec
@@ -220,8 +221,29 @@ async def routes(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def config(request: web.Request) -> web.StreamResponse:
+async def upstreams(request: web.Request) -> web.StreamResponse:
+    """Each upstream's balancing, and per target: state, in-flight, failures, last error."""
     _, runtime, _ = context(request)
+    items = []
+    for name, pool in sorted(runtime.pools.items()):
+        check = pool.config.health_check
+        items.append(
+            {
+                "name": name,
+                "balance": pool.config.balance,
+                "health_check": None
+                if check is None
+                else {"path": check.path, "interval": check.interval, "timeout": check.timeout},
+                "targets": pool.balancer.describe(),
+            }
+        )
+    return json_response({"items": items, "next_cursor": None})
+
+
+async def config(request: web.Request) -> web.StreamResponse:
+    """The live config; `last_error`: the last reload's problems, until one succeeds."""
+    _, runtime, _ = context(request)
+    failure = request.app[HOLDER].last_error
     return json_response(
         {
             "version": runtime.version,
@@ -229,7 +251,12 @@ async def config(request: web.Request) -> web.StreamResponse:
             "file": str(runtime.config.path),
             "file_hash": runtime.config.file_hash,
             "policies_hash": runtime.config.policy.digest,
-            "last_error": None,
+            "last_error": None
+            if failure is None
+            else {
+                "at": datetime.fromtimestamp(failure.at, UTC).isoformat(),
+                "problems": list(failure.problems),
+            },
         }
     )
 
@@ -242,6 +269,7 @@ ROUTES = SubRoutes(
         ("/admin/users/{id}", ("PATCH",), patch_user),
         ("/admin/users/{id}", ("DELETE",), delete_user),
         ("/admin/routes", ("GET",), routes),
+        ("/admin/upstreams", ("GET",), upstreams),
         ("/admin/config", ("GET",), config),
         ("/admin/audit-logs", ("GET",), audit_logs),
         ("/admin/reports", ("GET",), reports),

@@ -78,8 +78,12 @@ def _record(
     metrics = services.metrics
     metrics.request(route.path if route is not None else NO_ROUTE, status, latency)
     upstream = route.upstream if route is not None else None
-    if upstream is not None and reason is not None and reason.startswith("upstream_"):
-        metrics.upstream_error(upstream, reason)  # upstream_unreachable, _timeout, _reset
+    if (
+        upstream is not None
+        and reason is not None
+        and (reason.startswith("upstream_") or reason == "no_healthy_upstream")
+    ):
+        metrics.upstream_error(upstream, reason)  # upstream_unreachable, _timeout, _reset, …
 
 
 def _record_error(request: web.Request, ctx: RequestContext, error: GatewayError) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.context import CTX, RequestContext
+from gateway.context import CTX, HOLDER, RequestContext
 from gateway.middleware import Handler, Middleware
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -43,3 +43,17 @@ async def stamp_headers(request: web.BaseRequest, response: web.StreamResponse) 
         headers["X-Request-Id"] = ctx.request_id
         for name, value in ctx.rate_headers:
             headers[name] = value
+    if request.scheme == "https":  # the connection itself is TLS (never X-Forwarded-Proto)
+        max_age = _hsts_max_age(request, ctx)
+        if max_age:
+            response.headers["Strict-Transport-Security"] = f"max-age={max_age}"
+
+
+def _hsts_max_age(request: web.BaseRequest, ctx: RequestContext | None) -> int:
+    """server.tls.hsts of the request's config (the live one if it was not routed); 0: none."""
+    runtime = ctx.runtime if ctx is not None else None
+    if runtime is None and isinstance(request, web.Request):
+        holder = request.app.get(HOLDER)
+        runtime = holder.current if holder is not None else None
+    tls = runtime.config.server.tls if runtime is not None else None
+    return tls.hsts if tls is not None else 0

@@ -2,6 +2,8 @@
 
 Every later stage (authentication, policy, limits, the proxy) reads the route
 and the normalised path from the context, so they all judge the same path.
+The pinned Runtime counts this request until it ends, so a reload closes the
+old config's upstream pools only once its last request is done.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def route(cfg: RouteStageConfig) -> Middleware:
     @web.middleware
     async def route_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
         ctx = request[CTX]
-        runtime = request.app[HOLDER].current
+        holder = request.app[HOLDER]
+        runtime = holder.current
         ctx.runtime = runtime  # this request keeps this config to the end
         raw_path, _, ctx.query = request.raw_path.partition("?")
         try:
@@ -48,6 +51,15 @@ def route(cfg: RouteStageConfig) -> Middleware:
             found = runtime.table.match(request.method, path)
             ctx.route = found.route
             ctx.params = found.params
-        return await handler(request)
+        # Counted from here (no await since it was pinned, so no reload came between)
+        # until it ends: a retired config's pools close once its count is back to 0.
+        usage = runtime.usage
+        usage.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            usage.in_flight -= 1
+            if usage.retired and not usage.in_flight:
+                holder.drained(runtime)
 
     return route_stage

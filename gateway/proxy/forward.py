@@ -4,6 +4,13 @@ Failures are mapped on purpose, one comment per case (contract section 5):
 before the response headers are sent they become problems (502, 504, 413);
 after, the only honest signal left is to cut the client connection, so a
 truncated body is never presented as complete.
+
+Each attempt is in flight on its target from before sending until the
+response is relayed (or the exchange failed), and its outcome is reported to
+the upstream's balancer. A request is retried on another target only when
+retrying cannot do harm: an idempotent method, no body to replay, and a
+connection that failed, so the request never reached a target; within
+`retries` and the upstream's retry budget.
 """
 
 from __future__ import annotations
@@ -20,16 +27,28 @@ from gateway.config.schema import Route, ServerConfig
 from gateway.context import RequestContext
 from gateway.forwarded import forwarded_for, is_trusted
 from gateway.problems import GatewayError
+from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
+from gateway.proxy.health import failure_text
 from gateway.proxy.pool import UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
 
 READ_CHUNK = 64 * 1024
+# RFC 9110 §9.2.2: repeating these has the effect of sending them once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class BodyTooLarge(Exception):
     """A chunked request body grew past server.max_body while streaming."""
+
+
+class _SendFailed(Exception):
+    """An attempt failed before the response head arrived; `cause` says how."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 async def _limited(
@@ -68,11 +87,7 @@ async def forward(
     if length is not None and length > server.max_body:
         raise GatewayError.too_large(server.max_body)
 
-    target, base = pool.pick()
-    url = URL(
-        base + upstream_path(ctx, route) + ("?" + ctx.query if ctx.query else ""),
-        encoded=True,  # the normalised path is already percent-encoded: send it as is
-    )
+    path = upstream_path(ctx, route) + ("?" + ctx.query if ctx.query else "")
 
     incoming = request.headers
     headers = upstream_request_headers(
@@ -111,16 +126,99 @@ async def forward(
             else _limited(request.content, server.max_body, ctx)
         )
 
-    try:
-        if upstream.first_byte_timeout:
-            async with asyncio.timeout(upstream.first_byte_timeout):
-                response = await _send(pool, request.method, url, headers, body)
-        else:
-            response = await _send(pool, request.method, url, headers, body)
-    except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
-        raise _send_failure(exc, ctx, upstream.name, server.max_body) from None
+    balancer = pool.balancer
+    balancer.budget.request()
+    attempt = pool.pick()
+    if attempt is None:
+        # Every target is ejected or failing its health checks.
+        raise GatewayError.unavailable(
+            f"upstream {upstream.name} has no healthy target",
+            code="no_healthy_upstream",
+            retry_after=balancer.retry_after(),
+        )
 
-    return await _relay(request, ctx, response, upstream.name, str(target.url))
+    # Only a request without a body can be sent again as it was.
+    replayable = request.method in IDEMPOTENT_METHODS and body is None
+    tried: list[TargetState] = []
+    while True:
+        tried.append(attempt.target)
+        # the normalised path is already percent-encoded: send it as is
+        url = URL(pool.bases[attempt.target.index] + path, encoded=True)
+        try:
+            return await _exchange(request, ctx, pool, attempt, url, headers, body)
+        except _SendFailed as failed:
+            exc = failed.cause
+            if (
+                replayable
+                and _never_reached(exc)
+                and len(tried) <= upstream.retries
+                and balancer.budget.allows()
+            ):
+                retry = pool.pick(exclude=tried)
+                if retry is not None:
+                    balancer.budget.spend()
+                    attempt = retry
+                    continue
+            raise _send_failure(exc, ctx, upstream.name, server.max_body) from None
+
+
+def _never_reached(exc: BaseException) -> bool:
+    """Whether the attempt failed before a single byte of the request was sent."""
+    # Refused, unreachable, DNS failure, or no connection within connect_timeout.
+    # A timeout or reset after the connection was made is not: the target may
+    # have acted on the request.
+    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
+async def _exchange(
+    request: web.Request,
+    ctx: RequestContext,
+    pool: UpstreamPool,
+    attempt: Attempt,
+    url: URL,
+    headers: object,
+    body: object,
+) -> web.StreamResponse:
+    """One attempt on one target: send, report the outcome, relay the response."""
+    upstream = pool.config
+    balancer = pool.balancer
+    try:
+        try:
+            if upstream.first_byte_timeout:
+                async with asyncio.timeout(upstream.first_byte_timeout):
+                    response = await _send(pool, request.method, url, headers, body)
+            else:
+                response = await _send(pool, request.method, url, headers, body)
+        except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
+            if ctx.outcome != "body_too_large":  # the client's fault, not the target's
+                _report_failure(balancer, attempt, upstream.name, failure_text(exc))
+            raise _SendFailed(exc) from None
+        if balancer.answered(attempt, response.status):
+            _log_ejection(balancer, attempt, upstream.name)
+        relayed = await _relay(request, ctx, response, upstream.name, attempt.target.url)
+        if ctx.outcome == "upstream_reset":
+            _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
+        return relayed
+    finally:
+        balancer.finish(attempt)
+
+
+def _report_failure(balancer: Balancer, attempt: Attempt, name: str, error: str) -> None:
+    if balancer.failed(attempt, error):
+        _log_ejection(balancer, attempt, name)
+
+
+def _log_ejection(balancer: Balancer, attempt: Attempt, name: str) -> None:
+    target = attempt.target
+    log.warning(
+        "upstream target ejected",
+        extra={
+            "upstream": name,
+            "target": target.url,
+            "ejections": target.ejections,
+            "error": target.last_error,
+        },
+    )
 
 
 async def _send(

@@ -1,21 +1,26 @@
-"""One pooled keep-alive `ClientSession` per upstream, and the choice of target.
+"""One pooled keep-alive `ClientSession` per upstream, its balancer and its health checks.
 
 Sessions are made once per config (never per request) and closed when the
-config that made them is retired.
+config that made them is retired. The health-check task lives as long as the
+session: started with the pool (a Runtime is built inside the running event
+loop, just before it serves), cancelled by `close`.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Mapping
+import asyncio
+from collections.abc import Collection, Mapping
 
 import aiohttp
 
-from gateway.config.schema import UpstreamConfig, UpstreamTarget
+from gateway.config.schema import UpstreamConfig
+from gateway.proxy.balancer import Attempt, Balancer, TargetState
+from gateway.proxy.health import HealthChecker
+from gateway.tls import upstream_ssl
 
 
 class UpstreamPool:
-    """The connection pool and target rotation of one upstream."""
+    """The connection pool, target choice and health checks of one upstream."""
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
@@ -25,6 +30,7 @@ class UpstreamPool:
             keepalive_timeout=30.0,
             enable_cleanup_closed=False,
             ttl_dns_cache=60,
+            ssl=upstream_ssl(config),  # upstreams.NAME.tls: CA bundle, client cert, verify
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -38,17 +44,36 @@ class UpstreamPool:
             trust_env=False,
             raise_for_status=False,
         )
-        # Weighted round-robin: each target appears `weight` times in the cycle.
-        weighted = [t for t in config.targets for _ in range(max(1, t.weight))]
-        self._cycle: Iterator[UpstreamTarget] = itertools.cycle(weighted)
-        self._bases = {t: t.origin + t.base_path for t in config.targets}
+        self.balancer = Balancer(config)
+        # per target index: the URL prefix, origin plus base path
+        self.bases = [t.origin + t.base_path for t in config.targets]
+        self.health = (
+            HealthChecker(config.health_check, self.balancer, self.session, self.bases)
+            if config.health_check is not None
+            else None
+        )
+        self._closed = False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # made outside the loop: checks start with the first request
+        else:
+            self.start()
 
-    def pick(self) -> tuple[UpstreamTarget, str]:
-        """The next target and its URL prefix (origin plus base path)."""
-        target = next(self._cycle)
-        return target, self._bases[target]
+    def start(self) -> None:
+        """Start the health checks (once); a closed pool stays stopped."""
+        if self.health is not None and not self._closed:
+            self.health.start()
+
+    def pick(self, exclude: Collection[TargetState] = ()) -> Attempt | None:
+        """The target for the next attempt, counted in flight until `balancer.finish`."""
+        self.start()
+        return self.balancer.pick(exclude)
 
     async def close(self) -> None:
+        self._closed = True
+        if self.health is not None:
+            await self.health.stop()
         await self.session.close()
 
 

@@ -1,0 +1,244 @@
+"""`gateway models add` and `gateway models list`: the AI team's models in routes.yaml.
+
+`add` splices the entry into routes.yaml's text (`config/model_entry.py`),
+writes the result to a temp file beside routes.yaml, validates it with the
+real `load_config`, and only then replaces routes.yaml, by one atomic rename
+(what a reloading gateway watches for). `list` prints one line per model,
+with a TCP probe of every target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import stat
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.cli import _load_or_report, describe_connection_error
+from gateway.config import Config, ConfigError, ConfigProblem, load_config
+from gateway.config.model_entry import Placement, PlacementError, entry_fields, place_entry
+from gateway.config.schema import UpstreamTarget
+from gateway.config.units import format_duration
+
+# --- add ----------------------------------------------------------------------------
+
+
+def add_model(
+    path: Path,
+    name: str,
+    url: str,
+    roles: str | None = None,
+    rate_limit: str | None = None,
+    timeout: str | None = None,
+) -> int:
+    """`gateway models add`: 0 once routes.yaml holds the checked entry; else 1, file untouched."""
+    path = path.resolve()  # a symlinked routes.yaml: replace the file it points at
+    before = _load_or_report(path)
+    if before is None:
+        print(f"gateway models add: fix {path} first (see gateway check)", file=sys.stderr)
+        return 1
+    clash = _name_clash(before, name)
+    if clash is not None:
+        print(clash, file=sys.stderr)
+        return 1
+    original = path.read_bytes()
+    try:
+        placement = place_entry(
+            original.decode("utf-8"), name, entry_fields(url, roles, rate_limit, timeout)
+        )
+    except PlacementError as exc:
+        print(f"gateway models add: {path}: {exc}; add the entry by hand", file=sys.stderr)
+        return 1
+    try:
+        temp = _write_beside(path, placement.text.encode("utf-8"))
+    except OSError as exc:
+        print(
+            f"gateway models add: cannot write beside {path}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        try:
+            after = load_config(temp)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(_as_original(problem, temp, path, placement), file=sys.stderr)
+            print(f"gateway models add: {name!r} not added; {path} is unchanged", file=sys.stderr)
+            return 1
+        if path.read_bytes() != original:
+            print(
+                f"gateway models add: {path} changed meanwhile; nothing written, try again",
+                file=sys.stderr,
+            )
+            return 1
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+    _print_added(after, name, path)
+    return 0
+
+
+def _name_clash(config: Config, name: str) -> str | None:
+    if name in config.models:
+        return (
+            f"{config.path}:{config.models[name].line}: models.{name}: {name!r} is already a "
+            "model; edit that entry, or choose another name"
+        )
+    if name in config.upstreams:
+        return (
+            f"{config.path}:{config.upstreams[name].line}: upstreams.{name}: {name!r} is already "
+            "an upstream, and a model becomes an upstream of its own name; choose another name"
+        )
+    return None
+
+
+def _write_beside(path: Path, data: bytes) -> Path:
+    """`data` in a new temp file in routes.yaml's folder, with routes.yaml's mode (and owner)."""
+    info = path.stat()
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp, stat.S_IMODE(info.st_mode))
+        with contextlib.suppress(OSError):  # only root may give a file away; keep what we can
+            os.chown(temp, info.st_uid, info.st_gid)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable."""
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+def _as_original(problem: ConfigProblem, temp: Path, path: Path, placement: Placement) -> str:
+    """A problem found in the temp file, told as FILE:LINE of routes.yaml."""
+
+    def where(match: re.Match[str]) -> str:
+        return f"{path}:{placement.original_line(int(match.group(1)))}"
+
+    message = re.sub(re.escape(str(temp)) + r":(\d+)", where, problem.message)
+    message = message.replace(str(temp), str(path))
+    if problem.file != str(temp):  # policies/ and the like: their own files
+        return str(ConfigProblem(problem.file, problem.line, message))
+    return str(ConfigProblem(str(path), placement.original_line(problem.line), message))
+
+
+def _print_added(config: Config, name: str, path: Path) -> None:
+    upstream = config.upstreams[name]
+    route = next(r for r in config.routes if r.model == name)
+    limit = route.rate_limit
+    print(f"added model {name} at {path}:{config.models[name].line}")
+    print(f"  route    /models/{name}/** -> {', '.join(t.url for t in upstream.targets)}")
+    print(f"  roles    {', '.join(route.roles) or 'any signed-in user'}")
+    print(f"  limit    {f'{limit.rate} by {limit.key}' if limit else 'off'}")
+    print(f"  timeout  {_timeouts(upstream.timeout, upstream.connect_timeout)}")
+    print("a running gateway reloads routes.yaml by itself within a second (else restart it);")
+    print("check with `gateway models list` and GET /admin/routes")
+
+
+# --- list ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A TCP connect to one target: whether it answered, how fast, and if not, why."""
+
+    ms: float
+    error: OSError | None = None  # None: it answered
+
+    def __str__(self) -> str:
+        if self.error is None:
+            return f"ok {self.ms:.1f} ms"
+        return f"FAIL {describe_connection_error(self.error)} ({self.ms:.1f} ms)"
+
+
+async def probe(target: UpstreamTarget, seconds: float) -> Probe:
+    """Connect to `target` within `seconds` (the upstream's connect_timeout), then hang up."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(seconds):
+            _, writer = await asyncio.open_connection(target.host, target.port)
+    except OSError as exc:  # TimeoutError included; described later, off the clock
+        return Probe(_ms(started), exc)
+    elapsed = _ms(started)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return Probe(elapsed)
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+async def probe_models(config: Config) -> dict[str, list[Probe]]:
+    """Every target of every model probed at once; results in config order."""
+    names = list(config.models)
+    targets = [(n, t) for n in names for t in config.upstreams[n].targets]
+    results = await asyncio.gather(
+        *(probe(t, config.upstreams[n].connect_timeout) for n, t in targets)
+    )
+    probes: dict[str, list[Probe]] = {name: [] for name in names}
+    for (name, _), result in zip(targets, results, strict=True):
+        probes[name].append(result)
+    return probes
+
+
+def list_models(path: Path) -> int:
+    """`gateway models list`: one line per model, in config order; 1 only for a bad config."""
+    config = _load_or_report(path)
+    if config is None:
+        return 1
+    if not config.models:
+        print(f"{config.path}: no models")
+        return 0
+    probes = asyncio.run(probe_models(config))
+    rows = [("NAME", "URL", "ROLES", "RATE LIMIT", "TIMEOUT", "HEALTH", "EXTRAS")]
+    for name, model in config.models.items():
+        upstream = config.upstreams[name]
+        route = next(r for r in config.routes if r.model == name)
+        limit = route.rate_limit
+        extras = []
+        if model.usage:
+            extras.append(f"usage {model.usage}")
+        if model.token_limit:
+            extras.append(f"token_limit {model.token_limit.rate} by {model.token_limit.key}")
+        if model.fallback:
+            extras.append(f"fallback {','.join(model.fallback)}")
+        rows.append(
+            (
+                name,
+                ", ".join(t.url for t in upstream.targets),
+                ",".join(route.roles) or ("-" if route.auth == "none" else "any"),
+                f"{limit.rate} by {limit.key}" if limit else "off",
+                _timeouts(upstream.timeout, upstream.connect_timeout),
+                ", ".join(str(p) for p in probes[name]),
+                "; ".join(extras) or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _timeouts(timeout: float, connect: float) -> str:
+    return f"{format_duration(timeout)} (connect {format_duration(connect)})"
