@@ -40,6 +40,7 @@ def test_make_run_steps_print_curl_lines_that_work(tmp_path: Path) -> None:
 
     # the same steps as `make run`
     for step in (
+        [sys.executable, "-m", "gateway", "certs", "dev", "--config", str(config)],
         [sys.executable, "-m", "gateway", "db", "upgrade", "--config", str(config)],
         [sys.executable, str(ROOT / "seed_data.py"), "--config", str(config)],
     ):
@@ -61,6 +62,7 @@ def test_make_run_steps_print_curl_lines_that_work(tmp_path: Path) -> None:
                 break
         assert "DEMO" in banner
         assert (tmp_path / "certs" / "dev-jwt-secret").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "certs" / "server.key").stat().st_mode & 0o777 == 0o600
         wait_for_port(gateway_port, process)  # type: ignore[arg-type]
         commands = commands_of(banner)
         assert len(commands) == 5
