@@ -18,6 +18,7 @@ venv: $(STAMP)
 
 ## run: migrate and seed the database, then the gateway with the DEMO model upstream behind it
 run: venv
+	@test -f certs/server.crt || $(VENV)/bin/gateway certs dev --config $(CONFIG)
 	$(VENV)/bin/gateway db upgrade --config $(CONFIG)
 	$(PY) seed_data.py --config $(CONFIG)
 	$(PY) -m gateway.demo.launch $(CONFIG)
@@ -36,9 +37,10 @@ check: venv
 test: lint check
 	$(PY) -m pytest -n auto --dist loadfile -q $(PYTEST_ARGS)
 
-## bench: the benchmarks under bench/ (figures, not pass/fail)
+## bench: the benchmarks under bench/ (figures, not pass/fail); chain.py needs nginx, wrk, taskset
 bench: venv
 	$(PY) bench/route_matching.py
+	$(PY) bench/chain.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
