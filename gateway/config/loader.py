@@ -188,15 +188,22 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
     )
 
 
-def _server(top: Section, base_dir: Path) -> ServerConfig:
-    value = top.get("server")
-    default = ServerConfig()
+def _top_section(top: Section, name: str) -> Section | None:
+    """Top-level section `name`, or None when absent or not a mapping (reported)."""
+    value = top.get(name)
     if value is None:
-        return default
+        return None
     try:
-        sec = value.section(top.problems)
+        return value.section(top.problems)
     except Invalid as exc:
         top.report(value, str(exc))
+        return None
+
+
+def _server(top: Section, base_dir: Path) -> ServerConfig:
+    default = ServerConfig()
+    sec = _top_section(top, "server")
+    if sec is None:
         return default
     host, port = sec.field("listen", lambda v: parse_listen(v), (default.host, default.port))
     server = ServerConfig(
@@ -215,14 +222,9 @@ def _server(top: Section, base_dir: Path) -> ServerConfig:
 
 
 def _audit(top: Section, base_dir: Path) -> AuditConfig:
-    value = top.get("audit")
     default = AuditConfig(spool=base_dir / DEFAULT_AUDIT.spool)
-    if value is None:
-        return default
-    try:
-        sec = value.section(top.problems)
-    except Invalid as exc:
-        top.report(value, str(exc))
+    sec = _top_section(top, "audit")
+    if sec is None:
         return default
 
     def interval(v: Value) -> float:
@@ -240,7 +242,7 @@ def _audit(top: Section, base_dir: Path) -> AuditConfig:
     sec.check_unknown("queue_size, batch_size, flush_interval, spool")
     if audit.batch_size > audit.queue_size:
         sec.report(
-            sec.get("batch_size") or value,
+            sec.get("batch_size"),
             f"audit.batch_size: {audit.batch_size} is more than audit.queue_size "
             f"({audit.queue_size}); a batch is taken from the queue",
         )
@@ -327,14 +329,9 @@ def _networks(value: Value) -> tuple[IPNetwork, ...]:
 
 
 def _auth(top: Section, base_dir: Path, role_refs: list[tuple[str, Value]]) -> AuthConfig:
-    value = top.get("auth")
     default = AuthConfig()
-    if value is None:
-        return default
-    try:
-        sec = value.section(top.problems)
-    except Invalid as exc:
-        top.report(value, str(exc))
+    sec = _top_section(top, "auth")
+    if sec is None:
         return default
 
     def algorithm(v: Value) -> str:
@@ -378,21 +375,21 @@ def _auth(top: Section, base_dir: Path, role_refs: list[tuple[str, Value]]) -> A
     for key in auth.keys:
         if hmac and key.secret is None:
             top.problems.add(
-                value.file,
+                sec.file,
                 key.line,
                 f"auth.keys: {key.kid}: {auth.algorithm} "
                 "keys need a secret (e.g. secret: ${GATEWAY_JWT_SECRET})",
             )
         if not hmac and key.secret is not None:
             top.problems.add(
-                value.file,
+                sec.file,
                 key.line,
                 f"auth.keys: {key.kid}: {auth.algorithm} "
                 "keys are PEM files (private_key, public_key), not secrets",
             )
     if not hmac and not auth.keys:
         top.problems.add(
-            value.file, value.line, f"auth: {auth.algorithm} needs auth.keys with PEM key files"
+            sec.file, sec.line, f"auth: {auth.algorithm} needs auth.keys with PEM key files"
         )
     return auth
 

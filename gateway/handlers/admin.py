@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.audit.report import summarise
 from gateway.context import HOLDER
-from gateway.handlers.auth import USERNAME, context, end_all_sessions, reserved_username
+from gateway.handlers.auth import USERNAME, context, create_account, end_all_sessions
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, query_bool, query_int, query_time, spec
 from gateway.handlers.subroutes import SubRoutes
@@ -84,18 +84,15 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     _, runtime, services = context(request)
     body = parse(await read_json(request, runtime.config.server.max_body), NewUser)
     check_role(runtime, body.role)
-    reserved_username(body.username)
-    services.passwords.check_policy(body.password, body.username)
-    password_hash = await asyncio.to_thread(services.passwords.hash, body.password)
-    user = await services.users.create(
+    user = await create_account(
+        services,
         body.username,
-        password_hash,
+        body.password,
         body.role,
         display_name=body.display_name,
         email=body.email,
         active=body.active,
     )
-    await publish(services, user)
     return json_response(user.public(), status=201)
 
 

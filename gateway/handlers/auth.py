@@ -186,15 +186,33 @@ async def register(request: web.Request) -> web.StreamResponse:
     if not auth.allow_registration:
         raise GatewayError(403, "registration_closed", "self-registration is turned off")
     body = parse(await read_json(request, runtime.config.server.max_body), RegisterRequest)
-    reserved_username(body.username)
-    services.passwords.check_policy(body.password, body.username)
-    password_hash = await asyncio.to_thread(services.passwords.hash, body.password)
-    user = await services.users.create(
+    user = await create_account(
+        services,
         body.username,
-        password_hash,
+        body.password,
         auth.default_role,
         display_name=body.display_name,
         email=body.email,
     )
-    await services.identity.set_user(user.id, UserState.of(user))
     return json_response(user.public(), status=201)
+
+
+async def create_account(
+    services: Services,
+    username: str,
+    password: str,
+    role: str,
+    *,
+    display_name: str | None = None,
+    email: str | None = None,
+    active: bool = True,
+) -> UserRecord:
+    """A new user (registration or admin): name and password rules, argon2, then shared."""
+    reserved_username(username)
+    services.passwords.check_policy(password, username)
+    password_hash = await asyncio.to_thread(services.passwords.hash, password)
+    user = await services.users.create(
+        username, password_hash, role, display_name=display_name, email=email, active=active
+    )
+    await services.identity.set_user(user.id, UserState.of(user))
+    return user
