@@ -15,6 +15,14 @@ from gateway.proxy.forward import forward
 # Local handlers that answer another media type than JSON, so Accept's JSON
 # check (406) does not apply: Prometheus asks for its text format.
 NOT_JSON = frozenset({"builtin.metrics"})
+# (handler, path, format=) of local exports a client asks for by query: their
+# Accept (e.g. text/csv) is not held against them. Errors stay problem+json.
+EXPORTS = frozenset({("admin", "/admin/usage", "csv")})
+
+
+def is_export(request: web.Request, handler: str | None, path: str) -> bool:
+    """Whether the request asks a local endpoint for one of its non-JSON exports."""
+    return (handler, path.rstrip("/"), request.query.get("format")) in EXPORTS
 
 
 def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
@@ -32,7 +40,11 @@ def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
             # load_config only admits registered handler names; reaching here
             # means the registry and KNOWN_HANDLERS drifted apart.
             raise GatewayError.internal()
-        if route.handler not in NOT_JSON and not accepts_json(request.headers.get("Accept")):
+        if (
+            route.handler not in NOT_JSON
+            and not is_export(request, route.handler, ctx.path)
+            and not accepts_json(request.headers.get("Accept"))
+        ):
             raise GatewayError.not_acceptable()
         return await handler(request)
 

@@ -1,4 +1,4 @@
-"""/admin/*: users, the audit log and model reports, routes and upstream health, the config.
+"""/admin/*: users, the audit log, model reports and usage, routes and upstream health, the config.
 
 Validation errors name the field (400); an unknown id is 404; removing the
 last active admin is 409 `last_admin`. A role change or a deactivation is
@@ -26,6 +26,7 @@ from gateway.runtime import Runtime
 from gateway.services import Services
 from gateway.state.identity import UserState
 from gateway.store.audit import AuditFilter
+from gateway.store.usage import GROUP_KEYS, UsageStore, to_csv
 from gateway.store.users import UserRecord
 
 EMAIL = r"[^@\s]+@[^@\s]+"
@@ -193,6 +194,37 @@ async def reports(request: web.Request) -> web.StreamResponse:
     return json_response({"items": summarise(rows), "next_cursor": None})
 
 
+async def usage(request: web.Request) -> web.StreamResponse:
+    """Model calls per group in [since, until): calls, errors, tokens, latency; JSON or CSV.
+
+    `until` defaults to now and `since` to a day before `until`; `group_by` is a
+    comma list of model and user (default model); `format=csv` exports the same
+    columns as text/csv (the dispatcher lets its Accept through).
+    """
+    _, _, services = context(request)
+    query = request.query
+    until = query_time(query.get("until"), "until") or datetime.now(UTC)
+    since = query_time(query.get("since"), "since") or until - REPORT_WINDOW
+    if since > until:
+        raise bad_query("since: must not be after until")
+    group_by = (query.get("group_by") or "model").split(",")
+    for key in group_by:
+        if key not in GROUP_KEYS:
+            raise bad_query(f"group_by: unknown key {key!r} (keys: {', '.join(GROUP_KEYS)})")
+    export = query.get("format") or None
+    if export not in (None, "csv"):
+        raise bad_query("format: must be csv, or absent for JSON")
+    tally = await UsageStore(services.engine).tally(since, until, group_by)
+    if export is None:
+        return json_response({"items": tally.items(), "next_cursor": None})
+    return web.Response(
+        text=to_csv(tally.items(), tally.columns),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
+    )
+
+
 async def routes(request: web.Request) -> web.StreamResponse:
     _, runtime, _ = context(request)
     return json_response(
@@ -270,6 +302,7 @@ ROUTES = SubRoutes(
         ("/admin/config", ("GET",), config),
         ("/admin/audit-logs", ("GET",), audit_logs),
         ("/admin/reports", ("GET",), reports),
+        ("/admin/usage", ("GET",), usage),
     ]
 )
 
