@@ -11,6 +11,7 @@ from gateway.config.schema import Route
 from gateway.routing import NO_PARAMS
 from gateway.runtime import Runtime, RuntimeHolder
 from gateway.services import Services
+from gateway.usage import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class RequestContext:
     # stamped on whatever response goes out (local, proxied or a problem)
     rate_headers: tuple[tuple[str, str], ...] = ()
     bytes_in: int = 0  # request body bytes read (streamed bodies are counted)
+    ttfb: float | None = None  # seconds from arrival to the upstream's response head
+    usage: Usage | None = None  # token usage of a model call with a `usage:` format
 
 
 CTX = web.RequestKey("gateway.ctx", RequestContext)

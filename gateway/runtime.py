@@ -6,7 +6,7 @@ Everything a request needs is precomputed here: the route table, the token
 verifier, and per route the set of roles that pass (one set lookup per request).
 A reload (gateway/reload.py) builds a new Runtime and `RuntimeHolder.swap`s it
 in; the old one is retired and its upstream pools closed once its last
-request has ended (counted in `Usage`).
+request has ended (counted in `Occupancy`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from gateway.proxy.pool import UpstreamPool, make_pools
 from gateway.routing import RouteTable
 from gateway.security.keys import KeySet
 from gateway.security.tokens import TokenIssuer, TokenVerifier
+from gateway.usage import UsageReader, reader_for
 
 # path → handler name in gateway.handlers.BUILTIN
 BUILTIN_PATHS = {
@@ -48,7 +49,7 @@ def builtin_routes() -> dict[str, Route]:
 
 
 @dataclass(slots=True)
-class Usage:
+class Occupancy:
     """The requests running on one Runtime.
 
     A plain int, no lock: the event loop is one thread, and the route stage
@@ -86,9 +87,11 @@ class Runtime:
     allowed: Mapping[int, frozenset[str]]
     # role → X-User-Roles value: the role, then every role it inherits
     role_header: Mapping[str, str]
+    # model name → the reader of its `usage:` format (models without one are absent)
+    readers: Mapping[str, UsageReader]
     version: int
     loaded_at: float
-    usage: Usage = field(default_factory=Usage, compare=False, repr=False)
+    occupancy: Occupancy = field(default_factory=Occupancy, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -121,6 +124,7 @@ class Runtime:
             verifier=verifier,
             allowed={r.index: policy.allowed_roles(r.roles) for r in config.routes if r.roles},
             role_header={role: ",".join(chain) for role, chain in policy.roles.items()},
+            readers={m.name: reader_for(m.usage) for m in config.models.values() if m.usage},
             version=version,
             loaded_at=time.time(),
         )
@@ -147,8 +151,8 @@ class RuntimeHolder:
         """Make `runtime` the live config in one assignment and retire the old one."""
         old = self.current
         self.current = runtime  # the next request routed runs on the new config
-        old.usage.retired = True
-        if old.usage.in_flight:
+        old.occupancy.retired = True
+        if old.occupancy.in_flight:
             self.retired.append(old)  # closed by `drained` when its last request ends
         else:
             self._close_unshared(old)

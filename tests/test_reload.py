@@ -386,7 +386,7 @@ async def test_an_in_flight_request_finishes_on_the_old_config_then_its_pool_clo
     in_flight = asyncio.ensure_future(client.get("/gone/slow"))
     async with asyncio.timeout(DEADLINE):
         await entered.wait()
-    assert old.usage.in_flight == 1
+    assert old.occupancy.in_flight == 1
 
     # The route and upstream of the request in flight are removed; `kept` is
     # unchanged (moved to another line) and its pool is taken over.
@@ -407,7 +407,7 @@ async def test_an_in_flight_request_finishes_on_the_old_config_then_its_pool_clo
     await eventually(swapped, "the edit was never swapped in")
     new = holder.current
     assert new.version == 2
-    assert old.usage.retired
+    assert old.occupancy.retired
     assert [r is old for r in holder.retired] == [True]
     assert not old.pools["gone"].session.closed  # the request in flight still uses it
     assert new.pools["kept"] is old.pools["kept"]
@@ -420,7 +420,7 @@ async def test_an_in_flight_request_finishes_on_the_old_config_then_its_pool_clo
     assert await resp.json() == {"done": True}
 
     async def drained() -> bool:
-        return old.usage.in_flight == 0
+        return old.occupancy.in_flight == 0
 
     await eventually(drained, "the old config never drained")
     await holder.wait_closed()

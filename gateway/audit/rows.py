@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Table
 
+from gateway.usage import UNKNOWN, Usage
 from models import AuditLog, ReportLog
 
 
@@ -59,7 +60,7 @@ class AuditRow(NamedTuple):
 
 
 class ReportRow(NamedTuple):
-    """One call to a model route: a row of report_logs (token counts stay NULL: unknown)."""
+    """One call to a model route: a row of report_logs (token counts NULL: unknown)."""
 
     ts: float
     request_id: str
@@ -71,6 +72,10 @@ class ReportRow(NamedTuple):
     latency_ms: float
     bytes_in: int
     bytes_out: int
+    ttfb_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
 
 
 Row = AuditRow | ReportRow
@@ -119,8 +124,15 @@ def audit_row(
     )
 
 
-def report_row(row: AuditRow, model: str) -> ReportRow:
-    """The report row of a model call, from the call's audit row."""
+def report_row(
+    row: AuditRow,
+    model: str,
+    ttfb: float | None = None,
+    usage: Usage | None = None,
+) -> ReportRow:
+    """The report row of a model call, from the call's audit row, its time to first
+    byte (seconds) and the token usage its response reported (None: unknown)."""
+    known = usage if usage is not None else UNKNOWN
     return ReportRow(
         row.ts,
         row.request_id,
@@ -132,6 +144,10 @@ def report_row(row: AuditRow, model: str) -> ReportRow:
         row.latency_ms,
         row.bytes_in,
         row.bytes_out,
+        round(ttfb * 1000.0, 3) if ttfb is not None else None,
+        known.prompt_tokens,
+        known.completion_tokens,
+        known.total_tokens,
     )
 
 

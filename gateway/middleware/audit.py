@@ -74,7 +74,7 @@ def _record(
     services = request.app[SERVICES]
     services.audit.submit(row)
     if model_call and route is not None and route.model is not None:
-        services.audit.submit(report_row(row, route.model))
+        services.audit.submit(report_row(row, route.model, ctx.ttfb, ctx.usage))
     metrics = services.metrics
     metrics.request(route.path if route is not None else NO_ROUTE, status, latency)
     upstream = route.upstream if route is not None else None

@@ -53,13 +53,13 @@ def route(cfg: RouteStageConfig) -> Middleware:
             ctx.params = found.params
         # Counted from here (no await since it was pinned, so no reload came between)
         # until it ends: a retired config's pools close once its count is back to 0.
-        usage = runtime.usage
-        usage.in_flight += 1
+        occupancy = runtime.occupancy
+        occupancy.in_flight += 1
         try:
             return await handler(request)
         finally:
-            usage.in_flight -= 1
-            if usage.retired and not usage.in_flight:
+            occupancy.in_flight -= 1
+            if occupancy.retired and not occupancy.in_flight:
                 holder.drained(runtime)
 
     return route_stage

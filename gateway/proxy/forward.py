@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.schema import Route, ServerConfig
@@ -30,7 +32,9 @@ from gateway.problems import GatewayError
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 from gateway.proxy.health import failure_text
+from gateway.proxy.metering import Meter
 from gateway.proxy.pool import UpstreamPool
+from gateway.usage import MAX_PARSE, UsageReader
 
 log = logging.getLogger("gateway.proxy")
 
@@ -117,7 +121,11 @@ async def forward(
         headers["Host"] = host
 
     body: object = None
-    if request.body_exists:
+    meter: Meter | None = None
+    reader = ctx.runtime.readers.get(route.model) if route.model and ctx.runtime else None
+    if reader is not None:
+        body, meter = await _metered_request(request, reader, headers, length, server, ctx)
+    elif request.body_exists:
         # A declared length is enforced by the HTTP parser; only a chunked body
         # has to be counted as it streams.
         body = (
@@ -145,7 +153,7 @@ async def forward(
         # the normalised path is already percent-encoded: send it as is
         url = URL(pool.bases[attempt.target.index] + path, encoded=True)
         try:
-            return await _exchange(request, ctx, pool, attempt, url, headers, body)
+            return await _exchange(request, ctx, pool, attempt, url, headers, body, meter)
         except _SendFailed as failed:
             exc = failed.cause
             if (
@@ -160,6 +168,33 @@ async def forward(
                     attempt = retry
                     continue
             raise _send_failure(exc, ctx, upstream.name, server.max_body) from None
+
+
+async def _metered_request(
+    request: web.Request,
+    reader: UsageReader,
+    headers: CIMultiDict[str],
+    length: int | None,
+    server: ServerConfig,
+    ctx: RequestContext,
+) -> tuple[object, Meter]:
+    """A model call with a usage format: its JSON body is read (it is small) so the
+    reader can plan it, e.g. ask a streaming upstream to report usage."""
+    if not request.body_exists:
+        return None, Meter(reader, None)
+    if length is None or length > MAX_PARSE:
+        # Too large (or chunked) to read first: streamed through, usage from the response only.
+        body = (
+            request.content
+            if length is not None
+            else _limited(request.content, server.max_body, ctx)
+        )
+        return body, Meter(reader, None)
+    raw = await request.read()
+    plan = reader.request_hook(raw, request.headers.get("Content-Type", ""))
+    if plan.body is not raw:
+        headers["Content-Length"] = str(len(plan.body))
+    return plan.body, Meter(reader, plan)
 
 
 def _never_reached(exc: BaseException) -> bool:
@@ -178,6 +213,7 @@ async def _exchange(
     url: URL,
     headers: object,
     body: object,
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     """One attempt on one target: send, report the outcome, relay the response."""
     upstream = pool.config
@@ -193,9 +229,10 @@ async def _exchange(
             if ctx.outcome != "body_too_large":  # the client's fault, not the target's
                 _report_failure(balancer, attempt, upstream.name, failure_text(exc))
             raise _SendFailed(exc) from None
+        ctx.ttfb = time.monotonic() - ctx.started
         if balancer.answered(attempt, response.status):
             _log_ejection(balancer, attempt, upstream.name)
-        relayed = await _relay(request, ctx, response, upstream.name, attempt.target.url)
+        relayed = await _relay(request, ctx, response, upstream.name, attempt.target.url, meter)
         if ctx.outcome == "upstream_reset":
             _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
         return relayed
@@ -262,6 +299,7 @@ async def _relay(
     upstream_response: aiohttp.ClientResponse,
     upstream_name: str,
     target: str,
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         status=upstream_response.status,
@@ -271,12 +309,24 @@ async def _relay(
         ),
     )
     declared = upstream_response.content_length
+    if meter is not None and meter.start(upstream_response.headers.get("Content-Type", "")):
+        declared = None  # an event may be stripped: the length is no longer the upstream's
     if declared is not None:
         response.content_length = declared
     try:
         await response.prepare(request)
-        async for chunk in upstream_response.content.iter_chunked(READ_CHUNK):
-            await response.write(chunk)
+        if meter is None:
+            async for chunk in upstream_response.content.iter_chunked(READ_CHUNK):
+                await response.write(chunk)
+        else:
+            async for chunk in upstream_response.content.iter_chunked(READ_CHUNK):
+                out = meter.feed(chunk)  # the same bytes, at once, but an injected usage event
+                if out:
+                    await response.write(out)
+            rest = meter.finish()
+            ctx.usage = meter.usage
+            if rest:
+                await response.write(rest)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError) and (
             request.transport is None or request.transport.is_closing()
