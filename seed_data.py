@@ -26,8 +26,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.cli import database_errors, describe_connection_error, masked_url
-from gateway.config import Config, ConfigError, load_config
+from gateway.cli import (
+    config_argument,
+    database_errors,
+    describe_connection_error,
+    load_or_report,
+    masked_url,
+)
+from gateway.config import Config
 from gateway.services import StartupError, ensure_schema, password_service
 from gateway.store.engine import database_url, make_engine, make_sessions
 from models import AuditLog, ReportLog, User
@@ -240,19 +246,10 @@ def report(result: SeedResult, url: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path("routes.yaml"),
-        help="routes.yaml to use (default: ./routes.yaml); the database is beside it "
-        "unless GATEWAY_DATABASE_URL is set",
-    )
+    config_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return 1
     if not config.policy.roles:
         print(

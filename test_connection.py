@@ -24,8 +24,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from gateway.cli import database_errors, describe_connection_error, masked_url
-from gateway.config import Config, ConfigError, load_config
+from gateway.cli import (
+    config_argument,
+    database_errors,
+    describe_connection_error,
+    load_or_report,
+    masked_url,
+)
+from gateway.config import Config
 from gateway.config.schema import UpstreamTarget
 from gateway.services import ServiceSettings
 from gateway.store.engine import is_sqlite, make_engine
@@ -147,19 +153,10 @@ async def run_checks(config: Config, settings: ServiceSettings) -> list[Check]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path("routes.yaml"),
-        help="routes.yaml to use (default: ./routes.yaml); the database is beside it "
-        "unless GATEWAY_DATABASE_URL is set",
-    )
+    config_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return 1
     results = asyncio.run(run_checks(config, ServiceSettings.from_env(config)))
     for result in results:

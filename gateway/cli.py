@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the db and users commands import their machinery when run: 
     from gateway.state.identity import UserState
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
+def config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway in the foreground")
-    _config_arg(serve)
+    config_argument(serve)
     serve.add_argument("--host", help="listen address (default: server.listen)")
     serve.add_argument("--port", type=int, help="listen port (default: server.listen)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -51,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # set by --workers' parent
 
     check = commands.add_parser("check", help="validate routes.yaml and policies/")
-    _config_arg(check)
+    config_argument(check)
 
     routes = commands.add_parser("routes", help="print the resolved route table")
-    _config_arg(routes)
+    config_argument(routes)
 
     certs = commands.add_parser("certs", help="TLS certificates for development")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
@@ -67,12 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--force", action="store_true", help="make a new CA even if one exists (trust it again)"
     )
-    _config_arg(dev)
+    config_argument(dev)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="apply the database migrations")
-    _config_arg(upgrade)
+    config_argument(upgrade)
 
     users = commands.add_parser("users", help="manage users")
     user_commands = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("username", help="3-64 characters: letters, digits, '.', '_', '-'")
     create.add_argument("--role", required=True, help="a role defined in policies/")
-    _config_arg(create)
+    config_argument(create)
 
     models = commands.add_parser("models", help="the AI team's models: add one, list them")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-limit", help="per user, e.g. 30/min; off for none (default: 60/min per user)"
     )
     add.add_argument("--timeout", help="whole-response timeout, e.g. 2m (default: 5m)")
-    _config_arg(add)
+    config_argument(add)
     listing = model_commands.add_parser("list", help="each model, its settings and its health")
-    _config_arg(listing)
+    config_argument(listing)
     return parser
 
 
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)  # argparse only admits the commands above
 
 
-def _load_or_report(path: Path) -> Config | None:
+def load_or_report(path: Path) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -134,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import run
 
     setup_logging(args.log_level.upper())
-    config = _load_or_report(args.config)
+    config = load_or_report(args.config)
     if config is None:
         return 1
     if args.workers > 1:
@@ -175,7 +175,7 @@ def _certs_dev(config: Path, directory: Path, force: bool) -> int:
 
 
 def _check(path: Path) -> int:
-    config = _load_or_report(path)
+    config = load_or_report(path)
     if config is None:
         return 1
     print(
@@ -186,7 +186,7 @@ def _check(path: Path) -> int:
 
 
 def _routes(path: Path) -> int:
-    config = _load_or_report(path)
+    config = load_or_report(path)
     if config is None:
         return 1
     rows = [("#", "METHODS", "PATH", "TARGET", "STRIP", "AUTH", "ROLES", "RATE LIMIT", "FROM")]
@@ -286,7 +286,7 @@ def database_errors() -> tuple[type[BaseException], ...]:
 def _db_upgrade(path: Path) -> int:
     from gateway.store.engine import database_url
 
-    config = _load_or_report(path)
+    config = load_or_report(path)
     if config is None:
         return 1
     url = database_url(config.base_dir)
@@ -326,7 +326,7 @@ def _users_create(path: Path, username: str, role: str) -> int:
     from gateway.problems import GatewayError
     from gateway.services import ServiceSettings, StartupError, password_service
 
-    config = _load_or_report(path)
+    config = load_or_report(path)
     if config is None:
         return 1
     if not (3 <= len(username) <= 64 and re.fullmatch(USERNAME, username)):

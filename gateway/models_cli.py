@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.cli import _load_or_report, describe_connection_error
+from gateway.cli import describe_connection_error, load_or_report
 from gateway.config import Config, ConfigError, ConfigProblem, load_config
 from gateway.config.model_entry import Placement, PlacementError, entry_fields, place_entry
 from gateway.config.schema import UpstreamTarget
@@ -39,7 +39,7 @@ def add_model(
 ) -> int:
     """`gateway models add`: 0 once routes.yaml holds the checked entry; else 1, file untouched."""
     path = path.resolve()  # a symlinked routes.yaml: replace the file it points at
-    before = _load_or_report(path)
+    before = load_or_report(path)
     if before is None:
         print(f"gateway models add: fix {path} first (see gateway check)", file=sys.stderr)
         return 1
@@ -204,7 +204,7 @@ async def probe_models(config: Config) -> dict[str, list[Probe]]:
 
 def list_models(path: Path) -> int:
     """`gateway models list`: one line per model, in config order; 1 only for a bad config."""
-    config = _load_or_report(path)
+    config = load_or_report(path)
     if config is None:
         return 1
     if not config.models:
