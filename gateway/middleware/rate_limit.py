@@ -27,17 +27,20 @@ class RateLimitStageConfig:
 def bucket(limit: RateLimitConfig, ctx: RequestContext, request: web.Request) -> str:
     """The limiter key: route pattern | what is counted."""
     assert ctx.route is not None
-    kind = limit.key
+    return f"{ctx.route.path}|{counted(limit.key, ctx, request)}"
+
+
+def counted(kind: str, ctx: RequestContext, request: web.Request) -> str:
+    """Who a limit keyed by `kind` counts: user (else IP), ip, route or header:NAME."""
     if kind == "user":
-        who = f"user:{ctx.user.id}" if ctx.user is not None else f"ip:{ctx.client_ip}"
-    elif kind == "ip":
-        who = f"ip:{ctx.client_ip}"
-    elif kind == "route":
-        who = "route"
-    else:  # header:NAME
-        value = request.headers.get(kind[7:])
-        who = f"{kind}={value[:128]}" if value else f"ip:{ctx.client_ip}"
-    return f"{ctx.route.path}|{who}"
+        return f"user:{ctx.user.id}" if ctx.user is not None else f"ip:{ctx.client_ip}"
+    if kind == "ip":
+        return f"ip:{ctx.client_ip}"
+    if kind == "route":
+        return "route"
+    # header:NAME
+    value = request.headers.get(kind[7:])
+    return f"{kind}={value[:128]}" if value else f"ip:{ctx.client_ip}"
 
 
 def rate_limit(cfg: RateLimitStageConfig) -> Middleware:

@@ -25,15 +25,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config.schema import Route, ServerConfig
-from gateway.context import RequestContext
+from gateway.config.schema import RateLimitConfig, Route, ServerConfig
+from gateway.context import SERVICES, RequestContext
 from gateway.forwarded import forwarded_for, is_trusted
+from gateway.middleware.rate_limit import counted
 from gateway.problems import GatewayError
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 from gateway.proxy.health import failure_text
 from gateway.proxy.metering import Meter
 from gateway.proxy.pool import UpstreamPool
+from gateway.state.limiter import LocalLimiter
 from gateway.usage import MAX_PARSE, UsageReader
 
 log = logging.getLogger("gateway.proxy")
@@ -123,8 +125,10 @@ async def forward(
     body: object = None
     meter: Meter | None = None
     reader = ctx.runtime.readers.get(route.model) if route.model and ctx.runtime else None
+    quota: _Quota | None = None
     if reader is not None:
         body, meter = await _metered_request(request, reader, headers, length, server, ctx)
+        quota = await _reserve(request, ctx, route, meter)
     elif request.body_exists:
         # A declared length is enforced by the HTTP parser; only a chunked body
         # has to be counted as it streams.
@@ -134,6 +138,35 @@ async def forward(
             else _limited(request.content, server.max_body, ctx)
         )
 
+    if quota is None:
+        return await _attempts(request, ctx, pool, server, path, headers, body, meter)
+    try:
+        response = await _attempts(request, ctx, pool, server, path, headers, body, meter)
+    except Exception:
+        # No response (502, 504, 503, ...): the whole reservation is given back.
+        # (A cancelled call keeps its reservation as the charge.)
+        await quota.settle(-quota.reserved)
+        raise
+    # Charged from the usage the model reported; unknown usage (or a response
+    # cut short) keeps the reservation as the charge.
+    usage = ctx.usage
+    total = usage.total_tokens if usage is not None else None
+    await quota.settle(0 if total is None else total - quota.reserved)
+    return response
+
+
+async def _attempts(
+    request: web.Request,
+    ctx: RequestContext,
+    pool: UpstreamPool,
+    server: ServerConfig,
+    path: str,
+    headers: CIMultiDict[str],
+    body: object,
+    meter: Meter | None,
+) -> web.StreamResponse:
+    """Send on a picked target, retrying on another where that cannot do harm."""
+    upstream = pool.config
     balancer = pool.balancer
     balancer.budget.request()
     attempt = pool.pick()
@@ -168,6 +201,56 @@ async def forward(
                     attempt = retry
                     continue
             raise _send_failure(exc, ctx, upstream.name, server.max_body) from None
+
+
+class _Quota:
+    """A token reservation on one limiter key, to settle once the call is over."""
+
+    __slots__ = ("key", "limit", "limiter", "reserved")
+
+    def __init__(
+        self, limiter: LocalLimiter, key: str, limit: RateLimitConfig, reserved: int
+    ) -> None:
+        self.limiter = limiter
+        self.key = key
+        self.limit = limit
+        self.reserved = reserved
+
+    async def settle(self, delta: int) -> None:
+        rate = self.limit.rate
+        await self.limiter.settle(self.key, rate.limit, rate.period, delta)
+
+
+async def _reserve(
+    request: web.Request, ctx: RequestContext, route: Route, meter: Meter
+) -> _Quota | None:
+    """Check the model's token quota before the call, reserving tokens up front."""
+    runtime = ctx.runtime
+    if runtime is None or route.model is None:
+        return None
+    model = runtime.config.models.get(route.model)
+    limit = model.token_limit if model is not None else None
+    if limit is None:
+        return None
+    plan = meter.plan
+    # The stated max_tokens bounds the completion, so that much is reserved and
+    # concurrent calls cannot overshoot by more than their own size. Without it
+    # the reservation is minimal (1 token): the quota must have something left,
+    # and the real usage is charged when the call is over.
+    reserve = plan.max_tokens if plan is not None and plan.max_tokens else 1
+    rate = limit.rate
+    key = f"tokens|{route.model}|{counted(limit.key, ctx, request)}"
+    limiter = request.app[SERVICES].limiter
+    decision = await limiter.hit(key, rate.limit, rate.period, cost=reserve)
+    ctx.rate_headers = decision.headers()  # RateLimit-* counted in tokens
+    if not decision.allowed:
+        raise GatewayError(
+            429,
+            "token_quota",
+            f"token quota {rate} by {limit.key} on model {route.model} is spent "
+            f"(this call reserves {reserve} tokens); retry in {decision.retry_after}s",
+        )
+    return _Quota(limiter, key, limit, reserve)
 
 
 async def _metered_request(

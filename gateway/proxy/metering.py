@@ -22,6 +22,11 @@ class Meter:
         self._buffer: bytearray | None = None
         self.usage: Usage = UNKNOWN
 
+    @property
+    def plan(self) -> RequestPlan | None:
+        """What the reader made of the request body (None: not read)."""
+        return self._plan
+
     def start(self, content_type: str) -> bool:
         """Begin with the response head; True when the body may change length (stripping)."""
         if is_event_stream(content_type):

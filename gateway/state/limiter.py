@@ -49,6 +49,22 @@ class LocalLimiter:
                 self._prune(now)
         return decision
 
+    async def settle(self, key: str, limit: int, period: float, delta: int) -> None:
+        self.settle_now(key, limit, period, delta)
+
+    def settle_now(self, key: str, limit: int, period: float, delta: int) -> None:
+        """Move the key's TAT by `delta` units (actual - reserved); a refund stops at now."""
+        if delta == 0:
+            return
+        now = time.monotonic()
+        tat = self._tat.get(key)
+        start = now if tat is None or tat < now else tat
+        new_tat = max(now, start + delta * period / limit)
+        if new_tat > now:
+            self._tat[key] = new_tat
+        else:
+            self._tat.pop(key, None)  # a full bucket: the same as no entry
+
     def _prune(self, now: float) -> None:
         self._since_prune = 0
         # A key whose TAT has passed has a full bucket: the same as no entry.
@@ -89,6 +105,26 @@ return {1, math.floor((now - allow_at) / interval + 1e-9), tostring(new_tat - no
 """
 
 
+# KEYS[1] the bucket; ARGV limit, period (s), delta (units: actual - reserved).
+# Moves the TAT by delta intervals, never below the Redis clock's now.
+SETTLE_LUA = """
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local delta = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local new_tat = tat + delta * period / limit
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000))
+return 1
+"""
+
+
 class RedisLimiter(LocalLimiter):
     def __init__(
         self, redis: Redis, prefix: str, failure: str, health: RedisHealth | None = None
@@ -96,6 +132,7 @@ class RedisLimiter(LocalLimiter):
         super().__init__()
         self._prefix = f"{prefix}rl:"
         self._script = redis.register_script(GCRA_LUA)
+        self._settle_script = redis.register_script(SETTLE_LUA)
         self._failure = failure
         self._health = health or RedisHealth("rate limits")
 
@@ -115,6 +152,23 @@ class RedisLimiter(LocalLimiter):
                 retry_after=1,
             )
         return self.hit_now(key, limit, period, cost)
+
+    async def settle(self, key: str, limit: int, period: float, delta: int) -> None:
+        if delta == 0:
+            return
+        if self._health.available():
+            try:
+                await self._settle_script(keys=[self._prefix + key], args=[limit, period, delta])
+            except (RedisError, OSError) as exc:
+                self._health.failed(exc)
+            else:
+                self._health.succeeded()
+                return
+        if self._failure == "closed":
+            # The response has already been given: nothing to refuse. The
+            # charge is lost, as the reservation was made (or not) in Redis.
+            return
+        self.settle_now(key, limit, period, delta)
 
 
 def _decision(reply: list[object], limit: int) -> Decision:
