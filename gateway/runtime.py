@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from gateway.routing import RouteTable
 from gateway.security.keys import KeySet
 from gateway.security.tokens import TokenIssuer, TokenVerifier
 from gateway.usage import UsageReader, reader_for
+
+log = logging.getLogger("gateway.runtime")
 
 # path → handler name in gateway.handlers.BUILTIN
 BUILTIN_PATHS = {
@@ -103,6 +106,13 @@ class Runtime:
         is unchanged is taken over instead of a new one being opened, so its
         keep-alive connections and its targets' health state carry over.
         """
+        unrouted = sorted(m.name for m in config.models.values() if m.fallback)
+        if unrouted:
+            # Accepted and checked, so configs written for it load; not acted on yet.
+            log.warning(
+                "models.*.fallback is not active in this version: calls go to the model only",
+                extra={"models": unrouted},
+            )
         keys = KeySet.from_config(config.auth)
         policy = config.policy
         table = RouteTable(config.routes)
