@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+EPSILON = 1e-6  # seconds: float rounding must not refuse a request that exactly fits
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -41,7 +43,7 @@ def decide(
     start = now if tat is None or tat < now else tat
     new_tat = start + interval * cost
     allow_at = new_tat - period
-    if allow_at > now:
+    if allow_at > now + EPSILON:  # (now + period) - period need not be exactly now
         # Refused: nothing is consumed, so the stored TAT stays as it was.
         return (
             Decision(

@@ -76,3 +76,12 @@ def test_local_limiter_memory_is_bounded_by_active_keys() -> None:
     for i in range(100_000):
         limiter.hit_now(f"user:{i}", limit=5, period=3600)
     assert len(limiter) <= 1000
+
+
+def test_a_limit_of_one_admits_the_first_request_whatever_the_clock() -> None:
+    # (now + period) - period is not always exactly now in floating point.
+    rng = random.Random(3)
+    for _ in range(10_000):
+        now = rng.uniform(0, 1e7)
+        decision, _ = decide(None, now, limit=1, period=60.0)
+        assert decision.allowed, now

@@ -194,14 +194,15 @@ async def test_two_instances_on_redis_share_one_quota(
 
 def test_settle_moves_the_tat_and_a_refund_stops_at_now() -> None:
     limiter = LocalLimiter()
-    assert limiter.hit_now("k", 60, 60.0, cost=50).remaining == 10
-    limiter.settle_now("k", 60, 60.0, -30)  # used 20 of the 50 reserved
-    assert limiter.hit_now("k", 60, 60.0, cost=40).allowed
-    assert not limiter.hit_now("k", 60, 60.0, cost=1).allowed
-    limiter.settle_now("k", 60, 60.0, -1000)  # a refund larger than the charge: a full bucket
-    assert limiter.hit_now("k", 60, 60.0, cost=60).remaining == 0
-    limiter.settle_now("k", 60, 60.0, 10)  # over the quota: the debt delays the next call
-    assert not limiter.hit_now("k", 60, 60.0, cost=1).allowed
+    now = 1000.0  # a fixed clock: the arithmetic, not the machine's speed, is tested
+    assert limiter.hit_now("k", 60, 60.0, cost=50, now=now).remaining == 10
+    limiter.settle_now("k", 60, 60.0, -30, now=now)  # used 20 of the 50 reserved
+    assert limiter.hit_now("k", 60, 60.0, cost=40, now=now).allowed
+    assert not limiter.hit_now("k", 60, 60.0, cost=1, now=now).allowed
+    limiter.settle_now("k", 60, 60.0, -1000, now=now)  # a refund past the charge: a full bucket
+    assert limiter.hit_now("k", 60, 60.0, cost=60, now=now).remaining == 0
+    limiter.settle_now("k", 60, 60.0, 10, now=now)  # over the quota: debt delays the next call
+    assert not limiter.hit_now("k", 60, 60.0, cost=1, now=now).allowed
 
 
 async def test_redis_settle_is_the_same_arithmetic(redis_url: str, redis_prefix: str) -> None:

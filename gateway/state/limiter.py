@@ -39,8 +39,10 @@ class LocalLimiter:
     async def hit(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
         return self.hit_now(key, limit, period, cost)
 
-    def hit_now(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
-        now = time.monotonic()
+    def hit_now(
+        self, key: str, limit: int, period: float, cost: int = 1, now: float | None = None
+    ) -> Decision:
+        now = time.monotonic() if now is None else now
         decision, tat = decide(self._tat.get(key), now, limit, period, cost)
         if decision.allowed:
             self._tat[key] = tat
@@ -52,11 +54,13 @@ class LocalLimiter:
     async def settle(self, key: str, limit: int, period: float, delta: int) -> None:
         self.settle_now(key, limit, period, delta)
 
-    def settle_now(self, key: str, limit: int, period: float, delta: int) -> None:
+    def settle_now(
+        self, key: str, limit: int, period: float, delta: int, now: float | None = None
+    ) -> None:
         """Move the key's TAT by `delta` units (actual - reserved); a refund stops at now."""
         if delta == 0:
             return
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         tat = self._tat.get(key)
         start = now if tat is None or tat < now else tat
         new_tat = max(now, start + delta * period / limit)
@@ -97,7 +101,7 @@ local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then tat = now end
 local new_tat = tat + interval * cost
 local allow_at = new_tat - period
-if allow_at > now then
+if allow_at > now + 0.000001 then
   return {0, 0, tostring(tat - now), tostring(allow_at - now)}
 end
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000))
