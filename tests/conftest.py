@@ -92,48 +92,42 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-@pytest.fixture(scope="session")
-def postgres_database(worker_id: str) -> Iterator[str]:
-    """A database of this xdist worker's own, migrated once, dropped at the end."""
-    if not POSTGRES_URL:
-        pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set (CI sets it): PostgreSQL variant skipped")
+def postgres_admin(url: str, sql: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE, TRUNCATE) on the server of `url`, off the loop."""
     import asyncpg
     from sqlalchemy.engine import make_url
 
-    base = make_url(POSTGRES_URL)
-    name = f"gw_test_{worker_id}_{uuid.uuid4().hex[:6]}"
-    dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
-    async def admin(sql: str) -> None:
+    async def run() -> None:
         connection = await asyncpg.connect(dsn)
         try:
             await connection.execute(sql)
         finally:
             await connection.close()
 
-    off_loop(asyncio.run, admin(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False)
+    off_loop(asyncio.run, run())
+
+
+@pytest.fixture(scope="session")
+def postgres_database(worker_id: str) -> Iterator[str]:
+    """A database of this xdist worker's own, migrated once, dropped at the end."""
+    if not POSTGRES_URL:
+        pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set (CI sets it): PostgreSQL variant skipped")
+    from sqlalchemy.engine import make_url
+
+    name = f"gw_test_{worker_id}_{uuid.uuid4().hex[:6]}"
+    postgres_admin(POSTGRES_URL, f'CREATE DATABASE "{name}"')
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     off_loop(upgrade_sync, url)
     yield url
-    off_loop(asyncio.run, admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    postgres_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def postgres_url(postgres_database: str) -> str:
     """The worker's PostgreSQL database, emptied for this test."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    dsn = make_url(postgres_database).set(drivername="postgresql")
-
-    async def truncate() -> None:
-        connection = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-        try:
-            await connection.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
-        finally:
-            await connection.close()
-
-    off_loop(asyncio.run, truncate())
+    postgres_admin(postgres_database, f"TRUNCATE {', '.join(TABLES)} CASCADE")
     return postgres_database
 
 
@@ -159,6 +153,22 @@ def redis_prefix() -> str:
 
 
 # --- servers ---------------------------------------------------------------
+
+
+def echo_app() -> web.Application:
+    """An upstream that answers every request with its path and headers."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path, "headers": dict(request.headers)})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def echo(upstream: MakeUpstream) -> TestServer:
+    return await upstream(echo_app())
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from gateway.store.audit import AuditStore
 from gateway.store.engine import make_engine
 from gateway.store.migrate import upgrade_sync
 from models import AuditLog, ReportLog
-from tests.conftest import MakeGateway, WriteConfig, off_loop
+from tests.conftest import MakeGateway, WriteConfig, off_loop, postgres_admin
 from tests.identity import Client
 from tests.processes import free_port, start_gateway, stop
 
@@ -288,25 +288,15 @@ def outage(database_url: str, tmp_path: Path, sqlite_template: Path) -> Iterator
 
         yield Outage(f"sqlite+aiosqlite:///{folder / 'gateway.db'}", make_sqlite)
         return
-    import asyncpg
-
     name = f"gw_outage_{uuid.uuid4().hex[:10]}"
     url = make_url(database_url).set(database=name)
-    dsn = url.set(drivername="postgresql", database="postgres").render_as_string(False)
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
 
     def make_postgres() -> None:
-        off_loop(asyncio.run, admin(f'CREATE DATABASE "{name}"'))
+        postgres_admin(database_url, f'CREATE DATABASE "{name}"')
         off_loop(upgrade_sync, url.render_as_string(False))
 
     yield Outage(url.render_as_string(False), make_postgres)
-    off_loop(asyncio.run, admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    postgres_admin(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_rows_are_spooled_while_down_and_replayed_in_order_after_a_restart(

@@ -6,28 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.context import SERVICES
-from tests.conftest import MakeGateway, MakeUpstream
+from tests.conftest import MakeGateway
 from tests.identity import PASSWORD, Client, bearer, identity_config, login, make_user
-
-
-def echo_upstream() -> web.Application:
-    async def echo(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"path": request.path, "headers": {k: v for k, v in request.headers.items()}}
-        )
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    return app
-
-
-@pytest.fixture
-async def echo(upstream: MakeUpstream) -> TestServer:
-    return await upstream(echo_upstream())
 
 
 @pytest.fixture

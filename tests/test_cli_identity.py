@@ -19,7 +19,7 @@ from argon2 import PasswordHasher, extract_parameters
 from redis import Redis
 
 from gateway.store.migrate import head_revision
-from tests.conftest import MakeGateway, WriteConfig, off_loop
+from tests.conftest import MakeGateway, WriteConfig, postgres_admin
 from tests.identity import PASSWORD, bearer, identity_config, login
 from tests.processes import free_port
 
@@ -79,23 +79,12 @@ def stored_hash(path: Path, username: str) -> str:
 @pytest.fixture
 def empty_postgres(postgres_database: str) -> Iterator[str]:
     """A PostgreSQL database of this test's own with no schema at all; dropped afterwards."""
-    import asyncpg
     from sqlalchemy.engine import make_url
 
-    base = make_url(postgres_database)
     name = f"gw_cli_{uuid.uuid4().hex[:10]}"
-    dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    off_loop(asyncio.run, admin(f'CREATE DATABASE "{name}"'))
-    yield base.set(database=name).render_as_string(hide_password=False)
-    off_loop(asyncio.run, admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    postgres_admin(postgres_database, f'CREATE DATABASE "{name}"')
+    yield make_url(postgres_database).set(database=name).render_as_string(hide_password=False)
+    postgres_admin(postgres_database, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- gateway db upgrade ---------------------------------------------------------------------

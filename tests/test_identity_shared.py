@@ -7,26 +7,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import MakeGateway, MakeUpstream
+from tests.conftest import MakeGateway
 from tests.identity import bearer, identity_config, login, make_user
 from tests.processes import free_port
-
-
-def echo_upstream() -> web.Application:
-    async def echo(request: web.Request) -> web.Response:
-        return web.json_response({"path": request.path})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    return app
-
-
-@pytest.fixture
-async def echo(upstream: MakeUpstream) -> TestServer:
-    return await upstream(echo_upstream())
 
 
 async def test_logout_deactivation_and_role_change_cross_instances(
