@@ -11,48 +11,21 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from gateway.demo.model import build_demo_app
-from gateway.middleware import Handler
 from gateway.state.limiter import LocalLimiter, RedisLimiter
 from tests.conftest import MakeGateway, MakeUpstream
 from tests.identity import Client, bearer, identity_config, login, make_user
+from tests.modelhelp import CountedModel
 
 CHAT = "/models/chat/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "xxxxxxxxx"}]
 COST = 20  # tokens the demo model reports for MESSAGES without max_tokens
 
 
-class CountedModel:
-    """The demo model with a count of the requests that reached it."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.app = build_demo_app("chat")
-
-        @web.middleware
-        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
-            self.calls += 1
-            return await handler(request)
-
-        self.app.middlewares.append(count)
-        self.server: TestServer | None = None
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        assert self.server.port is not None
-        return self.server.port
-
-
 @pytest.fixture
 async def model(upstream: MakeUpstream) -> CountedModel:
-    counted = CountedModel()
-    counted.server = await upstream(counted.app)
-    return counted
+    return await CountedModel().start(upstream)
 
 
 def quota_config(port: int, quota: str = "60/day") -> str:

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from sqlalchemy import select
 
-from gateway.context import SERVICES
 from gateway.demo.model import build_demo_app
-from models import ReportLog
 from tests.conftest import MakeGateway, MakeUpstream
 from tests.identity import Client, bearer, identity_config, login, make_user
+from tests.modelhelp import reports
 
 CHAT = "/models/chat/v1/chat/completions"
 
@@ -42,14 +39,6 @@ async def client(
 async def token(client: Client) -> dict[str, str]:
     await make_user(client, "xena")
     return bearer(await login(client, "xena"))
-
-
-async def reports(client: Client) -> list[dict[str, Any]]:
-    services = client.app[SERVICES]
-    await services.audit.flush()
-    async with services.engine.connect() as connection:
-        rows = await connection.execute(select(ReportLog).order_by(ReportLog.id))
-        return [dict(r) for r in rows.mappings()]
 
 
 def events(raw: bytes) -> list[str]:

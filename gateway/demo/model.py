@@ -39,6 +39,10 @@ or the header beside it (the query parameter wins when both are given):
 - `?delay=SECONDS` / `X-Demo-Delay:`: the pause between streamed events
   (default 0.02).
 
+`--fail` and `--delay-first` (or `build_demo_app(fail=, delay_first=)`) set
+an instance's default for the switch of that name, so one instance can fail
+every call while another, behind the same gateway route's fallback, answers.
+
 A malformed switch or body is answered 400 with the same error body.
 """
 
@@ -80,7 +84,9 @@ class Mode:
 
 def _switch(request: web.Request, name: str, header: str) -> str | None:
     value = request.query.get(name)
-    return value if value is not None else request.headers.get(header)
+    if value is None:
+        value = request.headers.get(header)
+    return value if value is not None else request.app[DEFAULTS].get(name)
 
 
 def _seconds(text: str, name: str) -> float:
@@ -283,11 +289,23 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 
 NAME = web.AppKey("demo.model_name", str)
+# switch → value used when a request gives none (the query and headers win)
+DEFAULTS = web.AppKey("demo.defaults", dict[str, str])
 
 
-def build_demo_app(name: str = "demo") -> web.Application:
+def build_demo_app(
+    name: str = "demo", *, fail: str | None = None, delay_first: float | None = None
+) -> web.Application:
+    """The demo model; `fail` and `delay_first` make every call of this instance
+    fail or start slowly (two instances, one failing: a fallback to watch)."""
     app = web.Application()
     app[NAME] = name
+    defaults: dict[str, str] = {}
+    if fail is not None:
+        defaults["fail"] = fail
+    if delay_first is not None:
+        defaults["delay_first"] = str(delay_first)
+    app[DEFAULTS] = defaults
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
@@ -299,8 +317,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--name", default="demo")
+    parser.add_argument("--fail", help="fail every call: a status 400-599, reset or midstream")
+    parser.add_argument("--delay-first", type=float, help="seconds before every response head")
     args = parser.parse_args()
-    web.run_app(build_demo_app(args.name), host=args.host, port=args.port, print=None)
+    app = build_demo_app(args.name, fail=args.fail, delay_first=args.delay_first)
+    web.run_app(app, host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":
