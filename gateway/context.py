@@ -45,6 +45,8 @@ class RequestContext:
     bytes_in: int = 0  # request body bytes read (streamed bodies are counted)
     ttfb: float | None = None  # seconds from arrival to the upstream's response head
     usage: Usage | None = None  # token usage of a model call with a `usage:` format
+    model: str | None = None  # the model called last (a fallback's, after a failure)
+    attempts: int = 0  # models called for this request, fallbacks included
 
 
 CTX = web.RequestKey("gateway.ctx", RequestContext)

@@ -11,6 +11,7 @@ from gateway.handlers.jsonio import accepts_json
 from gateway.middleware import Handler
 from gateway.problems import GatewayError
 from gateway.proxy.forward import forward
+from gateway.proxy.models import forward_model
 
 # Local handlers that answer another media type than JSON, so Accept's JSON
 # check (406) does not apply: Prometheus asks for its text format.
@@ -32,6 +33,8 @@ def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
         runtime = ctx.runtime
         assert route is not None  # set by the route stage
         assert runtime is not None
+        if route.model is not None:
+            return await forward_model(request, ctx, route, runtime, runtime.config.server)
         if route.upstream is not None:
             pool = runtime.pools[route.upstream]
             return await forward(request, ctx, route, pool, runtime.config.server)

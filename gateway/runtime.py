@@ -92,6 +92,8 @@ class Runtime:
     role_header: Mapping[str, str]
     # model name → the reader of its `usage:` format (models without one are absent)
     readers: Mapping[str, UsageReader]
+    # model name → the route generated for it (its roles decide who may fall back to it)
+    model_routes: Mapping[str, Route]
     version: int
     loaded_at: float
     occupancy: Occupancy = field(default_factory=Occupancy, compare=False, repr=False)
@@ -106,13 +108,6 @@ class Runtime:
         is unchanged is taken over instead of a new one being opened, so its
         keep-alive connections and its targets' health state carry over.
         """
-        unrouted = sorted(m.name for m in config.models.values() if m.fallback)
-        if unrouted:
-            # Accepted and checked, so configs written for it load; not acted on yet.
-            log.warning(
-                "models.*.fallback is not active in this version: calls go to the model only",
-                extra={"models": unrouted},
-            )
         keys = KeySet.from_config(config.auth)
         policy = config.policy
         table = RouteTable(config.routes)
@@ -135,6 +130,7 @@ class Runtime:
             allowed={r.index: policy.allowed_roles(r.roles) for r in config.routes if r.roles},
             role_header={role: ",".join(chain) for role, chain in policy.roles.items()},
             readers={m.name: reader_for(m.usage) for m in config.models.values() if m.usage},
+            model_routes={r.model: r for r in config.routes if r.model is not None},
             version=version,
             loaded_at=time.time(),
         )

@@ -1179,6 +1179,9 @@ def test_model_shorthand_expands_to_upstream_and_route(write_config: WriteConfig
     assert chat.usage == "openai"
     assert chat.token_limit == RateLimitConfig(Rate(100_000, 86400.0), "user")
     assert chat.fallback == ("chat-small",)
+    assert chat.chain == ("chat", "chat-small")
+    assert chat.attempts == 2  # one per model in the chain unless max_attempts says
+    assert chat.fallback_budget is None  # the model's timeout
     assert config.models["sentiment"].usage is None
     assert config.models["sentiment"].token_limit is None
 
@@ -1296,6 +1299,37 @@ def test_model_fallback_to_an_upstream_is_not_a_model(write_config: WriteConfig)
 def test_model_fallback_to_itself(write_config: WriteConfig) -> None:
     path = write_config("models:\n  chat: {url: http://127.0.0.1:9002, fallback: [chat]}\n")
     assert only_problem(path) == (2, "models.chat.fallback[0]: a model cannot fall back to itself")
+
+
+def test_model_fallback_bounds(write_config: WriteConfig) -> None:
+    path = write_config(
+        """\
+        models:
+          chat: {url: http://127.0.0.1:9002, fallback: [small], max_attempts: 3,
+                 fallback_budget: 20s}
+          small: {url: http://127.0.0.1:9003}
+        """
+    )
+    chat = load(path).models["chat"]
+    assert (chat.attempts, chat.fallback_budget) == (3, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("max_attempts: 0", "models.chat.max_attempts: must be at least 1"),
+        ("max_attempts: 11", "models.chat.max_attempts: must be at most 10"),
+        ("fallback_budget: 0s", "models.chat.fallback_budget: must be longer than zero"),
+        ("fallback_budget: soon", "models.chat.fallback_budget: "),
+    ],
+)
+def test_model_fallback_bounds_are_checked(
+    write_config: WriteConfig, setting: str, message: str
+) -> None:
+    path = write_config(f"models:\n  chat: {{url: http://127.0.0.1:9002, {setting}}}\n")
+    line, text = only_problem(path)
+    assert line == 2
+    assert text.startswith(message)
 
 
 def test_model_usage_must_be_known(write_config: WriteConfig) -> None:

@@ -76,6 +76,7 @@ class ReportRow(NamedTuple):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    attempts: int = 1  # models called (more than one after a fallback)
 
 
 Row = AuditRow | ReportRow
@@ -129,9 +130,11 @@ def report_row(
     model: str,
     ttfb: float | None = None,
     usage: Usage | None = None,
+    attempts: int = 1,
 ) -> ReportRow:
     """The report row of a model call, from the call's audit row, its time to first
-    byte (seconds) and the token usage its response reported (None: unknown)."""
+    byte (seconds), the token usage its response reported (None: unknown) and the
+    number of models called."""
     known = usage if usage is not None else UNKNOWN
     return ReportRow(
         row.ts,
@@ -148,6 +151,7 @@ def report_row(
         known.prompt_tokens,
         known.completion_tokens,
         known.total_tokens,
+        attempts,
     )
 
 

@@ -847,14 +847,20 @@ def _model(
                 sec.report(item, f"{item.key}: a model cannot fall back to itself")
             else:
                 fallback_refs.append((other, item))
-    sec.check_unknown(
-        ", ".join(("url", *_UPSTREAM_KEYS, *_ROUTE_KEYS, "usage", "token_limit", "fallback"))
-    )
+    max_attempts = sec.field("max_attempts", _max_attempts, 0)
+    fallback_budget = sec.field("fallback_budget", _positive_duration, None)
+    sec.check_unknown(", ".join(("url", *_UPSTREAM_KEYS, *_ROUTE_KEYS, *_MODEL_KEYS)))
     if not targets:
         return
     upstreams[name] = upstream
     models[name] = ModelConfig(
-        name=name, usage=usage, token_limit=token_limit, fallback=fallback, line=value.line
+        name=name,
+        usage=usage,
+        token_limit=token_limit,
+        fallback=fallback,
+        max_attempts=max_attempts,
+        fallback_budget=fallback_budget,
+        line=value.line,
     )
     routes.append(
         Route(
@@ -870,6 +876,15 @@ def _model(
 
 
 USAGE_FORMATS = ("openai",)
+_MODEL_KEYS = ("usage", "token_limit", "fallback", "max_attempts", "fallback_budget")
+MAX_ATTEMPTS = 10
+
+
+def _max_attempts(value: Value) -> int:
+    attempts = value.integer(minimum=1)
+    if attempts > MAX_ATTEMPTS:
+        raise Invalid(f"{value.key}: must be at most {MAX_ATTEMPTS}", value.line)
+    return attempts
 
 
 def _usage_format(value: Value) -> str:

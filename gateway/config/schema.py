@@ -217,8 +217,23 @@ class ModelConfig:
     name: str
     usage: str | None = None  # usage reader, e.g. "openai"
     token_limit: RateLimitConfig | None = None
-    fallback: tuple[str, ...] = ()
+    fallback: tuple[str, ...] = ()  # models tried in turn when this one fails before a byte
+    # calls made in all, this model's included (1-10); 0: one per model in the chain
+    max_attempts: int = 0
+    # seconds from arrival within which a response head must come, across every
+    # attempt; None: this model's `timeout`
+    fallback_budget: float | None = None
     line: int = 0
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The models to try, in order: this one, then its fallbacks."""
+        return (self.name, *self.fallback)
+
+    @property
+    def attempts(self) -> int:
+        """How many calls one request may make, in all."""
+        return self.max_attempts or len(self.fallback) + 1
 
 
 @dataclass(frozen=True, slots=True)

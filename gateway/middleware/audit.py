@@ -63,7 +63,8 @@ def _record(
         # not normalise), the raw path. Never the query string.
         path=ctx.path or request.raw_path.partition("?")[0],
         route=route.path if route is not None else None,
-        upstream=route.upstream if route is not None else None,
+        # a model call: the model called last (a fallback's when the first failed)
+        upstream=ctx.model or (route.upstream if route is not None else None),
         status=status,
         latency=latency,
         client_ip=ctx.client_ip or request.remote or "",
@@ -74,10 +75,14 @@ def _record(
     services = request.app[SERVICES]
     services.audit.submit(row)
     if model_call and route is not None and route.model is not None:
-        services.audit.submit(report_row(row, route.model, ctx.ttfb, ctx.usage))
+        # Charged to the model that answered, with the number of models called.
+        model = ctx.model or route.model
+        services.audit.submit(
+            report_row(row, model, ctx.ttfb, ctx.usage, attempts=max(ctx.attempts, 1))
+        )
     metrics = services.metrics
     metrics.request(route.path if route is not None else NO_ROUTE, status, latency)
-    upstream = route.upstream if route is not None else None
+    upstream = row.upstream
     if (
         upstream is not None
         and reason is not None

@@ -19,24 +19,22 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config.schema import RateLimitConfig, Route, ServerConfig
-from gateway.context import SERVICES, RequestContext
+from gateway.config.schema import Route, ServerConfig, UpstreamConfig
+from gateway.context import RequestContext
 from gateway.forwarded import forwarded_for, is_trusted
-from gateway.middleware.rate_limit import counted
 from gateway.problems import GatewayError
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 from gateway.proxy.health import failure_text
 from gateway.proxy.metering import Meter
 from gateway.proxy.pool import UpstreamPool
-from gateway.state.limiter import LocalLimiter
-from gateway.usage import MAX_PARSE, UsageReader
 
 log = logging.getLogger("gateway.proxy")
 
@@ -57,7 +55,7 @@ class _SendFailed(Exception):
         self.cause = cause
 
 
-async def _limited(
+async def limited(
     stream: aiohttp.StreamReader, limit: int, ctx: RequestContext
 ) -> AsyncIterator[bytes]:
     total = 0
@@ -81,20 +79,10 @@ def upstream_path(ctx: RequestContext, route: Route) -> str:
     return path
 
 
-async def forward(
-    request: web.Request,
-    ctx: RequestContext,
-    route: Route,
-    pool: UpstreamPool,
-    server: ServerConfig,
-) -> web.StreamResponse:
-    upstream = pool.config
-    length = request.content_length
-    if length is not None and length > server.max_body:
-        raise GatewayError.too_large(server.max_body)
-
-    path = upstream_path(ctx, route) + ("?" + ctx.query if ctx.query else "")
-
+def request_headers(
+    request: web.Request, ctx: RequestContext, upstream: UpstreamConfig, server: ServerConfig
+) -> CIMultiDict[str]:
+    """The headers sent to `upstream`: the client's end-to-end ones, then the gateway's."""
     incoming = request.headers
     headers = upstream_request_headers(
         incoming.items(),
@@ -121,41 +109,51 @@ async def forward(
         headers["X-User-Roles"] = ctx.runtime.role_header.get(user.role, user.role)
     if upstream.pass_host and host:
         headers["Host"] = host
-
-    body: object = None
-    meter: Meter | None = None
-    reader = ctx.runtime.readers.get(route.model) if route.model and ctx.runtime else None
-    quota: _Quota | None = None
-    if reader is not None:
-        body, meter = await _metered_request(request, reader, headers, length, server, ctx)
-        quota = await _reserve(request, ctx, route, meter)
-    elif request.body_exists:
-        # A declared length is enforced by the HTTP parser; only a chunked body
-        # has to be counted as it streams.
-        body = (
-            request.content
-            if length is not None
-            else _limited(request.content, server.max_body, ctx)
-        )
-
-    if quota is None:
-        return await _attempts(request, ctx, pool, server, path, headers, body, meter)
-    try:
-        response = await _attempts(request, ctx, pool, server, path, headers, body, meter)
-    except Exception:
-        # No response (502, 504, 503, ...): the whole reservation is given back.
-        # (A cancelled call keeps its reservation as the charge.)
-        await quota.settle(-quota.reserved)
-        raise
-    # Charged from the usage the model reported; unknown usage (or a response
-    # cut short) keeps the reservation as the charge.
-    usage = ctx.usage
-    total = usage.total_tokens if usage is not None else None
-    await quota.settle(0 if total is None else total - quota.reserved)
-    return response
+    return headers
 
 
-async def _attempts(
+def streamed_body(request: web.Request, ctx: RequestContext, max_body: int) -> object:
+    """The request body to stream upstream (None: no body)."""
+    if not request.body_exists:
+        return None
+    # A declared length is enforced by the HTTP parser; only a chunked body
+    # has to be counted as it streams.
+    if request.content_length is not None:
+        return request.content
+    return limited(request.content, max_body, ctx)
+
+
+def check_length(request: web.Request, server: ServerConfig) -> None:
+    length = request.content_length
+    if length is not None and length > server.max_body:
+        raise GatewayError.too_large(server.max_body)
+
+
+async def forward(
+    request: web.Request,
+    ctx: RequestContext,
+    route: Route,
+    pool: UpstreamPool,
+    server: ServerConfig,
+) -> web.StreamResponse:
+    """Proxy a request to the route's upstream (model routes: gateway/proxy/models.py)."""
+    check_length(request, server)
+    path = upstream_path(ctx, route) + ("?" + ctx.query if ctx.query else "")
+    headers = request_headers(request, ctx, pool.config, server)
+    body = streamed_body(request, ctx, server.max_body)
+    return await attempts(request, ctx, pool, server, path, headers, body)
+
+
+class FellThrough(Exception):
+    """An attempt failed in a way a fallback may answer; `error` is what the
+    client gets if nothing else does."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+async def attempts(
     request: web.Request,
     ctx: RequestContext,
     pool: UpstreamPool,
@@ -163,20 +161,29 @@ async def _attempts(
     path: str,
     headers: CIMultiDict[str],
     body: object,
-    meter: Meter | None,
+    meter: Meter | None = None,
+    fallback: Fallback | None = None,
 ) -> web.StreamResponse:
-    """Send on a picked target, retrying on another where that cannot do harm."""
+    """Send on a picked target, retrying on another where that cannot do harm.
+
+    With a `fallback` (a model call that has somewhere else to go), a failure
+    before the response head, a 429 or a 5xx head raises FellThrough instead
+    of answering, as long as `fallback.possible()` says another model may try.
+    """
     upstream = pool.config
     balancer = pool.balancer
     balancer.budget.request()
     attempt = pool.pick()
     if attempt is None:
         # Every target is ejected or failing its health checks.
-        raise GatewayError.unavailable(
+        error = GatewayError.unavailable(
             f"upstream {upstream.name} has no healthy target",
             code="no_healthy_upstream",
             retry_after=balancer.retry_after(),
         )
+        if fallback is not None and fallback.possible():
+            raise FellThrough(error)
+        raise error
 
     # Only a request without a body can be sent again as it was.
     replayable = request.method in IDEMPOTENT_METHODS and body is None
@@ -186,7 +193,7 @@ async def _attempts(
         # the normalised path is already percent-encoded: send it as is
         url = URL(pool.bases[attempt.target.index] + path, encoded=True)
         try:
-            return await _exchange(request, ctx, pool, attempt, url, headers, body, meter)
+            return await _exchange(request, ctx, pool, attempt, url, headers, body, meter, fallback)
         except _SendFailed as failed:
             exc = failed.cause
             if (
@@ -200,84 +207,28 @@ async def _attempts(
                     balancer.budget.spend()
                     attempt = retry
                     continue
-            raise _send_failure(exc, ctx, upstream.name, server.max_body) from None
+            error = _send_failure(exc, ctx, upstream.name, server.max_body)
+            if fallback is not None and ctx.outcome != "body_too_large" and fallback.possible():
+                raise FellThrough(error) from None
+            raise error from None
 
 
-class _Quota:
-    """A token reservation on one limiter key, to settle once the call is over."""
+class Fallback(Protocol):
+    """What a model call tells an attempt about trying another model."""
 
-    __slots__ = ("key", "limit", "limiter", "reserved")
+    deadline: float  # time.monotonic() by which a response head must have come
 
-    def __init__(
-        self, limiter: LocalLimiter, key: str, limit: RateLimitConfig, reserved: int
-    ) -> None:
-        self.limiter = limiter
-        self.key = key
-        self.limit = limit
-        self.reserved = reserved
-
-    async def settle(self, delta: int) -> None:
-        rate = self.limit.rate
-        await self.limiter.settle(self.key, rate.limit, rate.period, delta)
+    def possible(self) -> bool:
+        """Whether another model may still be tried (attempts, time, a replayable body)."""
+        ...
 
 
-async def _reserve(
-    request: web.Request, ctx: RequestContext, route: Route, meter: Meter
-) -> _Quota | None:
-    """Check the model's token quota before the call, reserving tokens up front."""
-    runtime = ctx.runtime
-    if runtime is None or route.model is None:
-        return None
-    model = runtime.config.models.get(route.model)
-    limit = model.token_limit if model is not None else None
-    if limit is None:
-        return None
-    plan = meter.plan
-    # The stated max_tokens bounds the completion, so that much is reserved and
-    # concurrent calls cannot overshoot by more than their own size. Without it
-    # the reservation is minimal (1 token): the quota must have something left,
-    # and the real usage is charged when the call is over.
-    reserve = plan.max_tokens if plan is not None and plan.max_tokens else 1
-    rate = limit.rate
-    key = f"tokens|{route.model}|{counted(limit.key, ctx, request)}"
-    limiter = request.app[SERVICES].limiter
-    decision = await limiter.hit(key, rate.limit, rate.period, cost=reserve)
-    ctx.rate_headers = decision.headers()  # RateLimit-* counted in tokens
-    if not decision.allowed:
-        raise GatewayError(
-            429,
-            "token_quota",
-            f"token quota {rate} by {limit.key} on model {route.model} is spent "
-            f"(this call reserves {reserve} tokens); retry in {decision.retry_after}s",
-        )
-    return _Quota(limiter, key, limit, reserve)
+FALL_BACK_STATUSES = frozenset({429})  # and every 5xx
 
 
-async def _metered_request(
-    request: web.Request,
-    reader: UsageReader,
-    headers: CIMultiDict[str],
-    length: int | None,
-    server: ServerConfig,
-    ctx: RequestContext,
-) -> tuple[object, Meter]:
-    """A model call with a usage format: its JSON body is read (it is small) so the
-    reader can plan it, e.g. ask a streaming upstream to report usage."""
-    if not request.body_exists:
-        return None, Meter(reader, None)
-    if length is None or length > MAX_PARSE:
-        # Too large (or chunked) to read first: streamed through, usage from the response only.
-        body = (
-            request.content
-            if length is not None
-            else _limited(request.content, server.max_body, ctx)
-        )
-        return body, Meter(reader, None)
-    raw = await request.read()
-    plan = reader.request_hook(raw, request.headers.get("Content-Type", ""))
-    if plan.body is not raw:
-        headers["Content-Length"] = str(len(plan.body))
-    return plan.body, Meter(reader, plan)
+def falls_back(status: int) -> bool:
+    """Whether a model's answer with this status is passed to its fallback."""
+    return status >= 500 or status in FALL_BACK_STATUSES
 
 
 def _never_reached(exc: BaseException) -> bool:
@@ -297,14 +248,20 @@ async def _exchange(
     headers: object,
     body: object,
     meter: Meter | None = None,
+    fallback: Fallback | None = None,
 ) -> web.StreamResponse:
     """One attempt on one target: send, report the outcome, relay the response."""
     upstream = pool.config
     balancer = pool.balancer
+    head_timeout = upstream.first_byte_timeout
+    if fallback is not None:
+        # The fallback budget bounds the wait for a head across every attempt.
+        left = max(fallback.deadline - time.monotonic(), 0.001)
+        head_timeout = min(head_timeout, left) if head_timeout else left
     try:
         try:
-            if upstream.first_byte_timeout:
-                async with asyncio.timeout(upstream.first_byte_timeout):
+            if head_timeout:
+                async with asyncio.timeout(head_timeout):
                     response = await _send(pool, request.method, url, headers, body)
             else:
                 response = await _send(pool, request.method, url, headers, body)
@@ -312,9 +269,18 @@ async def _exchange(
             if ctx.outcome != "body_too_large":  # the client's fault, not the target's
                 _report_failure(balancer, attempt, upstream.name, failure_text(exc))
             raise _SendFailed(exc) from None
-        ctx.ttfb = time.monotonic() - ctx.started
-        if balancer.answered(attempt, response.status):
+        status = response.status
+        if balancer.answered(attempt, status):
             _log_ejection(balancer, attempt, upstream.name)
+        if fallback is not None and falls_back(status) and fallback.possible():
+            # Nothing has reached the client yet: drop this answer, try the next model.
+            response.close()
+            raise FellThrough(
+                GatewayError.bad_gateway(
+                    f"model {upstream.name} answered {status}", code="upstream_status"
+                )
+            )
+        ctx.ttfb = time.monotonic() - ctx.started
         relayed = await _relay(request, ctx, response, upstream.name, attempt.target.url, meter)
         if ctx.outcome == "upstream_reset":
             _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
@@ -384,12 +350,13 @@ async def _relay(
     target: str,
     meter: Meter | None = None,
 ) -> web.StreamResponse:
+    headers = downstream_response_headers(
+        upstream_response.headers.items(), upstream_response.headers.get("Connection")
+    )
+    if ctx.model is not None:
+        headers["X-Gateway-Model"] = ctx.model  # the model that answered, whatever it claims
     response = web.StreamResponse(
-        status=upstream_response.status,
-        reason=upstream_response.reason,
-        headers=downstream_response_headers(
-            upstream_response.headers.items(), upstream_response.headers.get("Connection")
-        ),
+        status=upstream_response.status, reason=upstream_response.reason, headers=headers
     )
     declared = upstream_response.content_length
     if meter is not None and meter.start(upstream_response.headers.get("Content-Type", "")):
