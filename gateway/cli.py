@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-limit", help="per user, e.g. 30/min; off for none (default: 60/min per user)"
     )
     add.add_argument("--timeout", help="whole-response timeout, e.g. 2m (default: 5m)")
+    add.add_argument("--usage", help="token usage format of its responses: openai")
+    add.add_argument("--token-limit", help="tokens per user, e.g. 100000/day (needs --usage)")
+    add.add_argument("--fallback", help="comma-separated models to try when it fails")
     config_argument(add)
     listing = model_commands.add_parser("list", help="each model, its settings and its health")
     config_argument(listing)
@@ -226,7 +229,15 @@ def _models(args: argparse.Namespace) -> int:
 
     if args.models_command == "add":
         return add_model(
-            args.config, args.name, args.url, args.roles, args.rate_limit, args.timeout
+            args.config,
+            args.name,
+            args.url,
+            args.roles,
+            args.rate_limit,
+            args.timeout,
+            usage=args.usage,
+            token_limit=args.token_limit,
+            fallback=args.fallback,
         )
     return list_models(args.config)
 

@@ -36,6 +36,10 @@ def add_model(
     roles: str | None = None,
     rate_limit: str | None = None,
     timeout: str | None = None,
+    *,
+    usage: str | None = None,
+    token_limit: str | None = None,
+    fallback: str | None = None,
 ) -> int:
     """`gateway models add`: 0 once routes.yaml holds the checked entry; else 1, file untouched."""
     path = path.resolve()  # a symlinked routes.yaml: replace the file it points at
@@ -48,10 +52,11 @@ def add_model(
         print(clash, file=sys.stderr)
         return 1
     original = path.read_bytes()
+    fields = entry_fields(
+        url, roles, rate_limit, timeout, usage=usage, token_limit=token_limit, fallback=fallback
+    )
     try:
-        placement = place_entry(
-            original.decode("utf-8"), name, entry_fields(url, roles, rate_limit, timeout)
-        )
+        placement = place_entry(original.decode("utf-8"), name, fields)
     except PlacementError as exc:
         print(f"gateway models add: {path}: {exc}; add the entry by hand", file=sys.stderr)
         return 1
@@ -150,6 +155,13 @@ def _print_added(config: Config, name: str, path: Path) -> None:
     print(f"  roles    {', '.join(route.roles) or 'any signed-in user'}")
     print(f"  limit    {f'{limit.rate} by {limit.key}' if limit else 'off'}")
     print(f"  timeout  {_timeouts(upstream.timeout, upstream.connect_timeout)}")
+    model = config.models[name]
+    if model.usage:
+        quota = model.token_limit
+        spent = f", token limit {quota.rate} by {quota.key}" if quota else ""
+        print(f"  usage    {model.usage}{spent}")
+    if model.fallback:
+        print(f"  fallback {' -> '.join(model.fallback)} (at most {model.attempts} calls)")
     print("a running gateway reloads routes.yaml by itself within a second (else restart it);")
     print("check with `gateway models list` and GET /admin/routes")
 

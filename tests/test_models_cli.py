@@ -232,6 +232,30 @@ def test_add_without_options_leaves_the_defaults_to_the_loader(small: Path) -> N
     assert (route.roles, route.rate_limit) == ((), MODEL_RATE_LIMIT)
 
 
+def test_add_with_usage_quota_and_fallback(small: Path) -> None:
+    result = add(
+        small.parent,
+        "sentiment",
+        "http://127.0.0.1:9010",
+        "--usage",
+        "openai",
+        "--token-limit",
+        "50000/day",
+        "--fallback",
+        "chat",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage    openai, token limit 50000/1d by user" in result.stdout
+    assert "fallback chat (at most 2 calls)" in result.stdout
+    assert small.read_text() == SMALL.replace(
+        "roles: [user]}\n",
+        "roles: [user]}\n  sentiment:\n    url: http://127.0.0.1:9010\n    usage: openai\n"
+        "    token_limit: 50000/day\n    fallback: [chat]\n",
+    )
+    model = load_config(small).models["sentiment"]
+    assert (model.usage, model.fallback) == ("openai", ("chat",))
+
+
 def test_add_creates_the_models_section_at_the_end(
     write_config: WriteConfig, policies: Path
 ) -> None:
@@ -300,6 +324,10 @@ def test_add_refuses_a_name_that_is_already_an_upstream(small: Path) -> None:
             ("http://127.0.0.1:9010", "--rate-limit", "lots"),
             f"{SMALL_ENTRY_LINE + 2}: models.sentiment.rate_limit: 'lots' is not a rate; "
             "use N/sec, N/min, N/hour, N/day or N/<duration> (e.g. 60/min)",
+        ),
+        (
+            ("http://127.0.0.1:9010", "--fallback", "chat,nothing"),
+            f"{SMALL_ENTRY_LINE + 2}: models.sentiment.fallback[1]: 'nothing' is not a model",
         ),
         (
             ("http://127.0.0.1:9010", "--timeout", "soon"),

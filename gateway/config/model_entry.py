@@ -43,18 +43,39 @@ class Placement:
 
 
 def entry_fields(
-    url: str, roles: str | None, rate_limit: str | None, timeout: str | None
+    url: str,
+    roles: str | None,
+    rate_limit: str | None,
+    timeout: str | None,
+    *,
+    usage: str | None = None,
+    token_limit: str | None = None,
+    fallback: str | None = None,
 ) -> dict[str, Any]:
-    """The keys the entry is written with; anything not given is left to the loader's defaults."""
+    """The keys the entry is written with; anything not given is left to the loader's defaults.
+
+    `roles` and `fallback` are comma-separated lists; the rest are written as given
+    and checked by the loader."""
     fields: dict[str, Any] = {"url": url}
-    role_list = [role.strip() for role in (roles or "").split(",") if role.strip()]
+    role_list = _split(roles)
     if role_list:
         fields["roles"] = role_list
-    if rate_limit:
-        fields["rate_limit"] = rate_limit
-    if timeout:
-        fields["timeout"] = timeout
+    for key, value in (
+        ("rate_limit", rate_limit),
+        ("timeout", timeout),
+        ("usage", usage),
+        ("token_limit", token_limit),
+    ):
+        if value:
+            fields[key] = value
+    fallback_list = _split(fallback)
+    if fallback_list:
+        fields["fallback"] = fallback_list
     return fields
+
+
+def _split(names: str | None) -> list[str]:
+    return [name.strip() for name in (names or "").split(",") if name.strip()]
 
 
 def render_entry(name: str, fields: dict[str, Any], indent: int, flow: bool = False) -> str:
