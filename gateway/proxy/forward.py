@@ -24,7 +24,6 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.config.schema import Route, ServerConfig, UpstreamConfig
 from gateway.context import RequestContext
@@ -33,6 +32,7 @@ from gateway.problems import GatewayError
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 from gateway.proxy.health import failure_text
+from gateway.proxy.lean import LeanResponse, TargetUnreachable
 from gateway.proxy.metering import Meter
 from gateway.proxy.pool import UpstreamPool
 
@@ -191,9 +191,11 @@ async def attempts(
     while True:
         tried.append(attempt.target)
         # the normalised path is already percent-encoded: send it as is
-        url = URL(pool.bases[attempt.target.index] + path, encoded=True)
+        target = pool.base_paths[attempt.target.index] + path
         try:
-            return await _exchange(request, ctx, pool, attempt, url, headers, body, meter, fallback)
+            return await _exchange(
+                request, ctx, pool, attempt, target, headers, body, meter, fallback
+            )
         except _SendFailed as failed:
             exc = failed.cause
             if (
@@ -236,7 +238,7 @@ def _never_reached(exc: BaseException) -> bool:
     # Refused, unreachable, DNS failure, or no connection within connect_timeout.
     # A timeout or reset after the connection was made is not: the target may
     # have acted on the request.
-    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    return isinstance(exc, TargetUnreachable | aiohttp.ConnectionTimeoutError)
 
 
 async def _exchange(
@@ -244,8 +246,8 @@ async def _exchange(
     ctx: RequestContext,
     pool: UpstreamPool,
     attempt: Attempt,
-    url: URL,
-    headers: object,
+    target: str,
+    headers: CIMultiDict[str],
     body: object,
     meter: Meter | None = None,
     fallback: Fallback | None = None,
@@ -262,9 +264,13 @@ async def _exchange(
         try:
             if head_timeout:
                 async with asyncio.timeout(head_timeout):
-                    response = await _send(pool, request.method, url, headers, body)
+                    response = await pool.client.request(
+                        attempt.target.index, request.method, target, headers, body
+                    )
             else:
-                response = await _send(pool, request.method, url, headers, body)
+                response = await pool.client.request(
+                    attempt.target.index, request.method, target, headers, body
+                )
         except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
             if ctx.outcome != "body_too_large":  # the client's fault, not the target's
                 _report_failure(balancer, attempt, upstream.name, failure_text(exc))
@@ -307,19 +313,6 @@ def _log_ejection(balancer: Balancer, attempt: Attempt, name: str) -> None:
     )
 
 
-async def _send(
-    pool: UpstreamPool, method: str, url: URL, headers: object, body: object
-) -> aiohttp.ClientResponse:
-    return await pool.session.request(
-        method,
-        url,
-        headers=headers,  # type: ignore[arg-type]
-        data=body,
-        allow_redirects=False,  # a redirect is the client's to follow, not ours
-        compress=None,
-    )
-
-
 def _send_failure(
     exc: BaseException, ctx: RequestContext, name: str, max_body: int
 ) -> GatewayError:
@@ -327,8 +320,8 @@ def _send_failure(
     if ctx.outcome == "body_too_large":
         # The chunked request body outgrew server.max_body mid-stream.
         return GatewayError.too_large(max_body)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # Refused, unreachable or DNS failure: nothing reached the target.
+    if isinstance(exc, TargetUnreachable):
+        # Refused, unreachable, DNS or TLS failure: nothing reached the target.
         reason = exc.os_error.strerror or "connect failed"
         return GatewayError.bad_gateway(f"upstream {name} refused the connection ({reason})")
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
@@ -345,7 +338,7 @@ def _send_failure(
 async def _relay(
     request: web.Request,
     ctx: RequestContext,
-    upstream_response: aiohttp.ClientResponse,
+    upstream_response: LeanResponse,
     upstream_name: str,
     target: str,
     meter: Meter | None = None,

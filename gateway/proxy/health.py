@@ -17,13 +17,14 @@ import aiohttp
 
 from gateway.config.schema import HealthCheckConfig
 from gateway.proxy.balancer import Balancer, TargetState, check_passed
+from gateway.proxy.lean import TargetUnreachable
 
 log = logging.getLogger("gateway.health")
 
 
 def failure_text(exc: BaseException) -> str:
     """A failed exchange with a target in a few words, for /admin/upstreams."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorError | TargetUnreachable):
         # Refused, unreachable or DNS: the errno's text, not asyncio's "Connect call failed".
         errno = exc.os_error.errno
         return f"connect failed: {os.strerror(errno) if errno else exc.os_error.strerror}"

@@ -1,4 +1,4 @@
-"""One pooled keep-alive `ClientSession` per upstream, its balancer and its health checks.
+"""The keep-alive connections of each upstream, its balancer and its health checks.
 
 Sessions are made once per config (never per request) and closed when the
 config that made them is retired. The health-check task lives as long as the
@@ -16,6 +16,7 @@ import aiohttp
 from gateway.config.schema import UpstreamConfig
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.health import HealthChecker
+from gateway.proxy.lean import LeanClient
 from gateway.tls import upstream_ssl
 
 
@@ -24,13 +25,23 @@ class UpstreamPool:
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
+        ssl_context = upstream_ssl(config)  # upstreams.NAME.tls: CA bundle, client cert, verify
+        # The proxy path's connections (see lean.py); the session below serves the
+        # health checks only.
+        self.client = LeanClient(
+            config.targets,
+            limit=config.max_connections,
+            timeout=config.timeout,
+            connect_timeout=config.connect_timeout,
+            ssl_context=ssl_context,
+        )
         connector = aiohttp.TCPConnector(
             limit=0,  # bounded per target below, not globally
             limit_per_host=config.max_connections,
             keepalive_timeout=30.0,
             enable_cleanup_closed=False,
             ttl_dns_cache=60,
-            ssl=upstream_ssl(config),  # upstreams.NAME.tls: CA bundle, client cert, verify
+            ssl=ssl_context,
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -47,6 +58,7 @@ class UpstreamPool:
         self.balancer = Balancer(config)
         # per target index: the URL prefix, origin plus base path
         self.bases = [t.origin + t.base_path for t in config.targets]
+        self.base_paths = [t.base_path for t in config.targets]
         self.health = (
             HealthChecker(config.health_check, self.balancer, self.session, self.bases)
             if config.health_check is not None
@@ -74,6 +86,7 @@ class UpstreamPool:
         self._closed = True
         if self.health is not None:
             await self.health.stop()
+        self.client.close()
         await self.session.close()
 
 
