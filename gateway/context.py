@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.config.schema import Route
+from gateway.gcra import Decision
 from gateway.routing import NO_PARAMS
 from gateway.runtime import Runtime, RuntimeHolder
 from gateway.services import Services
@@ -42,6 +43,8 @@ class RequestContext:
     # RateLimit-* headers for this response, set by the rate-limit stage and
     # stamped on whatever response goes out (local, proxied or a problem)
     rate_headers: tuple[tuple[str, str], ...] = ()
+    # the route's rate-limit decision when the Redis gate already made it
+    rate_decision: Decision | None = None
     bytes_in: int = 0  # request body bytes read (streamed bodies are counted)
     ttfb: float | None = None  # seconds from arrival to the upstream's response head
     usage: Usage | None = None  # token usage of a model call with a `usage:` format

@@ -88,6 +88,8 @@ class Runtime:
     verifier: TokenVerifier
     # route index → roles that pass it; absent: any valid token passes
     allowed: Mapping[int, frozenset[str]]
+    # route index → the roles that pass it as ",a,b," (for the Redis gate's script)
+    allowed_text: Mapping[int, str]
     # role → X-User-Roles value: the role, then every role it inherits
     role_header: Mapping[str, str]
     # model name → the reader of its `usage:` format (models without one are absent)
@@ -119,6 +121,7 @@ class Runtime:
         }
         # Pools last: nothing that can fail comes after sessions are opened.
         fresh = make_pools({n: u for n, u in config.upstreams.items() if n not in kept})
+        allowed = {r.index: policy.allowed_roles(r.roles) for r in config.routes if r.roles}
         return cls(
             config=config,
             table=table,
@@ -127,7 +130,8 @@ class Runtime:
             keys=keys,
             issuer=issuer,
             verifier=verifier,
-            allowed={r.index: policy.allowed_roles(r.roles) for r in config.routes if r.roles},
+            allowed=allowed,
+            allowed_text={i: f",{','.join(sorted(roles))}," for i, roles in allowed.items()},
             role_header={role: ",".join(chain) for role, chain in policy.roles.items()},
             readers={m.name: reader_for(m.usage) for m in config.models.values() if m.usage},
             model_routes={r.model: r for r in config.routes if r.model is not None},

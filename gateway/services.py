@@ -19,6 +19,7 @@ from gateway.audit.writer import AuditWriter
 from gateway.config.schema import AuthConfig, Config
 from gateway.metrics import Metrics
 from gateway.security.passwords import PasswordService
+from gateway.state.gate import RedisGate
 from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
 from gateway.state.limiter import LocalLimiter, RedisLimiter
 from gateway.state.throttle import LocalThrottle, RedisThrottle
@@ -62,6 +63,8 @@ class Services:
     limiter: LocalLimiter
     passwords: PasswordService
     redis: Redis | None
+    # identity, role and rate limit in one Redis call (None without Redis)
+    gate: RedisGate | None
     audit: AuditWriter  # queues the audit and report rows, writes them in batches
     metrics: Metrics  # this process's Prometheus registry (GET /metrics)
 
@@ -129,14 +132,17 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         return UserState.of(record) if record is not None else None
 
     redis: Redis | None = None
+    gate: RedisGate | None = None
     identity: LocalIdentity
     throttle: LocalThrottle
     limiter: LocalLimiter
     if settings.redis_url:
         redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        identity = RedisIdentity(redis, settings.redis_prefix, load_user)
+        redis_identity = RedisIdentity(redis, settings.redis_prefix, load_user)
         throttle = RedisThrottle(config.auth.login_failures, redis, settings.redis_prefix)
-        limiter = RedisLimiter(redis, settings.redis_prefix, config.server.redis_failure)
+        redis_limiter = RedisLimiter(redis, settings.redis_prefix, config.server.redis_failure)
+        gate = RedisGate(redis, redis_identity, redis_limiter)
+        identity, limiter = redis_identity, redis_limiter
     else:
         identity = LocalIdentity(load_user)
         throttle = LocalThrottle(config.auth.login_failures)
@@ -165,6 +171,7 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         limiter=limiter,
         passwords=password_service(config.auth),
         redis=redis,
+        gate=gate,
         audit=audit,
         metrics=Metrics(audit),
     )

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.context import CTX, SERVICES, Principal
+from gateway.context import CTX, SERVICES, Principal, RequestContext
 from gateway.middleware import Handler, Middleware
+from gateway.middleware.rate_limit import bucket
 from gateway.problems import GatewayError
 from gateway.runtime import Runtime
 from gateway.security.tokens import TokenError
@@ -35,13 +36,36 @@ def bearer_token(header: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-async def authenticate(request: web.Request, runtime: Runtime, token: str) -> Principal:
-    """The caller `token` names, as the user's current state says; or the 401 saying why not."""
+async def authenticate(
+    request: web.Request, runtime: Runtime, token: str, ctx: RequestContext | None = None
+) -> Principal:
+    """The caller `token` names, as the user's current state says; or the 401 saying why not.
+
+    With `ctx` on a rate-limited route and Redis, the rate-limit decision is
+    made in the same Redis call and left in `ctx.rate_decision`."""
     try:
         claims = runtime.verifier.verify(token)
     except TokenError as exc:
         raise unauthorized(exc.code, exc.detail, True) from None
-    revoked, state = await request.app[SERVICES].identity.check(claims.jti, claims.sub)
+    services = request.app[SERVICES]
+    answer = None
+    route = ctx.route if ctx is not None else None
+    if services.gate is not None and route is not None and route.rate_limit is not None:
+        assert ctx is not None
+        limit = route.rate_limit
+        answer = await services.gate.check(
+            claims.jti,
+            claims.sub,
+            bucket(limit, ctx, request, claims.sub),
+            runtime.allowed_text.get(route.index, ""),
+            limit.rate.limit,
+            limit.rate.period,
+        )
+    if answer is not None and ctx is not None:
+        revoked, state = answer.revoked, answer.state
+        ctx.rate_decision = answer.decision
+    else:
+        revoked, state = await services.identity.check(claims.jti, claims.sub)
     if state is None or not state.active:
         raise unauthorized("user_inactive", "the account is deactivated", True)
     if revoked:
@@ -61,7 +85,7 @@ def authentication(cfg: AuthenticationConfig) -> Middleware:
             raise unauthorized("missing_token", "this route needs a bearer token", False)
         runtime = ctx.runtime
         assert runtime is not None  # set by the route stage
-        ctx.user = await authenticate(request, runtime, token)
+        ctx.user = await authenticate(request, runtime, token, ctx)
         return await handler(request)
 
     return authentication_stage

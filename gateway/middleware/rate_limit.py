@@ -24,16 +24,24 @@ class RateLimitStageConfig:
     pass
 
 
-def bucket(limit: RateLimitConfig, ctx: RequestContext, request: web.Request) -> str:
+def bucket(
+    limit: RateLimitConfig, ctx: RequestContext, request: web.Request, user_id: str | None = None
+) -> str:
     """The limiter key: route pattern | what is counted."""
     assert ctx.route is not None
-    return f"{ctx.route.path}|{counted(limit.key, ctx, request)}"
+    return f"{ctx.route.path}|{counted(limit.key, ctx, request, user_id)}"
 
 
-def counted(kind: str, ctx: RequestContext, request: web.Request) -> str:
-    """Who a limit keyed by `kind` counts: user (else IP), ip, route or header:NAME."""
+def counted(
+    kind: str, ctx: RequestContext, request: web.Request, user_id: str | None = None
+) -> str:
+    """Who a limit keyed by `kind` counts: user (else IP), ip, route or header:NAME.
+
+    `user_id`: the caller's, before the authentication stage has set ctx.user."""
     if kind == "user":
-        return f"user:{ctx.user.id}" if ctx.user is not None else f"ip:{ctx.client_ip}"
+        if user_id is None and ctx.user is not None:
+            user_id = ctx.user.id
+        return f"user:{user_id}" if user_id is not None else f"ip:{ctx.client_ip}"
     if kind == "ip":
         return f"ip:{ctx.client_ip}"
     if kind == "route":
@@ -52,9 +60,12 @@ def rate_limit(cfg: RateLimitStageConfig) -> Middleware:
             return await handler(request)
         limit = route.rate_limit
         rate = limit.rate
-        key = bucket(limit, ctx, request)
         services = request.app[SERVICES]
-        decision = await services.limiter.hit(key, rate.limit, rate.period)
+        decision = ctx.rate_decision  # made by the Redis gate with the identity check
+        if decision is None:
+            decision = await services.limiter.hit(
+                bucket(limit, ctx, request), rate.limit, rate.period
+            )
         ctx.rate_headers = decision.headers()
         if not decision.allowed:
             services.metrics.rate_limited(route.path)

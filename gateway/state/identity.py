@@ -100,13 +100,31 @@ class RedisIdentity(LocalIdentity):
         super().__init__(load_user)
         self._redis = redis
         self._prefix = prefix
-        self._health = health or RedisHealth("revocations and user changes")
+        self.health = health or RedisHealth("revocations and user changes")
 
     def _rev(self, jti: str) -> str:
         return f"{self._prefix}rev:{jti}"
 
     def _user_key(self, user_id: str) -> str:
         return f"{self._prefix}user:{user_id}"
+
+    def keys(self, jti: str, user_id: str) -> tuple[str, str]:
+        """The Redis keys of a token's revocation and of its user's state."""
+        return self._rev(jti), self._user_key(user_id)
+
+    def revoked_here(self, jti: str) -> bool:
+        """Revoked by this instance (known without asking Redis)."""
+        local = self.revoked.get(jti)
+        return local is not None and local > time.time()
+
+    async def state_from(self, user_id: str, encoded: object) -> UserState | None:
+        """The user's state from its Redis value (None: not in Redis, read the database)."""
+        if encoded is None:
+            return await self._user(user_id)
+        text = encoded.decode() if isinstance(encoded, bytes) else str(encoded)
+        state = UserState.decode(text)
+        self.users[user_id] = state
+        return state
 
     async def start(self, users: dict[str, UserState]) -> None:
         await super().start(users)
@@ -118,13 +136,12 @@ class RedisIdentity(LocalIdentity):
                     pipe.set(self._user_key(user_id), state.encode(), nx=True)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._health.failed(exc)  # serve on local state; shared again once Redis answers
+            self.health.failed(exc)  # serve on local state; shared again once Redis answers
 
     async def check(self, jti: str, user_id: str) -> tuple[bool, UserState | None]:
-        local = self.revoked.get(jti)
-        if local is not None and local > time.time():
+        if self.revoked_here(jti):
             return True, self.users.get(user_id)
-        if not self._health.available():
+        if not self.health.available():
             return await super().check(jti, user_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -132,16 +149,10 @@ class RedisIdentity(LocalIdentity):
                 pipe.get(self._user_key(user_id))
                 revoked, encoded = await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._health.failed(exc)
+            self.health.failed(exc)
             return await super().check(jti, user_id)
-        self._health.succeeded()
-        if encoded is None:
-            state = await self._user(user_id)
-        else:
-            text = encoded.decode() if isinstance(encoded, bytes) else str(encoded)
-            state = UserState.decode(text)
-            self.users[user_id] = state
-        return bool(revoked), state
+        self.health.succeeded()
+        return bool(revoked), await self.state_from(user_id, encoded)
 
     async def revoke(self, jti: str, expires_at: float) -> None:
         await super().revoke(jti, expires_at)
@@ -149,11 +160,11 @@ class RedisIdentity(LocalIdentity):
         try:
             await self._redis.set(self._rev(jti), b"1", ex=ttl)
         except (RedisError, OSError) as exc:
-            self._health.failed(exc)
+            self.health.failed(exc)
 
     async def set_user(self, user_id: str, state: UserState) -> None:
         await super().set_user(user_id, state)
         try:
             await self._redis.set(self._user_key(user_id), state.encode())
         except (RedisError, OSError) as exc:
-            self._health.failed(exc)
+            self.health.failed(exc)

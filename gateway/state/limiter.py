@@ -87,26 +87,32 @@ class LocalLimiter:
                 del self._tat[key]
 
 
-# KEYS[1] the bucket; ARGV limit, period (s), cost. Returns
-# {allowed, remaining, seconds to full, seconds to retry} (floats as strings:
-# Redis would truncate them). The same arithmetic as gateway.gcra.decide.
-GCRA_LUA = """
-local limit = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local interval = period / limit
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat < now then tat = now end
-local new_tat = tat + interval * cost
-local allow_at = new_tat - period
-if allow_at > now + 0.000001 then
-  return {0, 0, tostring(tat - now), tostring(allow_at - now)}
+# gcra(key, limit, period (s), cost) returns {allowed, remaining, seconds to
+# full, seconds to retry} (floats as strings: Redis would truncate them). The
+# same arithmetic as gateway.gcra.decide, on the Redis clock. Shared by
+# GCRA_LUA and the gate's script (gateway/state/gate.py).
+GCRA_FUNCTION = """
+local function gcra(key, limit, period, cost)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', key))
+  if tat == nil or tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  local allow_at = new_tat - period
+  if allow_at > now + 0.000001 then
+    return {0, 0, tostring(tat - now), tostring(allow_at - now)}
+  end
+  redis.call('SET', key, tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000))
+  return {1, math.floor((now - allow_at) / interval + 1e-9), tostring(new_tat - now), '0'}
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000))
-return {1, math.floor((now - allow_at) / interval + 1e-9), tostring(new_tat - now), '0'}
 """
+
+# KEYS[1] the bucket; ARGV limit, period (s), cost.
+GCRA_LUA = (
+    GCRA_FUNCTION
+    + "return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n"
+)
 
 
 # KEYS[1] the bucket; ARGV limit, period (s), delta (units: actual - reserved).
@@ -138,17 +144,21 @@ class RedisLimiter(LocalLimiter):
         self._script = redis.register_script(GCRA_LUA)
         self._settle_script = redis.register_script(SETTLE_LUA)
         self._failure = failure
-        self._health = health or RedisHealth("rate limits")
+        self.health = health or RedisHealth("rate limits")
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key of a bucket."""
+        return self._prefix + key
 
     async def hit(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
-        if self._health.available():
+        if self.health.available():
             try:
                 reply = await self._script(keys=[self._prefix + key], args=[limit, period, cost])
             except (RedisError, OSError) as exc:
-                self._health.failed(exc)
+                self.health.failed(exc)
             else:
-                self._health.succeeded()
-                return _decision(reply, limit)
+                self.health.succeeded()
+                return decision_of(reply, limit)
         if self._failure == "closed":
             raise GatewayError.unavailable(
                 "rate limits cannot be checked right now",
@@ -160,13 +170,13 @@ class RedisLimiter(LocalLimiter):
     async def settle(self, key: str, limit: int, period: float, delta: int) -> None:
         if delta == 0:
             return
-        if self._health.available():
+        if self.health.available():
             try:
                 await self._settle_script(keys=[self._prefix + key], args=[limit, period, delta])
             except (RedisError, OSError) as exc:
-                self._health.failed(exc)
+                self.health.failed(exc)
             else:
-                self._health.succeeded()
+                self.health.succeeded()
                 return
         if self._failure == "closed":
             # The response has already been given: nothing to refuse. The
@@ -175,7 +185,8 @@ class RedisLimiter(LocalLimiter):
         self.settle_now(key, limit, period, delta)
 
 
-def _decision(reply: list[object], limit: int) -> Decision:
+def decision_of(reply: list[object], limit: int) -> Decision:
+    """The Decision of the `gcra` Lua function's reply."""
     allowed, remaining, to_full, to_retry = reply
     full, retry = float(_text(to_full)), float(_text(to_retry))
     if int(_text(allowed)) == 1:
