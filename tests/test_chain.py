@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from gateway.app import build_app, chain
@@ -9,6 +10,7 @@ from gateway.config import load_config
 from gateway.config.loader import KNOWN_HANDLERS
 from gateway.context import HOLDER
 from gateway.handlers import ROUTABLE
+from gateway.middleware.request_id import new_request_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +47,13 @@ def test_every_builtin_route_has_a_handler() -> None:
     from gateway.runtime import builtin_routes
 
     assert {r.handler for r in builtin_routes().values()} == set(BUILTIN)
+
+
+def test_new_request_ids_are_random_version_4_uuids() -> None:
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for text in list(ids)[:500]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
