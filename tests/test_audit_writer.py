@@ -14,6 +14,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,44 @@ async def store(database_url: str) -> AsyncIterator[AuditStore]:
     engine = make_engine(database_url)
     yield AuditStore(engine)
     await engine.dispose()
+
+
+async def test_every_column_reads_back_as_written(store: AuditStore, database_url: str) -> None:
+    # The rows go to the driver in its own SQL: times and NULLs must read back
+    # through the ORM exactly as the ORM would have written them.
+    audit = audit_row(
+        ts=1_780_000_000.123456,
+        request_id="rb-1",
+        user_id="u1",
+        username="ann",
+        role="user",
+        method="POST",
+        path="/models/m/v1",
+        route="/models/m/**",
+        upstream="m",
+        status=502,
+        latency=0.25,
+        client_ip="10.0.0.1",
+        bytes_in=12,
+        bytes_out=34,
+        reason="upstream_reset",
+    )
+    report = report_row(audit, "m", 0.1, None, attempts=3)
+    await store.insert([audit, report])
+    engine = make_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            [stored] = (await connection.execute(select(AuditLog))).all()
+            [stored_report] = (await connection.execute(select(ReportLog))).all()
+    finally:
+        await engine.dispose()
+    when = stored.ts if stored.ts.tzinfo else stored.ts.replace(tzinfo=UTC)
+    assert when.timestamp() == pytest.approx(1_780_000_000.123456, abs=1e-6)
+    assert (stored.request_id, stored.status, stored.latency_ms) == ("rb-1", 502, 250.0)
+    assert (stored.reason, stored.client_ip, stored.bytes_out) == ("upstream_reset", "10.0.0.1", 34)
+    assert (stored_report.model, stored_report.attempts) == ("m", 3)
+    assert stored_report.total_tokens is None  # unknown stays unknown
+    assert stored_report.ttfb_ms == 100.0
 
 
 async def test_a_full_queue_drops_counts_and_logs_once(

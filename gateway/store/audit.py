@@ -8,9 +8,9 @@ while someone pages never shift the pages they have not read yet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -59,12 +59,61 @@ def decode_id_cursor(cursor: str) -> int:
     return last_id
 
 
+_PLACEHOLDERS: dict[str, Callable[[int], str]] = {
+    "qmark": lambda _: "?",  # sqlite
+    "numeric_dollar": lambda n: f"${n}",  # asyncpg
+    "format": lambda _: "%s",
+    "numeric": lambda n: f":{n}",
+}
+
+
+def insert_sql(table: str, columns: Sequence[str], paramstyle: str) -> str:
+    """INSERT INTO table (columns) VALUES (placeholders), in the driver's own paramstyle."""
+    mark = _PLACEHOLDERS[paramstyle]
+    marks = ", ".join(mark(n) for n in range(1, len(columns) + 1))
+    # Table and column names are this module's constants, never request data.
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
+
+
+def _sqlite_ts(ts: float) -> str:
+    # How SQLAlchemy's SQLite DATETIME stores a time: naive UTC text, microseconds.
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _aware_ts(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
 class AuditStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        dialect = engine.dialect
+        style = dialect.paramstyle
+        if style not in _PLACEHOLDERS:  # a driver this was not written for: the ORM way
+            self._audit_sql = self._report_sql = ""
+        else:
+            self._audit_sql = insert_sql("audit_logs", AuditRow._fields, style)
+            self._report_sql = insert_sql("report_logs", ReportRow._fields, style)
+        self._ts = _sqlite_ts if dialect.name == "sqlite" else _aware_ts
 
     async def insert(self, rows: Sequence[Row]) -> None:
-        """Write a batch: one executemany per table, both in one transaction."""
+        """Write a batch: one executemany per table, both in one transaction.
+
+        The rows go to the driver as tuples in its own SQL: the ORM's per-row
+        parameter processing cost ~38 us of CPU a row (on SQLite, measured),
+        most of the audit writer's whole cost."""
+        if not self._audit_sql:
+            return await self._insert_orm(rows)
+        ts = self._ts
+        audit = [(ts(r[0]), *r[1:]) for r in rows if type(r) is AuditRow]
+        reports = [(ts(r[0]), *r[1:]) for r in rows if type(r) is ReportRow]
+        async with self._engine.begin() as connection:
+            if audit:
+                await connection.exec_driver_sql(self._audit_sql, audit)
+            if reports:
+                await connection.exec_driver_sql(self._report_sql, reports)
+
+    async def _insert_orm(self, rows: Sequence[Row]) -> None:
         audit = [to_params(r) for r in rows if type(r) is AuditRow]
         reports = [to_params(r) for r in rows if type(r) is ReportRow]
         async with self._engine.begin() as connection:
