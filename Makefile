@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 CONFIG ?= routes.yaml
 PYTEST_ARGS ?=
 
@@ -13,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,fast]'
 	@touch $(STAMP)
+
+# The bench extra (Flask, gunicorn, requests: the stack bench/chain.py compares with).
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,fast,bench]'
+	@touch $(BENCH_STAMP)
 
 venv: $(STAMP)
 
@@ -37,8 +43,9 @@ check: venv
 test: lint check
 	$(PY) -m pytest -n auto --dist loadfile -q $(PYTEST_ARGS)
 
-## bench: the benchmarks under bench/ (figures, not pass/fail); chain.py needs nginx, wrk, taskset
-bench: venv
+## bench: the benchmarks under bench/ (figures, not pass/fail; about 3 minutes). chain.py needs
+## 2 cores, taskset, and Debian's nginx and wrk, which it installs with apt-get when missing
+bench: $(BENCH_STAMP)
 	$(PY) bench/route_matching.py
 	$(PY) bench/chain.py
 
