@@ -10,6 +10,7 @@ in-flight requests finish within server.shutdown_grace, close upstream pools.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -74,6 +75,18 @@ async def serve(
         backlog=1024,
         reuse_port=worker_of is not None,  # --workers: the kernel spreads connections
     )
+    # Signals are handled before the port opens: a SIGHUP (reload) or SIGTERM sent
+    # as soon as the port answers must never meet the default action (exit).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)  # reload routes.yaml, policies/
+    # Everything made at start-up (config, modules, SQLAlchemy, the app) lives as
+    # long as the process: moved out of the collector's reach, a full collection
+    # no longer walks it, which would stall every request in flight meanwhile.
+    gc.collect()
+    gc.freeze()
     await site.start()
     bound = _bound_port(runner) or listen_port
     tasks: list[asyncio.Task[None]] = []
@@ -96,11 +109,6 @@ async def serve(
         },
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)  # reload routes.yaml, policies/
     if worker_of is not None:
         tasks.append(asyncio.create_task(exit_with_parent(worker_of, stop.set)))
     await stop.wait()
