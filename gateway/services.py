@@ -6,6 +6,7 @@ shutdown. Redis is used only when a URL is given (GATEWAY_REDIS_URL).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from gateway.security.passwords import PasswordService
 from gateway.state.gate import RedisGate
 from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
 from gateway.state.limiter import LocalLimiter, RedisLimiter
+from gateway.state.pipelined import PipelinedRedis
 from gateway.state.throttle import LocalThrottle, RedisThrottle
 from gateway.store.audit import AuditStore
 from gateway.store.engine import database_url, is_sqlite, make_engine, make_sessions, safe_url
@@ -80,6 +82,8 @@ class Services:
     async def close(self) -> None:
         await self.audit.close()  # before the engine goes: it writes out every queued row
         await self.identity.close()
+        if self.gate is not None:
+            await self.gate.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -141,7 +145,8 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         redis_identity = RedisIdentity(redis, settings.redis_prefix, load_user)
         throttle = RedisThrottle(config.auth.login_failures, redis, settings.redis_prefix)
         redis_limiter = RedisLimiter(redis, settings.redis_prefix, config.server.redis_failure)
-        gate = RedisGate(redis, redis_identity, redis_limiter)
+        with contextlib.suppress(ValueError):  # a unix socket URL: the separate calls
+            gate = RedisGate(PipelinedRedis(settings.redis_url), redis_identity, redis_limiter)
         identity, limiter = redis_identity, redis_limiter
     else:
         identity = LocalIdentity(load_user)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.gcra import Decision
 from gateway.state.identity import RedisIdentity, UserState
 from gateway.state.limiter import GCRA_FUNCTION, RedisLimiter, decision_of
+from gateway.state.pipelined import PipelinedRedis
 
 # KEYS: the token's revocation, the user's state, the rate-limit bucket.
 # ARGV: the roles that pass the route as ",a,b," ("" for any role), the limit,
@@ -54,10 +54,18 @@ class GateAnswer:
 
 
 class RedisGate:
-    def __init__(self, redis: Redis, identity: RedisIdentity, limiter: RedisLimiter) -> None:
-        self._script = redis.register_script(GATE_LUA)
+    """The call, on its own pipelined connection (gateway/state/pipelined.py)."""
+
+    def __init__(
+        self, redis: PipelinedRedis, identity: RedisIdentity, limiter: RedisLimiter
+    ) -> None:
+        self._redis = redis
+        self._sha = redis.script(GATE_LUA)
         self._identity = identity
         self._limiter = limiter
+
+    async def close(self) -> None:
+        await self._redis.close()
 
     async def check(
         self, jti: str, user_id: str, bucket: str, roles: str, limit: int, period: float
@@ -70,8 +78,8 @@ class RedisGate:
             return None
         revocation, user = identity.keys(jti, user_id)
         try:
-            reply = await self._script(
-                keys=[revocation, user, limiter.redis_key(bucket)], args=[roles, limit, period]
+            reply = await self._redis.evalsha(
+                self._sha, [revocation, user, limiter.redis_key(bucket)], [roles, limit, period]
             )
         except (RedisError, OSError) as exc:
             identity.health.failed(exc)
