@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -109,3 +110,20 @@ async def test_nothing_listening_is_a_redis_error() -> None:
             await fast.call("PING")
     finally:
         await fast.close()
+
+
+def test_on_uvloop_as_the_gateway_runs(redis_url: str, redis_prefix: str) -> None:
+    # `gateway serve` runs on uvloop, whose transports are not asyncio's classes.
+    import uvloop
+
+    async def scenario() -> list[Any]:
+        fast = PipelinedRedis(redis_url)
+        try:
+            await fast.call("SET", f"{redis_prefix}uv", "loop")
+            return list(
+                await asyncio.gather(*(fast.call("GET", f"{redis_prefix}uv") for _ in range(50)))
+            )
+        finally:
+            await fast.close()
+
+    assert uvloop.run(scenario()) == [b"loop"] * 50
