@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from gateway.audit.writer import AuditWriter
 from gateway.config import ConfigError, load_config
 from gateway.config.schema import AuditConfig
 from gateway.context import SERVICES
-from gateway.store.audit import AuditStore
+from gateway.store.audit import AuditStore, _SqliteTime
 from gateway.store.engine import make_engine
 from gateway.store.migrate import upgrade_sync
 from models import AuditLog, ReportLog
@@ -159,7 +160,7 @@ def test_summary_counts_errors_and_users() -> None:
 def test_audit_section_defaults_and_values(write_config: WriteConfig, tmp_path: Path) -> None:
     default = load_config(write_config("routes: []\n")).audit
     assert default == AuditConfig(spool=tmp_path / "audit.spool")
-    assert (default.queue_size, default.batch_size, default.flush_interval) == (100_000, 500, 0.25)
+    assert (default.queue_size, default.batch_size, default.flush_interval) == (100_000, 200, 0.1)
     path = write_config(
         "audit:\n  queue_size: 1000\n  batch_size: 50\n  flush_interval: 2s\n  spool: var/a.spool\n"
     )
@@ -207,6 +208,17 @@ async def store(database_url: str) -> AsyncIterator[AuditStore]:
     engine = make_engine(database_url)
     yield AuditStore(engine)
     await engine.dispose()
+
+
+def test_sqlite_times_are_written_as_sqlalchemy_writes_them() -> None:
+    # The cached form must give exactly SQLAlchemy's SQLite DATETIME text.
+    as_text = _SqliteTime()
+    rng = random.Random(7)
+    moments = [rng.uniform(0, 2e9) for _ in range(20_000)]
+    moments += [1_780_000_000.9999996, 1_780_000_000.0000004, 0.0, 1_780_000_001.5]
+    for ts in sorted(moments) + moments:  # in order (the cache's case) and shuffled
+        expected = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        assert as_text(ts) == expected, ts
 
 
 async def test_every_column_reads_back_as_written(store: AuditStore, database_url: str) -> None:

@@ -8,6 +8,7 @@ while someone pages never shift the pages they have not read yet.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,9 +76,28 @@ def insert_sql(table: str, columns: Sequence[str], paramstyle: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
 
 
-def _sqlite_ts(ts: float) -> str:
-    # How SQLAlchemy's SQLite DATETIME stores a time: naive UTC text, microseconds.
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+class _SqliteTime:
+    """How SQLAlchemy's SQLite DATETIME stores a time: naive UTC text with microseconds.
+
+    strftime took ~4 us a row, most of a batch's time on the event loop (2.2 ms
+    for 300 rows); rows of one second share their date and time text, so only
+    the microseconds are formatted per row (~0.5 us)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, ts: float) -> str:
+        second = int(ts)
+        micros = round((ts - second) * 1_000_000)
+        if micros == 1_000_000:  # rounded up into the next second
+            second, micros = second + 1, 0
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{micros:06d}"
 
 
 def _aware_ts(ts: float) -> datetime:
@@ -94,7 +114,9 @@ class AuditStore:
         else:
             self._audit_sql = insert_sql("audit_logs", AuditRow._fields, style)
             self._report_sql = insert_sql("report_logs", ReportRow._fields, style)
-        self._ts = _sqlite_ts if dialect.name == "sqlite" else _aware_ts
+        self._ts: Callable[[float], object] = (
+            _SqliteTime() if dialect.name == "sqlite" else _aware_ts
+        )
 
     async def insert(self, rows: Sequence[Row]) -> None:
         """Write a batch: one executemany per table, both in one transaction.
