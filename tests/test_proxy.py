@@ -54,6 +54,20 @@ def upstream_app(state: dict[str, object]) -> web.Application:
         request.transport.close()
         return response
 
+    async def sized_body(request: web.Request) -> web.Response:
+        return web.Response(body=b"b" * int(request.query["n"]))
+
+    async def reset_mid_small_body(request: web.Request) -> web.StreamResponse:
+        # A small body of declared length: the gateway reads it whole before answering.
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b'{"partial": ')
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
     async def reset_mid_chunked(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         response.enable_chunked_encoding()
@@ -97,6 +111,8 @@ def upstream_app(state: dict[str, object]) -> web.Application:
     app.router.add_get("/slow", slow)
     app.router.add_get("/reset", reset_mid_body)
     app.router.add_get("/reset-chunked", reset_mid_chunked)
+    app.router.add_get("/reset-small", reset_mid_small_body)
+    app.router.add_get("/bytes", sized_body)
     app.router.add_get("/close", close_early)
     app.router.add_get("/hop", hop_headers)
     app.router.add_get("/redirect", redirect)
@@ -374,6 +390,23 @@ async def test_reset_mid_response_closes_the_client_connection(client: Client, p
     assert resp.status == 200  # headers were already on their way
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()  # never presented as a complete body
+
+
+async def test_a_small_body_cut_short_is_a_clean_502(client: Client) -> None:
+    # Up to 64 KiB of declared length is read whole before anything is sent, so a
+    # break is still answered properly instead of cutting the client off.
+    resp = await client.get("/api/reset-small")
+    assert resp.status == 502
+    assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["code"] == "upstream_reset"
+
+
+async def test_small_and_large_bodies_arrive_whole(client: Client) -> None:
+    for size in (0, 1, 65_536, 65_537, 300_000):
+        resp = await client.get(f"/api/bytes?n={size}")
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(size)
+        assert await resp.read() == b"b" * size
 
 
 async def test_every_problem_carries_the_request_id(client: Client) -> None:

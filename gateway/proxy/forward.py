@@ -39,6 +39,8 @@ from gateway.proxy.pool import UpstreamPool
 log = logging.getLogger("gateway.proxy")
 
 READ_CHUNK = 64 * 1024
+SMALL_BODY = READ_CHUNK  # bodies up to this, of declared length, go out with the head
+NO_BODY_STATUSES = frozenset({204, 304})
 # RFC 9110 §9.2.2: repeating these has the effect of sending them once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -287,10 +289,11 @@ async def _exchange(
                 )
             )
         ctx.ttfb = time.monotonic() - ctx.started
-        relayed = await _relay(request, ctx, response, upstream.name, attempt.target.url, meter)
-        if ctx.outcome == "upstream_reset":
-            _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
-        return relayed
+        try:
+            return await _relay(request, ctx, response, upstream.name, attempt.target.url, meter)
+        finally:
+            if ctx.outcome in ("upstream_reset", "upstream_timeout"):
+                _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
     finally:
         balancer.finish(attempt)
 
@@ -335,6 +338,45 @@ def _send_failure(
     )
 
 
+async def _relay_small(
+    request: web.Request,
+    ctx: RequestContext,
+    upstream_response: LeanResponse,
+    upstream_name: str,
+    headers: CIMultiDict[str],
+) -> web.Response:
+    """A small body of declared length, read whole and sent with the head in one write.
+
+    (A streamed response writes its head and its first chunk separately: one
+    more system call per request.) Nothing has reached the client while the
+    body is read, so a failure here is still a clean 502/504, never a cut."""
+    try:
+        body = await upstream_response.content.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        upstream_response.close()
+        if isinstance(exc, TimeoutError):
+            ctx.outcome = "upstream_timeout"
+            raise GatewayError.gateway_timeout(
+                f"upstream {upstream_name} did not send its whole response in time"
+            ) from None
+        ctx.outcome = "upstream_reset"
+        raise GatewayError.bad_gateway(
+            f"upstream {upstream_name} closed the connection mid-response", code="upstream_reset"
+        ) from None
+    upstream_response.release()
+    response = web.Response(
+        status=upstream_response.status,
+        reason=upstream_response.reason,
+        headers=headers,
+        body=body,
+    )
+    # Sent here, as a streamed one is, so the audit counts what was written (head
+    # included); a Response keeps its head until the body goes with it.
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
 async def _relay(
     request: web.Request,
     ctx: RequestContext,
@@ -348,10 +390,18 @@ async def _relay(
     )
     if ctx.model is not None:
         headers["X-Gateway-Model"] = ctx.model  # the model that answered, whatever it claims
+    declared = upstream_response.content_length
+    if (
+        meter is None
+        and declared is not None
+        and declared <= SMALL_BODY
+        and request.method != "HEAD"
+        and upstream_response.status not in NO_BODY_STATUSES
+    ):
+        return await _relay_small(request, ctx, upstream_response, upstream_name, headers)
     response = web.StreamResponse(
         status=upstream_response.status, reason=upstream_response.reason, headers=headers
     )
-    declared = upstream_response.content_length
     if meter is not None and meter.start(upstream_response.headers.get("Content-Type", "")):
         declared = None  # an event may be stripped: the length is no longer the upstream's
     if declared is not None:
