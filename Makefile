@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 CONFIG ?= routes.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv run test lint check bench clean
+.PHONY: venv run test lint check bench bench-memory clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ test: lint check
 bench: $(BENCH_STAMP)
 	$(PY) bench/route_matching.py
 	$(PY) bench/chain.py
+
+## bench-memory: RSS over 300,000 full-chain requests and 1 GiB each way (about 3 minutes)
+bench-memory: $(BENCH_STAMP)
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
