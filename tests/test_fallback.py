@@ -45,6 +45,30 @@ async def start(upstream: MakeUpstream, name: str, **mode: Any) -> CountedModel:
     return await CountedModel(name, **mode).start(upstream)
 
 
+async def pair(
+    gateway: MakeGateway,
+    main_url: str,
+    backup_url: str,
+    *,
+    usage: bool = False,
+    main: str = "",
+    backup: str = "",
+    database_url: str | None = None,
+) -> Client:
+    """A gateway with model `main` falling back to model `backup` (`main`/`backup`:
+    more settings of each, e.g. ", max_attempts: 2")."""
+    metered = "usage: openai, " if usage else ""
+    return await gateway(
+        config(
+            {
+                "main": f'url: "{main_url}", {metered}roles: [user], fallback: [backup]{main}',
+                "backup": f'url: "{backup_url}", {metered}roles: [user]{backup}',
+            }
+        ),
+        database_url=database_url,
+    )
+
+
 @pytest.fixture
 async def backup(upstream: MakeUpstream) -> CountedModel:
     return await start(upstream, "backup")
@@ -53,15 +77,7 @@ async def backup(upstream: MakeUpstream) -> CountedModel:
 async def test_a_refused_connection_falls_back(
     gateway: MakeGateway, policies: Path, backup: CountedModel, database_url: str
 ) -> None:
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{REFUSED}", usage: openai, roles: [user], fallback: [backup]',
-                "backup": f'url: "{backup.url}", usage: openai, roles: [user]',
-            }
-        ),
-        database_url=database_url,
-    )
+    client = await pair(gateway, REFUSED, backup.url, usage=True, database_url=database_url)
     resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
     assert resp.status == 200
     assert resp.headers["X-Gateway-Model"] == "backup"
@@ -78,14 +94,7 @@ async def test_a_5xx_or_429_answer_falls_back(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel, status: str
 ) -> None:
     main = await start(upstream, "main", fail=status)
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{main.url}", usage: openai, roles: [user], fallback: [backup]',
-                "backup": f'url: "{backup.url}", usage: openai, roles: [user]',
-            }
-        )
-    )
+    client = await pair(gateway, main.url, backup.url, usage=True)
     resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
     assert resp.status == 200
     assert resp.headers["X-Gateway-Model"] == "backup"
@@ -98,14 +107,7 @@ async def test_a_client_error_is_the_models_answer(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main", fail="400")
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{main.url}", roles: [user], fallback: [backup]',
-                "backup": f'url: "{backup.url}", roles: [user]',
-            }
-        )
-    )
+    client = await pair(gateway, main.url, backup.url)
     resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
     assert resp.status == 400
     assert resp.headers["X-Gateway-Model"] == "main"
@@ -116,15 +118,7 @@ async def test_a_slow_first_byte_falls_back(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main", delay_first=30)
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{main.url}", roles: [user], first_byte_timeout: 200ms,'
-                " fallback: [backup]",
-                "backup": f'url: "{backup.url}", roles: [user]',
-            }
-        )
-    )
+    client = await pair(gateway, main.url, backup.url, main=", first_byte_timeout: 200ms")
     resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
     assert resp.status == 200
     assert resp.headers["X-Gateway-Model"] == "backup"
@@ -135,14 +129,7 @@ async def test_a_streamed_answer_falls_back_before_its_first_event(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main", fail="502")
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{main.url}", usage: openai, roles: [user], fallback: [backup]',
-                "backup": f'url: "{backup.url}", usage: openai, roles: [user]',
-            }
-        )
-    )
+    client = await pair(gateway, main.url, backup.url, usage=True)
     resp = await client.post(
         "/models/main" + PATH, json=chat(stream=True), headers=await signed_in(client)
     )
@@ -159,14 +146,7 @@ async def test_no_fallback_once_bytes_reached_the_client(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main", fail="midstream")
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{main.url}", usage: openai, roles: [user], fallback: [backup]',
-                "backup": f'url: "{backup.url}", usage: openai, roles: [user]',
-            }
-        )
-    )
+    client = await pair(gateway, main.url, backup.url, usage=True)
     resp = await client.post(
         "/models/main" + PATH, json=chat(stream=True), headers=await signed_in(client)
     )
@@ -228,16 +208,8 @@ async def test_the_time_budget_stops_further_attempts(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main", delay_first=30)
-    client = await gateway(
-        config(
-            {
-                # No first_byte_timeout: the budget alone bounds the wait.
-                "main": f'url: "{main.url}", roles: [user], fallback: [backup],'
-                " fallback_budget: 300ms",
-                "backup": f'url: "{backup.url}", roles: [user]',
-            }
-        )
-    )
+    # No first_byte_timeout: the budget alone bounds the wait.
+    client = await pair(gateway, main.url, backup.url, main=", fallback_budget: 300ms")
     resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
     assert resp.status == 504
     assert resp.content_type == "application/problem+json"
@@ -249,14 +221,7 @@ async def test_a_chunked_body_is_replayed_whole(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main", fail="503")
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{main.url}", roles: [user], fallback: [backup]',
-                "backup": f'url: "{backup.url}", roles: [user]',
-            }
-        )
-    )
+    client = await pair(gateway, main.url, backup.url)
     payload = b'{"messages": [{"role": "user", "content": "' + b"y" * 50_000 + b'"}]}'
 
     async def chunks() -> Any:
@@ -293,16 +258,8 @@ async def test_the_answering_model_is_charged_and_the_failed_one_refunded(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main", fail="503")
-    quota = "token_limit: 30/day"
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{main.url}", usage: openai, roles: [user], {quota},'
-                " fallback: [backup]",
-                "backup": f'url: "{backup.url}", usage: openai, roles: [user], {quota}',
-            }
-        )
-    )
+    quota = ", token_limit: 30/day"
+    client = await pair(gateway, main.url, backup.url, usage=True, main=quota, backup=quota)
     token = await signed_in(client)
     # max_tokens 25 is reserved on each model tried; the demo reply costs 20.
     first = await client.post("/models/main" + PATH, json=chat(max_tokens=25), headers=token)
@@ -320,15 +277,7 @@ async def test_the_requested_models_own_quota_is_final(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main")
-    client = await gateway(
-        config(
-            {
-                "main": f'url: "{main.url}", usage: openai, roles: [user],'
-                " token_limit: 10/day, fallback: [backup]",
-                "backup": f'url: "{backup.url}", usage: openai, roles: [user]',
-            }
-        )
-    )
+    client = await pair(gateway, main.url, backup.url, usage=True, main=", token_limit: 10/day")
     resp = await client.post(
         "/models/main" + PATH, json=chat(max_tokens=25), headers=await signed_in(client)
     )

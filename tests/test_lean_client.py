@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tests.conftest import MakeGateway, MakeUpstream
+from tests.identity import Client
 
 
 class Peers:
@@ -47,6 +48,16 @@ class Peers:
             self.in_flight -= 1
 
 
+async def through_gateway(
+    gateway: MakeGateway, upstream: MakeUpstream, extra: str = ""
+) -> tuple[Peers, Client]:
+    """A Peers upstream and a gateway routing /u/** to it (`extra`: upstream settings)."""
+    peers = Peers()
+    server = await upstream(peers.app)
+    assert server.port is not None
+    return peers, await gateway(config(server.port, extra))
+
+
 def config(port: int, extra: str = "") -> str:
     return (
         f'upstreams:\n  up: {{targets: ["http://127.0.0.1:{port}"]{extra}}}\n'
@@ -57,10 +68,7 @@ def config(port: int, extra: str = "") -> str:
 async def test_sequential_requests_share_one_connection(
     gateway: MakeGateway, upstream: MakeUpstream, policies: Path
 ) -> None:
-    peers = Peers()
-    server = await upstream(peers.app)
-    assert server.port is not None
-    client = await gateway(config(server.port))
+    peers, client = await through_gateway(gateway, upstream)
     for i in range(20):
         response = await client.get(f"/u/item/{i}")
         assert response.status == 200
@@ -74,10 +82,7 @@ async def test_sequential_requests_share_one_connection(
 async def test_max_connections_bounds_what_is_open(
     gateway: MakeGateway, upstream: MakeUpstream, policies: Path
 ) -> None:
-    peers = Peers()
-    server = await upstream(peers.app)
-    assert server.port is not None
-    client = await gateway(config(server.port, ", max_connections: 2"))
+    peers, client = await through_gateway(gateway, upstream, ", max_connections: 2")
     responses = await asyncio.gather(*(client.get("/u/slow") for _ in range(8)))
     assert [r.status for r in responses] == [200] * 8
     assert peers.most == 2
@@ -87,10 +92,7 @@ async def test_max_connections_bounds_what_is_open(
 async def test_an_early_answer_is_relayed_and_its_connection_not_reused(
     gateway: MakeGateway, upstream: MakeUpstream, policies: Path
 ) -> None:
-    peers = Peers()
-    server = await upstream(peers.app)
-    assert server.port is not None
-    client = await gateway(config(server.port))
+    peers, client = await through_gateway(gateway, upstream)
 
     async def body() -> object:
         for _ in range(64):
@@ -108,10 +110,7 @@ async def test_an_early_answer_is_relayed_and_its_connection_not_reused(
 async def test_a_chunked_answer_is_relayed_whole(
     gateway: MakeGateway, upstream: MakeUpstream, policies: Path
 ) -> None:
-    peers = Peers()
-    server = await upstream(peers.app)
-    assert server.port is not None
-    client = await gateway(config(server.port))
+    peers, client = await through_gateway(gateway, upstream)
     for _ in range(3):
         response = await client.get("/u/chunked")
         assert response.status == 200
