@@ -33,6 +33,7 @@ BUILTIN_PATHS = {
     "/readyz": "builtin.readyz",
     "/.well-known/jwks.json": "builtin.jwks",
     "/metrics": "builtin.metrics",
+    "/openapi.json": "builtin.openapi",
 }
 
 

@@ -6,6 +6,7 @@ from gateway.handlers.admin import admin
 from gateway.handlers.auth import login, logout, refresh, register
 from gateway.handlers.health import healthz, jwks, readyz
 from gateway.handlers.metrics import metrics
+from gateway.handlers.openapi import openapi
 from gateway.handlers.users import users
 from gateway.middleware import Handler
 
@@ -24,4 +25,5 @@ BUILTIN: dict[str, Handler] = {
     "builtin.readyz": readyz,
     "builtin.jwks": jwks,
     "builtin.metrics": metrics,
+    "builtin.openapi": openapi,
 }

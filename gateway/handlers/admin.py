@@ -17,6 +17,17 @@ from aiohttp import web
 
 from gateway.audit.report import summarise
 from gateway.context import HOLDER
+from gateway.handlers.api import (
+    LIST_QUERY,
+    Page,
+    Problem,
+    Query,
+    Reply,
+    Status,
+    UserPage,
+    UserView,
+    operation,
+)
 from gateway.handlers.auth import USERNAME, context, create_account, end_all_sessions
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, query_bool, query_int, query_time, spec
@@ -67,6 +78,17 @@ async def publish(services: Services, user: UserRecord) -> None:
         await end_all_sessions(services, user.id)
 
 
+@operation(
+    "list users, by username",
+    access="admin",
+    method="GET",
+    query=(
+        *LIST_QUERY,
+        Query("role", "only users with this role"),
+        Query("active", "only active (true) or deactivated (false) users", "boolean"),
+    ),
+    replies={200: Reply("a page of users", UserPage)},
+)
 async def list_users(request: web.Request) -> web.StreamResponse:
     _, _, services = context(request)
     query = request.query
@@ -81,6 +103,15 @@ async def list_users(request: web.Request) -> web.StreamResponse:
     return json_response({"items": [u.public() for u in items], "next_cursor": cursor})
 
 
+@operation(
+    "create a user",
+    access="admin",
+    request=NewUser,
+    replies={
+        201: Reply("the new user", UserView),
+        409: Reply("the username is taken (username_taken)", Problem),
+    },
+)
 async def create_user(request: web.Request) -> web.StreamResponse:
     _, runtime, services = context(request)
     body = parse(await read_json(request, runtime.config.server.max_body), NewUser)
@@ -97,6 +128,12 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     return json_response(user.public(), status=201)
 
 
+@operation(
+    "one user",
+    access="admin",
+    method="GET",
+    replies={200: Reply("the user", UserView), 404: Reply("no such user", Problem)},
+)
 async def get_user(request: web.Request) -> web.StreamResponse:
     ctx, _, services = context(request)
     user = await services.users.by_id(ctx.params["id"])
@@ -105,6 +142,17 @@ async def get_user(request: web.Request) -> web.StreamResponse:
     return json_response(user.public())
 
 
+@operation(
+    "change a user's role, status, password or profile",
+    access="admin",
+    method="PATCH",
+    request=UserPatch,
+    replies={
+        200: Reply("the user, changed", UserView),
+        404: Reply("no such user", Problem),
+        409: Reply("it would leave no active admin (last_admin)", Problem),
+    },
+)
 async def patch_user(request: web.Request) -> web.StreamResponse:
     ctx, runtime, services = context(request)
     data = await read_json(request, runtime.config.server.max_body)
@@ -130,6 +178,16 @@ async def patch_user(request: web.Request) -> web.StreamResponse:
     return json_response(user.public())
 
 
+@operation(
+    "delete a user: deactivated and anonymised",
+    access="admin",
+    method="DELETE",
+    replies={
+        204: Reply("deleted"),
+        404: Reply("no such user", Problem),
+        409: Reply("it would leave no active admin (last_admin)", Problem),
+    },
+)
 async def delete_user(request: web.Request) -> web.StreamResponse:
     ctx, _, services = context(request)
     user = await services.users.delete(ctx.params["id"])
@@ -166,6 +224,19 @@ def query_text(raw: str | None, name: str, max_length: int) -> str | None:
     return raw
 
 
+@operation(
+    "audit rows, newest first",
+    access="admin",
+    method="GET",
+    query=(
+        *LIST_QUERY,
+        Query("user", "a username"),
+        Query("status", "an exact status, or a class such as 4xx"),
+        Query("path", "a path prefix"),
+        Query("since", "an RFC 3339 time", format="date-time"),
+    ),
+    replies={200: Reply("a page of audit rows", Page)},
+)
 async def audit_logs(request: web.Request) -> web.StreamResponse:
     """Audit rows, newest first: ?user=&status=&path=&since=&limit=&cursor=."""
     _, _, services = context(request)
@@ -184,6 +255,13 @@ async def audit_logs(request: web.Request) -> web.StreamResponse:
     return json_response({"items": items, "next_cursor": cursor})
 
 
+@operation(
+    "per model: calls, errors, latency percentiles, calls per user",
+    access="admin",
+    method="GET",
+    query=(Query("since", "an RFC 3339 time (default: a day ago)", format="date-time"),),
+    replies={200: Reply("one item per model", Page)},
+)
 async def reports(request: web.Request) -> web.StreamResponse:
     """Per model since ?since= (default: the last day): calls, errors, p50/p95, per user."""
     _, _, services = context(request)
@@ -194,6 +272,18 @@ async def reports(request: web.Request) -> web.StreamResponse:
     return json_response({"items": summarise(rows), "next_cursor": None})
 
 
+@operation(
+    "model calls, errors, tokens and latency per model and/or user",
+    access="admin",
+    method="GET",
+    query=(
+        Query("since", "an RFC 3339 time (default: a day before until)", format="date-time"),
+        Query("until", "an RFC 3339 time (default: now)", format="date-time"),
+        Query("group_by", "model, user or model,user (default: model)"),
+        Query("format", "csv for a CSV export with the same columns"),
+    ),
+    replies={200: Reply("one item per group (or text/csv with format=csv)", Page)},
+)
 async def usage(request: web.Request) -> web.StreamResponse:
     """Model calls per group in [since, until): calls, errors, tokens, latency; JSON or CSV.
 
@@ -225,6 +315,12 @@ async def usage(request: web.Request) -> web.StreamResponse:
     )
 
 
+@operation(
+    "the live route table",
+    access="admin",
+    method="GET",
+    replies={200: Reply("{version, items: [route]}", Status)},
+)
 async def routes(request: web.Request) -> web.StreamResponse:
     _, runtime, _ = context(request)
     return json_response(
@@ -250,6 +346,12 @@ async def routes(request: web.Request) -> web.StreamResponse:
     )
 
 
+@operation(
+    "each upstream target's health",
+    access="admin",
+    method="GET",
+    replies={200: Reply("one item per upstream, with its targets", Page)},
+)
 async def upstreams(request: web.Request) -> web.StreamResponse:
     """Each upstream's balancing, and per target: state, in-flight, failures, last error."""
     _, runtime, _ = context(request)
@@ -269,6 +371,12 @@ async def upstreams(request: web.Request) -> web.StreamResponse:
     return json_response({"items": items, "next_cursor": None})
 
 
+@operation(
+    "the loaded configuration: version, load time, file hash, last reload error",
+    access="admin",
+    method="GET",
+    replies={200: Reply("the configuration's state", Status)},
+)
 async def config(request: web.Request) -> web.StreamResponse:
     """The live config; `last_error`: the last reload's problems, until one succeeds."""
     _, runtime, _ = context(request)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.context import CTX, SERVICES, Principal, RequestContext
+from gateway.handlers.api import Problem, Reply, TokenPair, UserView, operation
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, spec
 from gateway.problems import GatewayError
@@ -118,6 +119,16 @@ async def issue_pair(
     )
 
 
+@operation(
+    "sign in with a username and password",
+    access="anyone",
+    request=LoginRequest,
+    replies={
+        200: Reply("an access token and a refresh token", TokenPair),
+        401: Reply("wrong username or password, or a deactivated account", Problem),
+        429: Reply("too many failed sign-ins for this username or address", Problem),
+    },
+)
 async def login(request: web.Request) -> web.StreamResponse:
     ctx, runtime, services = context(request)
     body = parse(await read_json(request, runtime.config.server.max_body), LoginRequest)
@@ -139,6 +150,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     return await issue_pair(runtime, services, user)
 
 
+@operation(
+    "trade a refresh token for a new pair (the old one is spent)",
+    access="anyone",
+    request=RefreshRequest,
+    replies={
+        200: Reply("a new access token and refresh token", TokenPair),
+        401: Reply("unknown, expired or already spent (its whole family is revoked)", Problem),
+    },
+)
 async def refresh(request: web.Request) -> web.StreamResponse:
     _, runtime, services = context(request)
     body = parse(await read_json(request, runtime.config.server.max_body), RefreshRequest)
@@ -157,6 +177,10 @@ async def refresh(request: web.Request) -> web.StreamResponse:
     return await issue_pair(runtime, services, user, spent.family_id)
 
 
+@operation(
+    "end this session: the access token and its refresh family stop working",
+    replies={204: Reply("signed out")},
+)
 async def logout(request: web.Request) -> web.StreamResponse:
     ctx, _, services = context(request)
     principal = ctx.user
@@ -180,6 +204,16 @@ async def end_session(services: Services, principal: Principal) -> None:
             await services.identity.revoke(jti, exp)
 
 
+@operation(
+    "create an account (when auth.allow_registration is on)",
+    access="anyone",
+    request=RegisterRequest,
+    replies={
+        201: Reply("the new user, with auth.default_role", UserView),
+        403: Reply("registration is closed (registration_closed)", Problem),
+        409: Reply("the username is taken (username_taken)", Problem),
+    },
+)
 async def register(request: web.Request) -> web.StreamResponse:
     _, runtime, services = context(request)
     auth = runtime.config.auth

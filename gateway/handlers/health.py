@@ -5,14 +5,25 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.context import CTX, HOLDER, SERVICES
+from gateway.handlers.api import Reply, Status, operation
 from gateway.handlers.jsonio import json_response
 from gateway.problems import GatewayError
 
 
+@operation("liveness", access="anyone", method="GET", replies={200: Reply("{status: ok}", Status)})
 async def healthz(request: web.Request) -> web.StreamResponse:
     return json_response({"status": "ok"})
 
 
+@operation(
+    "readiness: database reachable, config loaded, not draining",
+    access="anyone",
+    method="GET",
+    replies={
+        200: Reply("ready, with the loaded config's version", Status),
+        503: Reply("not ready, and why", Status),
+    },
+)
 async def readyz(request: web.Request) -> web.StreamResponse:
     holder = request.app[HOLDER]
     runtime = request[CTX].runtime or holder.current
@@ -38,6 +49,12 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     )
 
 
+@operation(
+    "the public keys tokens are signed with (an empty set for HS256)",
+    access="anyone",
+    method="GET",
+    replies={200: Reply("a JSON Web Key Set", Status)},
+)
 async def jwks(request: web.Request) -> web.StreamResponse:
     runtime = request[CTX].runtime or request.app[HOLDER].current
     response = json_response(runtime.keys.jwks())

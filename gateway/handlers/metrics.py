@@ -12,12 +12,19 @@ from aiohttp import web
 
 from gateway.context import CTX, SERVICES
 from gateway.forwarded import is_loopback
+from gateway.handlers.api import Reply, Status, operation
 from gateway.metrics import CONTENT_TYPE
 from gateway.middleware.authentication import authenticate, bearer_token
 from gateway.problems import GatewayError
 from gateway.store.users import ADMIN_ROLE
 
 
+@operation(
+    "Prometheus metrics (from loopback without a token; otherwise an admin token)",
+    access="anyone",
+    method="GET",
+    replies={200: Reply("the Prometheus text format", Status, media="text/plain")},
+)
 async def metrics(request: web.Request) -> web.StreamResponse:
     ctx = request[CTX]
     runtime = ctx.runtime

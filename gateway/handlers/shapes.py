@@ -2,8 +2,8 @@
 
 A local endpoint declares its body as a frozen dataclass whose fields carry
 their type and bounds; `parse` turns JSON into it or raises a 400 naming the
-field. The same declarations can describe the API (OpenAPI) later, so the
-documentation and the validation cannot drift apart.
+field. `json_schema` turns the same declarations into the schemas of
+/openapi.json, so the documentation and the validation cannot drift apart.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def spec(
     max_length: int | None = None,
     pattern: str | None = None,
     description: str = "",
+    format: str | None = None,
 ) -> dict[str, Any]:
     """Field metadata: bounds the validator checks, and a line of documentation."""
     return {
@@ -33,6 +34,7 @@ def spec(
         "max_length": max_length,
         "pattern": re.compile(pattern) if pattern else None,
         "description": description,
+        "format": format,
     }
 
 
@@ -144,3 +146,69 @@ def query_bool(raw: str | None, name: str) -> bool | None:
     if raw.lower() in ("false", "0"):
         return False
     raise GatewayError.bad_request(f"{name}: must be true or false", code="invalid_query")
+
+
+# --- the same declarations as JSON Schema (for /openapi.json) -------------------------
+
+
+def json_schema(shape: type[Any]) -> dict[str, Any]:
+    """The JSON Schema (2020-12, as OpenAPI 3.1 uses) of a dataclass `shape`:
+    the fields `parse` accepts, with the same bounds, and which are required."""
+    hints = typing.get_type_hints(shape)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for field in dataclasses.fields(shape):
+        properties[field.name] = _field_schema(hints[field.name], field.metadata)
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            required.append(field.name)
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    if shape.__doc__ and not shape.__doc__.startswith(f"{shape.__name__}("):
+        schema["description"] = " ".join(shape.__doc__.split())
+    return schema
+
+
+_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", bool: "boolean", float: "number"}
+
+
+def _field_schema(hint: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kinds = [k for k in allowed if k is not type(None)]
+    nullable = len(kinds) < len(allowed)
+    schema = _kind_schema(kinds[0], meta)
+    if nullable:
+        schema = {"anyOf": [schema, {"type": "null"}]}
+    description = meta.get("description") or ""
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _kind_schema(kind: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return {"type": "array", "items": _kind_schema(item, {})}
+    if origin is dict:
+        return {"type": "object"}
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        return {"$ref": f"#/components/schemas/{kind.__name__}"}
+    if kind is typing.Any:
+        return {}
+    schema: dict[str, Any] = {"type": _JSON_TYPES[kind]}
+    if kind is str:
+        if meta.get("min_length") is not None:
+            schema["minLength"] = meta["min_length"]
+        if meta.get("max_length") is not None:
+            schema["maxLength"] = meta["max_length"]
+        pattern = meta.get("pattern")
+        if pattern is not None:
+            schema["pattern"] = f"^(?:{pattern.pattern})$"  # parse() matches the whole value
+        if meta.get("format"):
+            schema["format"] = meta["format"]
+    return schema

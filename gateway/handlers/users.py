@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.handlers.api import Problem, Reply, UserView, operation
 from gateway.handlers.auth import (
     check_throttle,
     context,
@@ -34,6 +35,7 @@ class PasswordChange:
     new_password: str = field(metadata=spec(max_length=1024))
 
 
+@operation("the caller's profile", method="GET", replies={200: Reply("the caller", UserView)})
 async def me(request: web.Request) -> web.StreamResponse:
     ctx, _, services = context(request)
     assert ctx.user is not None  # the users routes need a token
@@ -43,6 +45,12 @@ async def me(request: web.Request) -> web.StreamResponse:
     return json_response(user.public())
 
 
+@operation(
+    "change the caller's display name or email",
+    method="PATCH",
+    request=ProfilePatch,
+    replies={200: Reply("the caller, changed", UserView)},
+)
 async def patch_me(request: web.Request) -> web.StreamResponse:
     ctx, runtime, services = context(request)
     assert ctx.user is not None
@@ -53,6 +61,11 @@ async def patch_me(request: web.Request) -> web.StreamResponse:
     return json_response(user.public())
 
 
+@operation(
+    "change the caller's password (ends every session of the user)",
+    request=PasswordChange,
+    replies={204: Reply("changed"), 401: Reply("the current password is wrong", Problem)},
+)
 async def change_password(request: web.Request) -> web.StreamResponse:
     ctx, runtime, services = context(request)
     assert ctx.user is not None

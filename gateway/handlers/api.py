@@ -1,0 +1,269 @@
+"""Each local endpoint's declaration, and the OpenAPI 3.1 document made from them.
+
+A handler function carries its own `@operation(...)`: summary, who may call
+it, its request body shape (the dataclass `parse` validates with), its query
+parameters and its responses. `openapi(runtime)` walks the live route table
+(the routes.yaml paths of auth.*, users and admin, plus the built-ins) and
+each handler's declaration, so the document describes exactly what this
+gateway serves and cannot drift from the validation: the schemas come from
+the same dataclasses (`shapes.json_schema`). A handler without a declaration
+is a test failure (tests/test_openapi.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from gateway.handlers.shapes import json_schema, spec
+
+Access = Literal["anyone", "bearer", "admin"]
+F = TypeVar("F", bound=Callable[..., Any])
+API = "__api__"  # the attribute a declaration is kept in, on the handler function
+
+
+# --- response shapes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An RFC 9457 problem: every error the gateway answers (application/problem+json)."""
+
+    type: str = field(metadata=spec(format="uri-reference"))
+    title: str
+    status: int
+    detail: str
+    code: str = field(metadata=spec(description="stable reason code, e.g. token_expired"))
+    request_id: str
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A user as the API shows it: never a password or hash."""
+
+    id: str
+    username: str
+    role: str
+    active: bool
+    display_name: str | None
+    email: str | None
+    created_at: str = field(metadata=spec(format="date-time"))
+    updated_at: str = field(metadata=spec(format="date-time"))
+
+
+@dataclass(frozen=True)
+class UserPage:
+    """One page of users; `next_cursor` goes back as `cursor=` for the next."""
+
+    items: list[UserView]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list endpoint; `next_cursor` goes back as `cursor=`."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """A signed-in session: a short-lived access token and a refresh token."""
+
+    access_token: str
+    refresh_token: str
+    token_type: str
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class Status:
+    """A JSON object whose fields the endpoint's description lists."""
+
+
+# --- declarations --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    type: Literal["string", "integer", "boolean"] = "string"
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    description: str
+    shape: type[Any] | None = None  # None: no body
+    media: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    method: str = "POST"  # of a handler routed by routes.yaml without `methods`
+    access: Access = "bearer"
+    request: type[Any] | None = None
+    query: tuple[Query, ...] = ()
+    replies: Mapping[int, Reply] = field(default_factory=dict)
+    description: str = ""
+
+
+def operation(
+    summary: str,
+    *,
+    method: str = "POST",
+    access: Access = "bearer",
+    request: type[Any] | None = None,
+    query: tuple[Query, ...] = (),
+    replies: Mapping[int, Reply] | None = None,
+    description: str = "",
+) -> Callable[[F], F]:
+    """Declare a handler for /openapi.json (the request shape is the one it parses)."""
+
+    def declare(handler: F) -> F:
+        setattr(
+            handler,
+            API,
+            Operation(summary, method, access, request, query, dict(replies or {}), description),
+        )
+        return handler
+
+    return declare
+
+
+def declared(handler: Callable[..., Any]) -> Operation | None:
+    found = getattr(handler, API, None)
+    return found if isinstance(found, Operation) else None
+
+
+LIST_QUERY = (
+    Query("limit", "items per page, 1-500 (default 50)", "integer"),
+    Query("cursor", "the previous page's next_cursor"),
+)
+
+# --- the document --------------------------------------------------------------------
+
+_STATUS_TEXT = {
+    400: "the request is malformed or a field is invalid",
+    401: "no valid bearer token",
+    403: "the caller's role may not do this",
+    404: "no such resource",
+    405: "method not allowed",
+    406: "the client does not accept JSON",
+    409: "conflicts with the current state",
+    413: "the body is too large",
+    415: "the body is not JSON",
+    429: "too many requests",
+}
+
+
+def document(operations: list[tuple[str, str, Operation]], version: str = "1") -> dict[str, Any]:
+    """OpenAPI 3.1 for (path, method, declaration) triples."""
+    shapes: dict[str, type[Any]] = {"Problem": Problem}
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, op in operations:
+        paths.setdefault(path, {})[method.lower()] = _operation(path, op, shapes)
+    schemas: dict[str, Any] = {}
+    pending = list(shapes.values())
+    while pending:
+        shape = pending.pop()
+        if shape.__name__ in schemas:
+            continue
+        schemas[shape.__name__] = json_schema(shape)
+        pending.extend(_nested(shape))
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "gateway",
+            "version": version,
+            "description": "The gateway's own endpoints: sign-in, users, administration, health. "
+            "Proxied routes are the upstreams' to describe.",
+        },
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+def _operation(path: str, op: Operation, shapes: dict[str, type[Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": op.summary}
+    if op.description:
+        out["description"] = op.description
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _path_parameters(path)
+    ]
+    for query in op.query:
+        schema: dict[str, Any] = {"type": query.type}
+        if query.format:
+            schema["format"] = query.format
+        parameters.append(
+            {
+                "name": query.name,
+                "in": "query",
+                "required": False,
+                "schema": schema,
+                "description": query.description,
+            }
+        )
+    if parameters:
+        out["parameters"] = parameters
+    if op.request is not None:
+        shapes[op.request.__name__] = op.request
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(op.request)}},
+        }
+    if op.access != "anyone":
+        out["security"] = [{"bearer": []}]
+    responses: dict[str, Any] = {}
+    for status, reply in sorted(op.replies.items()):
+        responses[str(status)] = _reply(reply, shapes)
+    errors = {400, 406, 429} | ({401} if op.access != "anyone" else set())
+    errors |= {403} if op.access == "admin" else set()
+    errors |= {413, 415} if op.request is not None else set()
+    for status in sorted(errors - set(op.replies)):
+        responses[str(status)] = _reply(Reply(_STATUS_TEXT[status], Problem), shapes)
+    out["responses"] = responses
+    return out
+
+
+def _reply(reply: Reply, shapes: dict[str, type[Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": reply.description}
+    if reply.shape is not None:
+        media = "application/problem+json" if reply.shape is Problem else reply.media
+        if reply.shape is Status:
+            schema: dict[str, Any] = {"type": "object"}
+        else:
+            shapes[reply.shape.__name__] = reply.shape
+            schema = _ref(reply.shape)
+        out["content"] = {media: {"schema": schema}}
+    return out
+
+
+def _ref(shape: type[Any]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{shape.__name__}"}
+
+
+def _nested(shape: type[Any]) -> list[type[Any]]:
+    import typing
+
+    found: list[type[Any]] = []
+    for hint in typing.get_type_hints(shape).values():
+        for arg in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+                found.append(arg)
+    return found
+
+
+def _path_parameters(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]

@@ -1,0 +1,75 @@
+"""GET /openapi.json: the local endpoints this gateway serves, from their declarations.
+
+Built per config (the routes.yaml paths of the auth handlers follow the file)
+and kept with it: one document per Runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.context import CTX
+from gateway.handlers.admin import ROUTES as ADMIN_ROUTES
+from gateway.handlers.api import Operation, declared, document, operation
+from gateway.handlers.subroutes import SubRoutes
+from gateway.handlers.users import ROUTES as USERS_ROUTES
+from gateway.middleware import Handler
+from gateway.problems import GatewayError
+from gateway.runtime import BUILTIN_PATHS, Runtime
+
+MOUNTED: dict[str, SubRoutes] = {"users": USERS_ROUTES, "admin": ADMIN_ROUTES}
+
+
+def operations(runtime: Runtime, handlers: dict[str, Handler]) -> list[tuple[str, str, Operation]]:
+    """(path, method, declaration) of every local endpoint the config routes, and the built-ins."""
+    found: list[tuple[str, str, Operation]] = []
+    for route in runtime.config.routes:
+        if route.handler is None:
+            continue
+        sub = MOUNTED.get(route.handler)
+        if sub is not None:
+            for path, methods, handler in sub.entries:
+                op = _required(declared(handler), path)
+                found.extend((path, method, op) for method in methods)
+            continue
+        op = _required(declared(handlers[route.handler]), route.path)
+        methods = sorted(route.methods - {"HEAD"}) if route.methods else [op.method]
+        found.extend((route.path, method, op) for method in methods)
+    for path, name in BUILTIN_PATHS.items():
+        found.append((path, "GET", _required(declared(handlers[name]), path)))
+    return found
+
+
+def _required(op: Operation | None, path: str) -> Operation:
+    if op is None:  # a handler added without @operation: caught by tests/test_openapi.py
+        raise GatewayError.internal()
+    return op
+
+
+_CACHE: dict[tuple[int, str], bytes] = {}
+
+
+def openapi_document(runtime: Runtime, handlers: dict[str, Handler]) -> dict[str, Any]:
+    return document(operations(runtime, handlers), version=str(runtime.version))
+
+
+@operation(
+    "this document: OpenAPI 3.1 for the gateway's own endpoints",
+    access="anyone",
+    method="GET",
+)
+async def openapi(request: web.Request) -> web.StreamResponse:
+    from gateway.handlers import BUILTIN, ROUTABLE
+
+    runtime = request[CTX].runtime
+    assert runtime is not None
+    key = (runtime.version, runtime.config.file_hash)
+    body = _CACHE.get(key)
+    if body is None:
+        body = orjson.dumps(openapi_document(runtime, {**ROUTABLE, **BUILTIN}))
+        _CACHE.clear()  # only the live config's document is kept
+        _CACHE[key] = body
+    return web.Response(body=body, content_type="application/json")
