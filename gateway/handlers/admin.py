@@ -47,7 +47,7 @@ EMAIL = r"[^@\s]+@[^@\s]+"
 class NewUser:
     username: str = field(metadata=spec(min_length=3, max_length=64, pattern=USERNAME))
     password: str = field(metadata=spec(max_length=1024))
-    role: str = field(metadata=spec(min_length=1, max_length=64))
+    role: str = field(metadata=spec(min_length=1, max_length=64, enum="roles"))
     active: bool = True
     display_name: str | None = field(default=None, metadata=spec(max_length=128))
     email: str | None = field(default=None, metadata=spec(max_length=254, pattern=EMAIL))
@@ -55,9 +55,12 @@ class NewUser:
 
 @dataclass(frozen=True, slots=True)
 class UserPatch:
-    role: str | None = field(default=None, metadata=spec(min_length=1, max_length=64))
-    active: bool | None = None
-    password: str | None = field(default=None, metadata=spec(max_length=1024))
+    # Left out: unchanged. role, active and password may not be null.
+    role: str | None = field(
+        default=None, metadata=spec(min_length=1, max_length=64, enum="roles", nullable=False)
+    )
+    active: bool | None = field(default=None, metadata=spec(nullable=False))
+    password: str | None = field(default=None, metadata=spec(max_length=1024, nullable=False))
     display_name: str | None = field(default=None, metadata=spec(max_length=128))
     email: str | None = field(default=None, metadata=spec(max_length=254, pattern=EMAIL))
 
@@ -84,7 +87,7 @@ async def publish(services: Services, user: UserRecord) -> None:
     method="GET",
     query=(
         *LIST_QUERY,
-        Query("role", "only users with this role"),
+        Query("role", "only users with this role (any text: an unknown one matches nobody)"),
         Query("active", "only active (true) or deactivated (false) users", "boolean"),
     ),
     replies={200: Reply("a page of users", UserPage)},
@@ -158,11 +161,8 @@ async def patch_user(request: web.Request) -> web.StreamResponse:
     data = await read_json(request, runtime.config.server.max_body)
     patch = parse(data, UserPatch)
     changes: dict[str, Any] = {}
-    for name in data:
-        value = getattr(patch, name)
-        if value is None and name in ("role", "active", "password"):
-            raise GatewayError.bad_request(f"{name}: may not be null", "invalid_field")
-        changes[name] = value
+    for name in data:  # parse() refused a null role, active or password
+        changes[name] = getattr(patch, name)
     if "role" in changes:
         check_role(runtime, changes["role"])
     if "password" in changes:
@@ -279,10 +279,16 @@ async def reports(request: web.Request) -> web.StreamResponse:
     query=(
         Query("since", "an RFC 3339 time (default: a day before until)", format="date-time"),
         Query("until", "an RFC 3339 time (default: now)", format="date-time"),
-        Query("group_by", "model, user or model,user (default: model)"),
-        Query("format", "csv for a CSV export with the same columns"),
+        Query(
+            "group_by",
+            "model, user or model,user (default: model)",
+            pattern="^(model|user)(,(model|user))?$",
+        ),
+        Query("format", "csv for a CSV export with the same columns", pattern="^csv$"),
     ),
-    replies={200: Reply("one item per group (or text/csv with format=csv)", Page)},
+    replies={
+        200: Reply("one item per group (or text/csv with format=csv)", Page, also=("text/csv",))
+    },
 )
 async def usage(request: web.Request) -> web.StreamResponse:
     """Model calls per group in [since, until): calls, errors, tokens, latency; JSON or CSV.

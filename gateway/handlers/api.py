@@ -89,10 +89,16 @@ class Status:
 
 @dataclass(frozen=True)
 class Query:
+    """A query parameter; an empty value (`?since=`) counts as left out."""
+
     name: str
     description: str
     type: Literal["string", "integer", "boolean"] = "string"
     format: str | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    enum: str | None = None  # a set of values the live config knows, e.g. "roles"
+    pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class Reply:
     description: str
     shape: type[Any] | None = None  # None: no body
     media: str = "application/json"
+    also: tuple[str, ...] = ()  # other media types it may answer in (as text)
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ def declared(handler: Callable[..., Any]) -> Operation | None:
 
 
 LIST_QUERY = (
-    Query("limit", "items per page, 1-500 (default 50)", "integer"),
+    Query("limit", "items per page, 1-500 (default 50)", "integer", minimum=1, maximum=500),
     Query("cursor", "the previous page's next_cursor"),
 )
 
@@ -162,19 +169,25 @@ _STATUS_TEXT = {
 }
 
 
-def document(operations: list[tuple[str, str, Operation]], version: str = "1") -> dict[str, Any]:
-    """OpenAPI 3.1 for (path, method, declaration) triples."""
+def document(
+    operations: list[tuple[str, str, Operation]],
+    version: str = "1",
+    enums: Mapping[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """OpenAPI 3.1 for (path, method, declaration) triples; `enums`: the live
+    config's named value sets (e.g. {"roles": [...]})."""
+    enums = enums or {}
     shapes: dict[str, type[Any]] = {"Problem": Problem}
     paths: dict[str, dict[str, Any]] = {}
     for path, method, op in operations:
-        paths.setdefault(path, {})[method.lower()] = _operation(path, op, shapes)
+        paths.setdefault(path, {})[method.lower()] = _operation(path, op, shapes, enums)
     schemas: dict[str, Any] = {}
     pending = list(shapes.values())
     while pending:
         shape = pending.pop()
         if shape.__name__ in schemas:
             continue
-        schemas[shape.__name__] = json_schema(shape)
+        schemas[shape.__name__] = json_schema(shape, enums)
         pending.extend(_nested(shape))
     return {
         "openapi": "3.1.0",
@@ -194,7 +207,9 @@ def document(operations: list[tuple[str, str, Operation]], version: str = "1") -
     }
 
 
-def _operation(path: str, op: Operation, shapes: dict[str, type[Any]]) -> dict[str, Any]:
+def _operation(
+    path: str, op: Operation, shapes: dict[str, type[Any]], enums: Mapping[str, list[str]]
+) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": op.summary}
     if op.description:
         out["description"] = op.description
@@ -203,15 +218,12 @@ def _operation(path: str, op: Operation, shapes: dict[str, type[Any]]) -> dict[s
         for name in _path_parameters(path)
     ]
     for query in op.query:
-        schema: dict[str, Any] = {"type": query.type}
-        if query.format:
-            schema["format"] = query.format
         parameters.append(
             {
                 "name": query.name,
                 "in": "query",
                 "required": False,
-                "schema": schema,
+                "schema": _query_schema(query, enums),
                 "description": query.description,
             }
         )
@@ -237,6 +249,24 @@ def _operation(path: str, op: Operation, shapes: dict[str, type[Any]]) -> dict[s
     return out
 
 
+def _query_schema(query: Query, enums: Mapping[str, list[str]]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": query.type}
+    if query.format:
+        schema["format"] = query.format
+    if query.minimum is not None:
+        schema["minimum"] = query.minimum
+    if query.maximum is not None:
+        schema["maximum"] = query.maximum
+    if query.enum is not None and query.enum in enums:
+        schema["enum"] = list(enums[query.enum])
+    if query.pattern is not None:
+        schema["pattern"] = query.pattern
+    if query.type != "string" or len(schema) > 1:
+        # `?name=` is taken as left out, so the empty value is valid too
+        schema = {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
+    return schema
+
+
 def _reply(reply: Reply, shapes: dict[str, type[Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"description": reply.description}
     if reply.shape is not None:
@@ -247,6 +277,8 @@ def _reply(reply: Reply, shapes: dict[str, type[Any]]) -> dict[str, Any]:
             shapes[reply.shape.__name__] = reply.shape
             schema = _ref(reply.shape)
         out["content"] = {media: {"schema": schema}}
+        for other in reply.also:
+            out["content"][other] = {"schema": {"type": "string"}}
     return out
 
 

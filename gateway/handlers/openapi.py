@@ -53,7 +53,10 @@ _CACHE: dict[tuple[int, str], bytes] = {}
 
 
 def openapi_document(runtime: Runtime, handlers: dict[str, Handler]) -> dict[str, Any]:
-    return document(operations(runtime, handlers), version=str(runtime.version))
+    roles = sorted(runtime.config.policy.roles)
+    return document(
+        operations(runtime, handlers), version=str(runtime.version), enums={"roles": roles}
+    )
 
 
 @operation(

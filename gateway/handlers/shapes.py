@@ -27,14 +27,23 @@ def spec(
     pattern: str | None = None,
     description: str = "",
     format: str | None = None,
+    nullable: bool = True,
+    enum: str | None = None,
 ) -> dict[str, Any]:
-    """Field metadata: bounds the validator checks, and a line of documentation."""
+    """Field metadata: bounds the validator checks, and a line of documentation.
+
+    `format`: JSON Schema's (documentation only). `nullable=False`: an optional
+    field that may be left out but not sent as null. `enum`: the name of a set
+    of values only the live config knows (e.g. "roles"); the handler checks
+    it, the document lists it."""
     return {
         "min_length": min_length,
         "max_length": max_length,
         "pattern": re.compile(pattern) if pattern else None,
         "description": description,
         "format": format,
+        "nullable": nullable,
+        "enum": enum,
     }
 
 
@@ -68,7 +77,7 @@ def parse(data: Any, shape: type[T]) -> T:
 def _check(name: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
-        if type(None) in allowed:
+        if type(None) in allowed and meta.get("nullable", True):
             return None
         raise invalid(name, "may not be null")
     kinds = [k for k in allowed if k is not type(None)]
@@ -151,14 +160,17 @@ def query_bool(raw: str | None, name: str) -> bool | None:
 # --- the same declarations as JSON Schema (for /openapi.json) -------------------------
 
 
-def json_schema(shape: type[Any]) -> dict[str, Any]:
+def json_schema(
+    shape: type[Any], enums: typing.Mapping[str, list[str]] | None = None
+) -> dict[str, Any]:
     """The JSON Schema (2020-12, as OpenAPI 3.1 uses) of a dataclass `shape`:
-    the fields `parse` accepts, with the same bounds, and which are required."""
+    the fields `parse` accepts, with the same bounds, and which are required.
+    `enums`: the values of each named set (`spec(enum=...)`) in the live config."""
     hints = typing.get_type_hints(shape)
     properties: dict[str, Any] = {}
     required: list[str] = []
     for field in dataclasses.fields(shape):
-        properties[field.name] = _field_schema(hints[field.name], field.metadata)
+        properties[field.name] = _field_schema(hints[field.name], field.metadata, enums or {})
         if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             required.append(field.name)
     schema: dict[str, Any] = {
@@ -176,11 +188,16 @@ def json_schema(shape: type[Any]) -> dict[str, Any]:
 _JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", bool: "boolean", float: "number"}
 
 
-def _field_schema(hint: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+def _field_schema(
+    hint: Any, meta: typing.Mapping[str, Any], enums: typing.Mapping[str, list[str]]
+) -> dict[str, Any]:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     kinds = [k for k in allowed if k is not type(None)]
-    nullable = len(kinds) < len(allowed)
+    nullable = len(kinds) < len(allowed) and meta.get("nullable", True)
     schema = _kind_schema(kinds[0], meta)
+    named = meta.get("enum")
+    if named is not None and named in enums:
+        schema["enum"] = list(enums[named])
     if nullable:
         schema = {"anyOf": [schema, {"type": "null"}]}
     description = meta.get("description") or ""
