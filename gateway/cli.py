@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from gateway.config import ConfigError, load_config
 from gateway.config.schema import Config
 from gateway.config.units import format_duration
+from gateway.security.keys import KeyConfigError
 
 if TYPE_CHECKING:  # the db and users commands import their machinery when run: check stays quick
     from gateway.services import ServiceSettings
@@ -101,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_argument(add)
     listing = model_commands.add_parser("list", help="each model, its settings and its health")
     config_argument(listing)
+
+    explain = commands.add_parser(
+        "explain", help="replay the chain for METHOD PATH: which stage decides, and why"
+    )
+    explain.add_argument("method", help="e.g. GET")
+    explain.add_argument("path", help="e.g. /admin/users")
+    explain.add_argument("--token", help="the bearer token (default: none)")
+    explain.add_argument("--client-ip", default="", help="for ip-keyed rate limits")
+    config_argument(explain)
     return parser
 
 
@@ -120,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _users_create(args.config, args.username, args.role)
     if args.command == "models":
         return _models(args)
+    if args.command == "explain":
+        return _explain(args)
     raise AssertionError(args.command)  # argparse only admits the commands above
 
 
@@ -240,6 +252,54 @@ def _models(args: argparse.Namespace) -> int:
             fallback=args.fallback,
         )
     return list_models(args.config)
+
+
+# --- explain ---------------------------------------------------------------
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """0: allowed, 1: denied, 2: the config or the database could not be read."""
+    config = load_or_report(args.config)
+    if config is None:
+        return 2
+    errors: tuple[type[BaseException], ...] = (KeyConfigError, *database_errors())
+    try:
+        return asyncio.run(_explain_with(config, args))
+    except errors as exc:
+        print(f"gateway explain: {describe_connection_error(exc)}", file=sys.stderr)
+        return 2
+
+
+async def _explain_with(config: Config, args: argparse.Namespace) -> int:
+    from gateway.explain import explain
+    from gateway.runtime import Runtime
+    from gateway.services import ServiceSettings, open_services
+
+    settings = ServiceSettings.from_env(config)
+    runtime = Runtime.build(config)
+    services = await open_services(config, settings)
+    try:
+        result = await explain(
+            runtime,
+            args.method,
+            args.path,
+            args.token,
+            services.identity,
+            services.limiter if settings.redis_url else None,
+            args.client_ip,
+        )
+    finally:
+        await services.close()
+        await runtime.close()
+    for line in result.lines():
+        print(line)
+    if not settings.redis_url:
+        print(
+            "note: without GATEWAY_REDIS_URL, logouts and rate-limit counts live in the "
+            "running gateway only: ask it with POST /admin/explain",
+            file=sys.stderr,
+        )
+    return 0 if result.allowed else 1
 
 
 # --- db upgrade, users create ------------------------------------------------

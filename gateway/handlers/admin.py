@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.audit.report import summarise
 from gateway.context import HOLDER
+from gateway.explain import explain
 from gateway.handlers.api import (
     LIST_QUERY,
     Page,
@@ -51,6 +52,23 @@ class NewUser:
     active: bool = True
     display_name: str | None = field(default=None, metadata=spec(max_length=128))
     email: str | None = field(default=None, metadata=spec(max_length=254, pattern=EMAIL))
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainRequest:
+    """A request to replay through the chain, without proxying it."""
+
+    method: str = field(metadata=spec(min_length=1, max_length=16, pattern=r"[A-Za-z]+"))
+    path: str = field(
+        metadata=spec(min_length=1, max_length=2048, pattern=r"/\S*", description="path?query")
+    )
+    token: str | None = field(
+        default=None, metadata=spec(max_length=8192, description="the bearer token, if any")
+    )
+    client_ip: str | None = field(
+        default=None,
+        metadata=spec(max_length=64, description="for ip-keyed limits (default: the caller's)"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +422,28 @@ async def config(request: web.Request) -> web.StreamResponse:
     )
 
 
+@operation(
+    "explain why: the chain's decision for a method, path and token, stage by stage",
+    access="admin",
+    request=ExplainRequest,
+    replies={200: Reply("each stage's finding, and which one decided", Status)},
+    description="Nothing is proxied and nothing is counted: the rate limit is peeked at.",
+)
+async def explain_request(request: web.Request) -> web.StreamResponse:
+    ctx, runtime, services = context(request)
+    body = parse(await read_json(request, runtime.config.server.max_body), ExplainRequest)
+    result = await explain(
+        runtime,
+        body.method,
+        body.path,
+        body.token,
+        services.identity,
+        services.limiter,
+        body.client_ip or ctx.client_ip,
+    )
+    return json_response(result.as_json())
+
+
 ROUTES = SubRoutes(
     [
         ("/admin/users", ("GET",), list_users),
@@ -417,6 +457,7 @@ ROUTES = SubRoutes(
         ("/admin/audit-logs", ("GET",), audit_logs),
         ("/admin/reports", ("GET",), reports),
         ("/admin/usage", ("GET",), usage),
+        ("/admin/explain", ("POST",), explain_request),
     ]
 )
 

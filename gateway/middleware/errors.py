@@ -44,6 +44,10 @@ def from_http_exception(exc: web.HTTPException) -> GatewayError:
     return GatewayError(exc.status, code, exc.reason, headers)
 
 
+# Refusals by the chain (not failures): each is logged once, with its reason code.
+DENIALS = frozenset({401, 403, 404, 405, 429})
+
+
 def errors(cfg: ErrorsConfig) -> Middleware:
     @web.middleware
     async def errors_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -68,6 +72,24 @@ def errors(cfg: ErrorsConfig) -> Middleware:
                 },
             )
             error = GatewayError.internal()
+        if error.status in DENIALS and log.isEnabledFor(logging.INFO):
+            # The reason code of a denial is the problem's `code`, the audit row's
+            # `reason` and this line's `code`: one name to grep for everywhere.
+            ctx = request.get(CTX)
+            route = ctx.route if ctx else None
+            user = ctx.user if ctx else None
+            log.info(
+                "denied",
+                extra={
+                    "request_id": ctx.request_id if ctx else None,
+                    "status": error.status,
+                    "code": error.code,
+                    "method": request.method,
+                    "path": ctx.path if ctx else None,
+                    "route": route.path if route else None,
+                    "user": user.username if user else None,
+                },
+            )
         if request.writer.output_size > 0 and request.transport is not None:
             # A response head is already on the wire: a problem body would be
             # spliced into it. Cutting the connection is the only honest answer.

@@ -54,6 +54,11 @@ class LocalLimiter:
     async def settle(self, key: str, limit: int, period: float, delta: int) -> None:
         self.settle_now(key, limit, period, delta)
 
+    async def peek(self, key: str, limit: int, period: float) -> Decision:
+        """The decision a request would get now, without counting it."""
+        decision, _ = decide(self._tat.get(key), time.monotonic(), limit, period)
+        return decision
+
     def settle_now(
         self, key: str, limit: int, period: float, delta: int, now: float | None = None
     ) -> None:
@@ -140,6 +145,7 @@ class RedisLimiter(LocalLimiter):
         self, redis: Redis, prefix: str, failure: str, health: RedisHealth | None = None
     ) -> None:
         super().__init__()
+        self._redis = redis
         self._prefix = f"{prefix}rl:"
         self._script = redis.register_script(GCRA_LUA)
         self._settle_script = redis.register_script(SETTLE_LUA)
@@ -166,6 +172,22 @@ class RedisLimiter(LocalLimiter):
                 retry_after=1,
             )
         return self.hit_now(key, limit, period, cost)
+
+    async def peek(self, key: str, limit: int, period: float) -> Decision:
+        """The decision a request would get now (on the Redis clock), without counting it."""
+        if self.health.available():
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.time()
+                    pipe.get(self.redis_key(key))
+                    (seconds, micros), stored = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self.health.failed(exc)
+            else:
+                now = float(seconds) + float(micros) / 1_000_000
+                tat = float(_text(stored)) if stored is not None else None
+                return decide(tat, now, limit, period)[0]
+        return await super().peek(key, limit, period)
 
     async def settle(self, key: str, limit: int, period: float, delta: int) -> None:
         if delta == 0:
