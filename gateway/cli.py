@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     routes = commands.add_parser("routes", help="print the resolved route table")
     config_argument(routes)
+    routes.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        type=Path,
+        help="what changing OLD into NEW would change (exit 0 same, 1 different, 2 invalid)",
+    )
 
     certs = commands.add_parser("certs", help="TLS certificates for development")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
@@ -121,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return _check(args.config)
     if args.command == "routes":
-        return _routes(args.config)
+        return _routes_diff(*args.diff) if args.diff else _routes(args.config)
     if args.command == "certs":
         return _certs_dev(args.config, args.dir, args.force)
     if args.command == "db":
@@ -234,6 +241,20 @@ def _routes(path: Path) -> int:
             connect = format_duration(upstream.connect_timeout)
             print(f"upstream {upstream.name}: {targets} (timeout {timeout}, connect {connect})")
     return 0
+
+
+def _routes_diff(old_path: Path, new_path: Path) -> int:
+    from gateway.routes_diff import diff
+
+    old, new = load_or_report(old_path), load_or_report(new_path)
+    if old is None or new is None:
+        return 2
+    lines = diff(old, new)
+    for line in lines:
+        print(line)
+    if not lines:
+        print("no differences in routes, upstreams or roles")
+    return 1 if lines else 0
 
 
 def _models(args: argparse.Namespace) -> int:

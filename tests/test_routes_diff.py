@@ -1,0 +1,81 @@
+"""`gateway routes --diff OLD NEW`: what a config change would change."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.config import load_config
+from gateway.routes_diff import diff
+from tests.conftest import WriteConfig
+
+OLD = """\
+upstreams:
+  api: {targets: ["http://127.0.0.1:9001"], timeout: 30s}
+  old: {targets: ["http://127.0.0.1:9002"]}
+routes:
+  - {path: /api/**, upstream: api, roles: [analyst], rate_limit: 60/min}
+  - {path: /old/**, upstream: old}
+  - {path: /a, upstream: api, auth: none}
+  - {path: /b, upstream: api, auth: none}
+"""
+
+NEW = """\
+upstreams:
+  api: {targets: ["http://127.0.0.1:9001", "http://127.0.0.1:9003"], timeout: 1m}
+routes:
+  - {path: /b, upstream: api, auth: none}
+  - {path: /a, upstream: api, auth: none}
+  - {path: /api/**, upstream: api, roles: [analyst, admin]}
+  - {path: /new/**, methods: [GET], upstream: api}
+"""
+
+
+def pair(write_config: WriteConfig, old: str, new: str) -> tuple[Path, Path]:
+    return write_config(old, "old.yaml"), write_config(new, "new.yaml")
+
+
+def test_every_kind_of_change_is_one_line(write_config: WriteConfig, policies: Path) -> None:
+    old, new = pair(write_config, OLD, NEW)
+    lines = diff(load_config(old), load_config(new))
+    assert "- route * /old/** -> upstream old (auth required, roles any, rate limit off)" in lines
+    assert (
+        "+ route GET,HEAD /new/** -> upstream api (auth required, roles any, rate limit off) (#4)"
+        in lines
+    )
+    assert (
+        "~ route * /api/**: roles analyst -> analyst,admin; rate limit 60/1m by user -> off"
+        in lines
+    )
+    [order] = [line for line in lines if line.startswith("~ first-match order")]
+    assert "* /b #4 -> #1" in order
+    assert "* /api/** #1 -> #3" in order
+    assert "- upstream old: http://127.0.0.1:9002" in lines
+    [api] = [line for line in lines if line.startswith("~ upstream api")]
+    assert "timeout 30s -> 1m" in api
+    assert "http://127.0.0.1:9003" in api
+
+
+def test_the_same_config_has_no_differences(write_config: WriteConfig, policies: Path) -> None:
+    old, new = pair(write_config, OLD, OLD)
+    assert diff(load_config(old), load_config(new)) == []
+
+
+def test_the_command_exits_like_diff(write_config: WriteConfig, policies: Path) -> None:
+    old, new = pair(write_config, OLD, NEW)
+
+    def run(*files: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "gateway", "routes", "--diff", *map(str, files)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+    changed = run(old, new)
+    assert changed.returncode == 1, changed.stderr
+    assert "- route * /old/**" in changed.stdout
+    same = run(old, old)
+    assert same.returncode == 0
+    assert same.stdout.strip() == "no differences in routes, upstreams or roles"
+    broken = write_config("routes: [{path: /x}]\n", "broken.yaml")
+    invalid = run(old, broken)
+    assert invalid.returncode == 2
+    assert "broken.yaml:1" in invalid.stderr
