@@ -26,6 +26,7 @@ from gateway.handlers import BUILTIN, ROUTABLE
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.audit import AuditStageConfig, audit
 from gateway.middleware.authentication import AuthenticationConfig, authentication
+from gateway.middleware.cors import CorsStageConfig, cors
 from gateway.middleware.errors import ErrorsConfig, errors
 from gateway.middleware.policy import PolicyConfig, policy
 from gateway.middleware.rate_limit import RateLimitStageConfig, rate_limit
@@ -42,6 +43,7 @@ def chain(config: Config) -> list[Middleware]:
         request_id(RequestIdConfig()),
         errors(ErrorsConfig()),
         audit(AuditStageConfig()),
+        cors(CorsStageConfig()),
         route(RouteStageConfig()),
         authentication(AuthenticationConfig()),
         policy(PolicyConfig()),

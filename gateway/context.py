@@ -43,6 +43,8 @@ class RequestContext:
     # RateLimit-* headers for this response, set by the rate-limit stage and
     # stamped on whatever response goes out (local, proxied or a problem)
     rate_headers: tuple[tuple[str, str], ...] = ()
+    # Access-Control-* for an allowed cross-origin caller (server.cors)
+    cors_headers: tuple[tuple[str, str], ...] = ()
     # the route's rate-limit decision when the Redis gate already made it
     rate_decision: Decision | None = None
     bytes_in: int = 0  # request body bytes read (streamed bodies are counted)

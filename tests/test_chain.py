@@ -22,6 +22,7 @@ def test_the_chain_order_is_pinned() -> None:
         "request_id_stage",
         "errors_stage",
         "audit_stage",
+        "cors_stage",
         "route_stage",
         "authentication_stage",
         "policy_stage",

@@ -25,6 +25,7 @@ from gateway.config.schema import (
     AuthConfig,
     Balance,
     Config,
+    CorsConfig,
     HashingConfig,
     HealthCheckConfig,
     IPNetwork,
@@ -216,9 +217,59 @@ def _server(top: Section, base_dir: Path) -> ServerConfig:
             "shutdown_grace", lambda v: v.convert(parse_duration), default.shutdown_grace
         ),
         redis_failure=sec.field("redis_failure", _failure_mode, default.redis_failure),
+        cors=sec.field("cors", lambda v: _cors(v, sec.problems), None),
     )
-    sec.check_unknown("listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure")
+    sec.check_unknown("listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors")
     return server
+
+
+_ORIGIN = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:]+\](:[0-9]{1,5})?")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name or method
+
+
+def _cors(value: Value, problems: Problems) -> CorsConfig:
+    sec = value.section(problems)
+    default = CorsConfig(origins=frozenset())
+
+    def origins(v: Value) -> frozenset[str]:
+        found = set()
+        for item in v.items():
+            text = item.text().rstrip("/").lower()
+            if text != "*" and not _ORIGIN.fullmatch(text):
+                raise Invalid(
+                    f"{item.key}: {item.text()!r} is not an origin "
+                    "(scheme://host[:port], no path) or *",
+                    item.line,
+                )
+            found.add(text)
+        if not found:
+            raise Invalid(f"{v.key}: name at least one origin", v.line)
+        return frozenset(found)
+
+    def tokens(v: Value) -> tuple[str, ...]:
+        for item in v.items():
+            if not _TOKEN.fullmatch(item.text()):
+                raise Invalid(f"{item.key}: {item.text()!r} is not a header or method name")
+        return tuple(item.text() for item in v.items())
+
+    cors = CorsConfig(
+        origins=sec.field("origins", origins, frozenset()),
+        credentials=sec.field("credentials", Value.boolean, default.credentials),
+        max_age=sec.field("max_age", lambda v: v.convert(parse_duration), default.max_age),
+        headers=sec.field("headers", tokens, default.headers),
+        methods=tuple(m.upper() for m in sec.field("methods", tokens, default.methods)),
+        expose=sec.field("expose", tokens, default.expose),
+    )
+    sec.check_unknown("origins, credentials, max_age, headers, methods, expose")
+    if not cors.origins and sec.get("origins") is None:
+        sec.report(value, f"{value.key}.origins: required (the web origins allowed)")
+    if "*" in cors.origins and cors.credentials:
+        sec.report(
+            value,
+            f"{value.key}: origins * cannot go with credentials: true "
+            "(browsers refuse it); list the origins",
+        )
+    return cors
 
 
 def _audit(top: Section, base_dir: Path) -> AuditConfig:

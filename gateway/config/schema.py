@@ -41,6 +41,25 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsConfig:
+    """server.cors: which web origins may call the gateway from a browser (Fetch standard)."""
+
+    origins: frozenset[str]  # "scheme://host[:port]", lower-case; {"*"}: any (no credentials)
+    credentials: bool = False  # cookies / Authorization from the browser: needs listed origins
+    max_age: float = 600.0  # seconds a browser may cache a preflight answer
+    headers: tuple[str, ...] = ("Authorization", "Content-Type", "X-Request-Id", "X-CSRF-Token")
+    methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+    expose: tuple[str, ...] = (
+        "X-Request-Id",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+        "Retry-After",
+        "X-Gateway-Model",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """server: how the gateway listens."""
 
@@ -53,6 +72,7 @@ class ServerConfig:
     # Redis unreachable: "open" keeps serving with in-process limits (logged),
     # "closed" refuses requests on rate-limited routes with 503 until it is back
     redis_failure: Literal["open", "closed"] = "open"
+    cors: CorsConfig | None = None  # absent: no CORS headers, preflights are ordinary requests
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,11 @@ async def stamp_headers(request: web.BaseRequest, response: web.StreamResponse) 
         headers["X-Request-Id"] = ctx.request_id
         for name, value in ctx.rate_headers:
             headers[name] = value
+        for name, value in ctx.cors_headers:
+            if name == "Vary" and "Vary" in headers:
+                headers["Vary"] = f"{headers['Vary']}, {value}"
+            else:
+                headers[name] = value
     if request.scheme == "https":  # the connection itself is TLS (never X-Forwarded-Proto)
         max_age = _hsts_max_age(request, ctx)
         if max_age:
