@@ -416,11 +416,12 @@ def _auth(top: Section, base_dir: Path, role_refs: list[tuple[str, Value]]) -> A
         ),
         token_cache=sec.field("token_cache", lambda v: v.integer(minimum=0), default.token_cache),
         hashing=sec.field("password_hashing", lambda v: _hashing(v, top.problems), default.hashing),
+        refresh_cookie=sec.field("refresh_cookie", Value.boolean, default.refresh_cookie),
     )
     sec.check_unknown(
         "issuer, algorithm, access_ttl, refresh_ttl, allow_registration, default_role, "
         "audience, leeway, keys, password_min_length, login_failures, token_cache, "
-        "password_hashing"
+        "password_hashing, refresh_cookie"
     )
     hmac = auth.algorithm.startswith("HS")
     for key in auth.keys:

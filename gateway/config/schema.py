@@ -115,6 +115,9 @@ class AuthConfig:
     login_failures: Rate = LOGIN_FAILURES  # failed logins per username, and per IP
     token_cache: int = 10_000  # verified tokens kept (never past exp or a revocation)
     hashing: HashingConfig = DEFAULT_HASHING
+    # cookie mode for browser frontends: the refresh token travels in an HttpOnly
+    # cookie (never in a body JavaScript can read), with a double-submit CSRF check
+    refresh_cookie: bool = False
 
 
 @dataclass(frozen=True, slots=True)

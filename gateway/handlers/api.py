@@ -74,7 +74,9 @@ class TokenPair:
     """A signed-in session: a short-lived access token and a refresh token."""
 
     access_token: str
-    refresh_token: str
+    refresh_token: str | None = field(
+        metadata=spec(description="null in cookie mode: it is in the HttpOnly cookie instead")
+    )
     token_type: str
     expires_in: int
 

@@ -8,16 +8,18 @@ issued with it). Logout revokes the caller's access token and its family.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from gateway.context import CTX, SERVICES, Principal, RequestContext
 from gateway.handlers.api import Problem, Reply, TokenPair, UserView, operation
 from gateway.handlers.jsonio import json_response, read_json
-from gateway.handlers.shapes import parse, spec
+from gateway.handlers.shapes import invalid, parse, spec
 from gateway.problems import GatewayError
 from gateway.runtime import Runtime
 from gateway.services import Services
@@ -46,7 +48,11 @@ class RegisterRequest:
 
 @dataclass(frozen=True, slots=True)
 class RefreshRequest:
-    refresh_token: str = field(metadata=spec(min_length=1, max_length=512))
+    """The refresh token in the body, or (auth.refresh_cookie) left out: from its cookie."""
+
+    refresh_token: str | None = field(
+        default=None, metadata=spec(min_length=1, max_length=512, nullable=False)
+    )
 
 
 def user_throttle_key(username: str) -> str:
@@ -109,14 +115,53 @@ async def issue_pair(
         claims.jti,
         claims.exp,
     )
-    return json_response(
+    response = json_response(
         {
             "access_token": access,
-            "refresh_token": refresh,
+            # cookie mode: only in the HttpOnly cookie, out of JavaScript's reach
+            "refresh_token": None if auth.refresh_cookie else refresh,
             "token_type": "Bearer",
             "expires_in": int(claims.exp - claims.iat),
         }
     )
+    if auth.refresh_cookie:
+        set_session_cookies(response, refresh, int(auth.refresh_ttl))
+    return response
+
+
+REFRESH_COOKIE = "gateway_refresh"
+CSRF_COOKIE = "gateway_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def set_session_cookies(response: web.StreamResponse, refresh: str, max_age: int) -> None:
+    """The refresh token (HttpOnly, only sent to /auth) and the CSRF token the page
+    must echo in X-CSRF-Token (readable by it, so not HttpOnly): double submit."""
+    common: dict[str, Any] = {"secure": True, "samesite": "Strict", "max_age": max_age}
+    response.set_cookie(REFRESH_COOKIE, refresh, httponly=True, path="/auth", **common)
+    response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), path="/", **common)
+
+
+def clear_session_cookies(response: web.StreamResponse) -> None:
+    response.del_cookie(REFRESH_COOKIE, path="/auth", secure=True, samesite="Strict")
+    response.del_cookie(CSRF_COOKIE, path="/", secure=True, samesite="Strict")
+
+
+def refresh_from_cookie(request: web.Request) -> str:
+    """Cookie mode: the refresh token of the cookie, once the CSRF double submit holds."""
+    token = request.cookies.get(REFRESH_COOKIE)
+    if not token:
+        raise invalid("refresh_token", "is required (in the body, or the session cookie)")
+    expected = request.cookies.get(CSRF_COOKIE, "")
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):
+        raise GatewayError(
+            403,
+            "csrf_failed",
+            f"{CSRF_HEADER} must repeat the {CSRF_COOKIE} cookie when the refresh token "
+            "comes from its cookie",
+        )
+    return token
 
 
 @operation(
@@ -157,12 +202,19 @@ async def login(request: web.Request) -> web.StreamResponse:
     replies={
         200: Reply("a new access token and refresh token", TokenPair),
         401: Reply("unknown, expired or already spent (its whole family is revoked)", Problem),
+        403: Reply("cookie mode: X-CSRF-Token does not repeat the CSRF cookie", Problem),
     },
 )
 async def refresh(request: web.Request) -> web.StreamResponse:
     _, runtime, services = context(request)
     body = parse(await read_json(request, runtime.config.server.max_body), RefreshRequest)
-    spent = await services.refresh_tokens.spend(body.refresh_token)
+    if body.refresh_token is not None:
+        token = body.refresh_token
+    elif runtime.config.auth.refresh_cookie:
+        token = refresh_from_cookie(request)
+    else:
+        raise invalid("refresh_token", "is required")
+    spent = await services.refresh_tokens.spend(token)
     if spent.outcome is SpendOutcome.REUSED:
         for jti, exp in spent.revoked_access:
             await services.identity.revoke(jti, exp)
@@ -192,7 +244,10 @@ async def logout(request: web.Request) -> web.StreamResponse:
             {"WWW-Authenticate": 'Bearer realm="gateway"'},
         )
     await end_session(services, principal)
-    return web.Response(status=204)
+    response = web.Response(status=204)
+    if ctx.runtime is not None and ctx.runtime.config.auth.refresh_cookie:
+        clear_session_cookies(response)
+    return response
 
 
 async def end_session(services: Services, principal: Principal) -> None:
