@@ -15,7 +15,7 @@ from gateway.proxy.models import forward_model
 
 # Local handlers that answer another media type than JSON, so Accept's JSON
 # check (406) does not apply: Prometheus asks for its text format.
-NOT_JSON = frozenset({"builtin.metrics"})
+NOT_JSON = frozenset({"builtin.metrics", "builtin.ui"})
 # (handler, path, format=) of local exports a client asks for by query: their
 # Accept (e.g. text/csv) is not held against them. Errors stay problem+json.
 EXPORTS = frozenset({("admin", "/admin/usage", "csv")})

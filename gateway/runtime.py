@@ -34,6 +34,10 @@ BUILTIN_PATHS = {
     "/.well-known/jwks.json": "builtin.jwks",
     "/metrics": "builtin.metrics",
     "/openapi.json": "builtin.openapi",
+    # the dashboard's page and assets: served without a token, it signs in itself
+    "/admin/ui": "builtin.ui",
+    "/admin/ui/app.js": "builtin.ui",
+    "/admin/ui/app.css": "builtin.ui",
 }
 
 

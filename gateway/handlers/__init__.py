@@ -7,6 +7,7 @@ from gateway.handlers.auth import login, logout, refresh, register
 from gateway.handlers.health import healthz, jwks, readyz
 from gateway.handlers.metrics import metrics
 from gateway.handlers.openapi import openapi
+from gateway.handlers.ui import ui
 from gateway.handlers.users import users
 from gateway.middleware import Handler
 
@@ -26,4 +27,5 @@ BUILTIN: dict[str, Handler] = {
     "builtin.jwks": jwks,
     "builtin.metrics": metrics,
     "builtin.openapi": openapi,
+    "builtin.ui": ui,
 }

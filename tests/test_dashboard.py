@@ -1,0 +1,128 @@
+"""The dashboard at /admin/ui, end to end in a real browser: Debian's Chromium, headless,
+driven by Playwright. Sign in, see the routes, see a proxied model call appear in the
+live audit tail and in the model charts; a screenshot is kept
+(tests/artifacts/dashboard.png, also shown in the README).
+
+Skips with the reason when Chromium or Playwright is missing (.ci/run installs
+Chromium with apt-get, so in CI it runs).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.identity import CHEAP_HASHING
+from tests.processes import free_port, start_gateway, stop, wait_for_port
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+PASSWORD = "dashboard admin password 0123"
+
+
+def test_the_page_and_its_assets_come_from_the_gateway_only() -> None:
+    ui = REPO / "gateway" / "ui"
+    page = (ui / "index.html").read_text()
+    assert "http://" not in page
+    assert "https://" not in page  # no CDN: every asset is served from /admin/ui
+    assert 'src="/admin/ui/app.js"' in page
+    assert "https://" not in (ui / "app.js").read_text()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The shipped routes.yaml on free ports, its DEMO model running, an admin's token."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)")
+    shutil.copytree(REPO / "policies", tmp_path / "policies")
+    port, model_port = free_port(), free_port()
+    text = (REPO / "routes.yaml").read_text()
+    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    text = text.replace("127.0.0.1:9001", f"127.0.0.1:{model_port}")
+    config = tmp_path / "routes.yaml"
+    config.write_text(text.replace("auth:\n", f"auth:\n  {CHEAP_HASHING}\n", 1))
+    created = subprocess.run(
+        [
+            *(sys.executable, "-m", "gateway", "users", "create", "root"),
+            *("--role", "admin", "--config", str(config)),
+        ],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    model = subprocess.Popen(
+        [sys.executable, "-m", "gateway.demo.model", "--port", str(model_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    process = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        wait_for_port(model_port, model)
+        base = f"http://127.0.0.1:{port}"
+        token = json.loads(post(f"{base}/auth/login", {"username": "root", "password": PASSWORD}))[
+            "access_token"
+        ]
+        yield base, token
+    finally:
+        stop(process)
+        stop(model)
+
+
+def post(url: str, body: dict[str, object], token: str | None = None) -> bytes:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310 (loopback)
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return bytes(response.read())
+
+
+async def test_sign_in_see_routes_and_the_audit_tail(live: tuple[str, str]) -> None:
+    playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
+    base, token = live
+    call = "/models/demo/v1/chat/completions"
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        page = await browser.new_page(viewport={"width": 1280, "height": 1300})
+        await page.goto(f"{base}/admin/ui")
+        await page.fill("#username", "root")
+        await page.fill("#password", PASSWORD)
+        await page.click("button[type=submit]")
+        await page.wait_for_selector("#dashboard:not([hidden])")
+        await page.wait_for_selector("#routes tbody tr")
+        routes = await page.inner_text("#routes")
+        assert "/auth/login" in routes
+        assert "/models/demo/**" in routes
+        assert "healthy" in await page.inner_text("#upstreams")
+        # A model call through the gateway, proxied to the DEMO model: it shows up in the
+        # audit tail and in the model charts without a reload.
+        for word in ("hello", "again"):
+            reply = post(base + call, {"messages": [{"role": "user", "content": word}]}, token)
+            assert b"demo" in reply
+        await page.wait_for_function(
+            "path => document.querySelector('#audit').innerText.includes(path)",
+            arg=call,
+            timeout=15_000,
+        )
+        await page.wait_for_selector("#charts svg circle", timeout=15_000)
+        charts = await page.inner_text("#charts")
+        assert "demo calls" in charts
+        assert "demo latency ms" in charts
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        await browser.close()
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
