@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -64,3 +67,35 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
         process.wait(timeout=10)
+
+
+def shipped_config(folder: Path, port: int, model_port: int | None = None) -> Path:
+    """The shipped routes.yaml (and policies/) in `folder`, listening on `port`, its DEMO
+    model at `model_port` when given, argon2 at its cheapest."""
+    from tests.identity import CHEAP_HASHING
+
+    shutil.copytree(REPO / "policies", folder / "policies")
+    shipped = (REPO / "routes.yaml").read_text()
+    text = shipped.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    assert text != shipped, "the shipped routes.yaml no longer listens on 127.0.0.1:8080"
+    if model_port is not None:
+        text = text.replace("127.0.0.1:9001", f"127.0.0.1:{model_port}")
+    config = folder / "routes.yaml"
+    config.write_text(text.replace("auth:\n", f"auth:\n  {CHEAP_HASHING}\n", 1))
+    return config
+
+
+def create_user(config: Path, username: str, role: str, password: str) -> None:
+    """`gateway users create` (the password on stdin), as an operator would."""
+    created = subprocess.run(
+        [
+            *(sys.executable, "-m", "gateway", "users", "create", username),
+            *("--role", role, "--config", str(config)),
+        ],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr

@@ -10,7 +10,6 @@ Chromium with apt-get, so in CI it runs).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -19,8 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.identity import CHEAP_HASHING
-from tests.processes import free_port, start_gateway, stop, wait_for_port
+from tests.processes import (
+    create_user,
+    free_port,
+    shipped_config,
+    start_gateway,
+    stop,
+    wait_for_port,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -42,25 +47,9 @@ def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """The shipped routes.yaml on free ports, its DEMO model running, an admin's token."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)")
-    shutil.copytree(REPO / "policies", tmp_path / "policies")
     port, model_port = free_port(), free_port()
-    text = (REPO / "routes.yaml").read_text()
-    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
-    text = text.replace("127.0.0.1:9001", f"127.0.0.1:{model_port}")
-    config = tmp_path / "routes.yaml"
-    config.write_text(text.replace("auth:\n", f"auth:\n  {CHEAP_HASHING}\n", 1))
-    created = subprocess.run(
-        [
-            *(sys.executable, "-m", "gateway", "users", "create", "root"),
-            *("--role", "admin", "--config", str(config)),
-        ],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert created.returncode == 0, created.stderr
+    config = shipped_config(tmp_path, port, model_port)
+    create_user(config, "root", "admin", PASSWORD)
     model = subprocess.Popen(
         [sys.executable, "-m", "gateway.demo.model", "--port", str(model_port)],
         stdout=subprocess.DEVNULL,

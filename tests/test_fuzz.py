@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.identity import CHEAP_HASHING
-from tests.processes import free_port, start_gateway, stop
+from tests.processes import create_user, free_port, shipped_config, start_gateway, stop
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = 25  # per operation and phase
@@ -44,33 +43,13 @@ CHECKS = ",".join(
 PASSWORD = "fuzzing admin password 0123"
 
 
-def routes_text(port: int) -> str:
-    shipped = (REPO / "routes.yaml").read_text()
-    text = shipped.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
-    assert text != shipped, "the shipped routes.yaml no longer listens on 127.0.0.1:8080"
-    return text.replace("auth:\n", f"auth:\n  {CHEAP_HASHING}\n", 1)
-
-
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     if st is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
-    shutil.copytree(REPO / "policies", tmp_path / "policies")
     port = free_port()
-    config = tmp_path / "routes.yaml"
-    config.write_text(routes_text(port))
-    created = subprocess.run(
-        [
-            *(sys.executable, "-m", "gateway", "users", "create", "root"),
-            *("--role", "admin", "--config", str(config)),
-        ],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert created.returncode == 0, created.stderr
+    config = shipped_config(tmp_path, port)
+    create_user(config, "root", "admin", PASSWORD)
     process = start_gateway(config, port, tmp_path / "gateway.log")
     try:
         login = urllib.request.Request(
