@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from gateway.config.schema import Route
+from gateway.middleware.rate_limit import counted_as
 from gateway.problems import GatewayError
 from gateway.routing import normalise_path
 from gateway.runtime import Runtime
@@ -190,15 +191,8 @@ async def _rate_limit(
         out.steps.append(Step("rate limit", "skip", "the route has no rate limit"))
         return
     rate = limit.rate
-    if limit.key == "user" and user_id is not None:
-        who = f"user:{user_id}"
-    elif limit.key == "route":
-        who = "route"
-    elif limit.key.startswith("header:"):
-        who = f"{limit.key} (the caller's header value)"
-    else:
-        who = f"ip:{client_ip or '?'}"
-    bucket = f"{route.path}|{who}"
+    # the bucket the rate-limit stage would count (a header's value is not known here)
+    bucket = f"{route.path}|{counted_as(limit.key, user_id, client_ip or '?', None)}"
     if limiter is None or limit.key.startswith("header:"):
         out.steps.append(
             Step("rate limit", "pass", f"bucket {bucket}: {rate} by {limit.key} (not read)")

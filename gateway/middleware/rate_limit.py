@@ -38,17 +38,22 @@ def counted(
     """Who a limit keyed by `kind` counts: user (else IP), ip, route or header:NAME.
 
     `user_id`: the caller's, before the authentication stage has set ctx.user."""
+    if user_id is None and ctx.user is not None:
+        user_id = ctx.user.id
+    header = request.headers.get(kind[7:]) if kind.startswith("header:") else None
+    return counted_as(kind, user_id, ctx.client_ip, header)
+
+
+def counted_as(kind: str, user_id: str | None, client_ip: str, header: str | None) -> str:
+    """The counted part of a bucket key from plain values (also for `gateway explain`)."""
     if kind == "user":
-        if user_id is None and ctx.user is not None:
-            user_id = ctx.user.id
-        return f"user:{user_id}" if user_id is not None else f"ip:{ctx.client_ip}"
+        return f"user:{user_id}" if user_id is not None else f"ip:{client_ip}"
     if kind == "ip":
-        return f"ip:{ctx.client_ip}"
+        return f"ip:{client_ip}"
     if kind == "route":
         return "route"
-    # header:NAME
-    value = request.headers.get(kind[7:])
-    return f"{kind}={value[:128]}" if value else f"ip:{ctx.client_ip}"
+    # header:NAME; without the header, the client IP
+    return f"{kind}={header[:128]}" if header else f"ip:{client_ip}"
 
 
 def rate_limit(cfg: RateLimitStageConfig) -> Middleware:
