@@ -211,3 +211,12 @@ async def gateway(
         return await aiohttp_client(build_app(config, handlers=handlers, settings=settings))
 
     return make
+
+
+@pytest.fixture
+async def root(client: TestClient[web.Request, web.Application]) -> dict[str, str]:
+    """An admin's bearer headers, on the test module's own `client` gateway."""
+    from tests.identity import bearer, login, make_user
+
+    await make_user(client, "root", "admin")
+    return bearer(await login(client, "root"))

@@ -27,13 +27,6 @@ async def client(gateway: MakeGateway, policies: Path, database_url: str) -> Cli
     return await gateway(identity_config(), database_url=database_url)
 
 
-@pytest.fixture
-async def root(client: Client) -> dict[str, str]:
-    """An admin's bearer headers."""
-    await make_user(client, "root", "admin")
-    return bearer(await login(client, "root"))
-
-
 async def problem(resp: Any, status: int) -> dict[str, Any]:
     """The problem body of `resp`, after checking its status and media type."""
     assert resp.status == status, await resp.text()

@@ -123,12 +123,6 @@ async def client(gateway: MakeGateway, policies: Path, database_url: str) -> Cli
     return await gateway(identity_config(), database_url=database_url)
 
 
-@pytest.fixture
-async def root(client: Client) -> dict[str, str]:
-    await make_user(client, "root", "admin")
-    return bearer(await login(client, "root"))
-
-
 async def plant(client: Client, *rows: dict[str, Any]) -> None:
     async with client.app[SERVICES].engine.begin() as connection:
         await connection.execute(insert(ReportLog), list(rows))

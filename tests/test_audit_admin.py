@@ -30,12 +30,6 @@ async def client(gateway: MakeGateway, policies: Path, database_url: str) -> Cli
     return await gateway(identity_config(), database_url=database_url)
 
 
-@pytest.fixture
-async def root(client: Client) -> dict[str, str]:
-    await make_user(client, "root", "admin")
-    return bearer(await login(client, "root"))
-
-
 def audit(
     request_id: str,
     *,

@@ -29,12 +29,6 @@ async def client(gateway: MakeGateway, policies: Path, echo: TestServer) -> Clie
     return await gateway(identity_config(echo.port) + LIMITED)
 
 
-@pytest.fixture
-async def root(client: Client) -> dict[str, str]:
-    await make_user(client, "root", role="admin")
-    return bearer(await login(client, "root"))
-
-
 async def explained(
     client: Client, root: dict[str, str], method: str, path: str, token: str | None = None
 ) -> dict[str, Any]:
