@@ -32,24 +32,21 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 
     raise TimeoutError(f"nothing listened on port {port} within {seconds}s")
 
 
+def serve_command(config: Path, port: int, *extra: str) -> list[str]:
+    """`python -m gateway serve` on 127.0.0.1:port with `config`, plus `extra` options."""
+    return [
+        *(sys.executable, "-m", "gateway", "serve", "--config", str(config)),
+        *("--host", "127.0.0.1", "--port", str(port), *extra),
+    ]
+
+
 def start_gateway(
     config: Path, port: int, stderr_path: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start `gateway serve` on 127.0.0.1:port; its stderr (JSON logs) goes to stderr_path."""
     stderr = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        serve_command(config, port),
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from aiohttp import web
 from gateway.cli import main
 from gateway.workers import workers_problem
 from tests.conftest import MakeUpstream, WriteConfig
-from tests.processes import free_port, wait_for_port
+from tests.processes import free_port, serve_command, wait_for_port
 
 Start = Callable[[str], tuple[subprocess.Popen[bytes], int, Path]]
 
@@ -34,23 +33,6 @@ def worker_env(redis_url: str | None, prefix: str = "gateway:") -> dict[str, str
         env["GATEWAY_REDIS_URL"] = redis_url
         env["GATEWAY_REDIS_PREFIX"] = prefix
     return env
-
-
-def serve_command(config: Path, port: int, workers: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
 
 
 def listening_pids(parent: int, port: int) -> set[int]:
@@ -99,7 +81,7 @@ def test_several_workers_without_redis_refuse_to_start(
 ) -> None:
     config = write_config("routes: []\n")
     result = subprocess.run(
-        serve_command(config, free_port(), 2),
+        serve_command(config, free_port(), "--workers", "2"),
         env=worker_env(None),
         capture_output=True,
         timeout=60,
@@ -145,7 +127,7 @@ def start_workers(
         log = tmp_path / "gateway.log"
         with log.open("wb") as stderr:
             process = subprocess.Popen(
-                serve_command(write_config(text), port, 2),
+                serve_command(write_config(text), port, "--workers", "2"),
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=worker_env(redis_url, redis_prefix),
