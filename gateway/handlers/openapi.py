@@ -1,7 +1,7 @@
 """GET /openapi.json: the local endpoints this gateway serves, from their declarations.
 
-Built per config (the routes.yaml paths of the auth handlers follow the file)
-and kept with it: one document per Runtime.
+Built per config (the routes.yaml paths of the auth handlers follow the file,
+the roles the policy), once for each Runtime that serves it.
 """
 
 from __future__ import annotations
@@ -32,24 +32,25 @@ def operations(runtime: Runtime, handlers: dict[str, Handler]) -> list[tuple[str
         sub = MOUNTED.get(route.handler)
         if sub is not None:
             for path, methods, handler in sub.entries:
-                op = _required(declared(handler), path)
+                op = _required(declared(handler))
                 found.extend((path, method, op) for method in methods)
             continue
-        op = _required(declared(handlers[route.handler]), route.path)
+        op = _required(declared(handlers[route.handler]))
         methods = sorted(route.methods - {"HEAD"}) if route.methods else [op.method]
         found.extend((route.path, method, op) for method in methods)
     for path, name in BUILTIN_PATHS.items():
-        found.append((path, "GET", _required(declared(handlers[name]), path)))
+        found.append((path, "GET", _required(declared(handlers[name]))))
     return found
 
 
-def _required(op: Operation | None, path: str) -> Operation:
+def _required(op: Operation | None) -> Operation:
     if op is None:  # a handler added without @operation: caught by tests/test_openapi.py
         raise GatewayError.internal()
     return op
 
 
-_CACHE: dict[tuple[int, str], bytes] = {}
+# The live config's document, made on first request: (the Runtime it describes, its JSON).
+_cached: tuple[Runtime, bytes] | None = None
 
 
 def openapi_document(runtime: Runtime, handlers: dict[str, Handler]) -> dict[str, Any]:
@@ -67,12 +68,9 @@ def openapi_document(runtime: Runtime, handlers: dict[str, Handler]) -> dict[str
 async def openapi(request: web.Request) -> web.StreamResponse:
     from gateway.handlers import BUILTIN, ROUTABLE
 
+    global _cached
     runtime = request[CTX].runtime
     assert runtime is not None
-    key = (runtime.version, runtime.config.file_hash)
-    body = _CACHE.get(key)
-    if body is None:
-        body = orjson.dumps(openapi_document(runtime, {**ROUTABLE, **BUILTIN}))
-        _CACHE.clear()  # only the live config's document is kept
-        _CACHE[key] = body
-    return web.Response(body=body, content_type="application/json")
+    if _cached is None or _cached[0] is not runtime:  # a reload made a new Runtime
+        _cached = (runtime, orjson.dumps(openapi_document(runtime, {**ROUTABLE, **BUILTIN})))
+    return web.Response(body=_cached[1], content_type="application/json")

@@ -84,8 +84,10 @@ def cors(cfg: CorsStageConfig) -> Middleware:
     @web.middleware
     async def cors_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
+        if origin is None:  # not a browser's cross-origin call: nothing to look up
+            return await handler(request)
         config = request.app[HOLDER].current.config.server.cors
-        if config is None or origin is None:
+        if config is None:
             return await handler(request)
         value = allowed_origin(config, origin)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
