@@ -17,7 +17,7 @@ from typing import Any, Literal
 from gateway.config.schema import Route
 from gateway.middleware.rate_limit import counted_as
 from gateway.problems import GatewayError
-from gateway.routing import normalise_path
+from gateway.routing import request_path
 from gateway.runtime import Runtime
 from gateway.security.tokens import TokenError
 from gateway.state.identity import LocalIdentity
@@ -118,7 +118,7 @@ async def explain(
 def _route(out: Explanation, runtime: Runtime, path: str) -> Route | None:
     raw = path.partition("?")[0]
     try:
-        normalised = normalise_path(raw)
+        normalised = request_path(raw)
     except ValueError as exc:
         out.deny("route", GatewayError.bad_request(str(exc), code="bad_path"))
         return None

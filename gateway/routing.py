@@ -52,6 +52,28 @@ def normalise_path(raw: str) -> str:
     return _resolve_segments(text)
 
 
+# After normalisation these can only be a trick: an encoded separator that a
+# server behind the gateway may decode into a path the policy never saw
+# (%2F, and %5C for servers that read `\` as `/`), or a dot segment with a
+# path parameter (`..;`, `.;`), which servlet containers resolve as `..`/`.`.
+_AMBIGUOUS = ("%2F", "%5C")
+_DOT_PARAM = re.compile(r"(?:^|/)\.\.?;")
+
+
+def request_path(raw: str) -> str:
+    """The normalised path of a request, or ValueError when it cannot be routed safely.
+
+    What routing, policy and the upstream see (`normalise_path`), refused
+    when it still holds an encoded `/` or `\\`, or a `..;`-style segment.
+    """
+    path = normalise_path(raw)
+    if "%" in path and any(code in path for code in _AMBIGUOUS):
+        raise ValueError("the path holds an encoded / or \\, which servers read differently")
+    if ";" in path and _DOT_PARAM.search(path):
+        raise ValueError("the path holds a dot segment with a parameter (..; or .;)")
+    return path
+
+
 def _canonical_encoding(raw: str) -> str:
     out: list[str] = []
     i, n = 0, len(raw)

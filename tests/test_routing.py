@@ -20,6 +20,7 @@ from gateway.routing import (
     compile_pattern,
     literal_prefix,
     normalise_path,
+    request_path,
 )
 
 METHODS = ("GET", "POST", "PUT", "DELETE")
@@ -206,6 +207,32 @@ def test_encoded_separators_never_reach_admin(raw: str) -> None:
     assert path.startswith("/public/")
     assert lookup(rt, "GET", raw).route.index == 1
     assert [r.index for r in rt.candidates(path)] == [1]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/public/..%2fadmin",
+        "/public/a%2Fb",
+        "/public/..%5cadmin",
+        "/public/..\\admin",
+        "/public/%2e%2e;/admin",
+        "/public/..;/admin",
+        "/.;/admin",
+    ],
+)
+def test_request_path_refuses_what_a_server_behind_could_read_as_another_path(raw: str) -> None:
+    normalise_path(raw)  # a path the normaliser takes...
+    with pytest.raises(ValueError, match=r"encoded / or|dot segment with a parameter"):
+        request_path(raw)  # ...but the gateway will not route (400 bad_path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [("/a;b", "/a;b"), ("/a/x;v=1/b..;", "/a/x;v=1/b..;"), ("/%7Eu/%3B", "/~u/%3B"), ("/", "/")],
+)
+def test_request_path_keeps_ordinary_paths(raw: str, path: str) -> None:
+    assert request_path(raw) == path
 
 
 @pytest.mark.parametrize(

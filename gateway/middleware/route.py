@@ -16,7 +16,7 @@ from gateway.context import CTX, HOLDER
 from gateway.forwarded import client_ip
 from gateway.middleware import Handler, Middleware
 from gateway.problems import GatewayError
-from gateway.routing import normalise_path
+from gateway.routing import request_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ def route(cfg: RouteStageConfig) -> Middleware:
         ctx.runtime = runtime  # this request keeps this config to the end
         raw_path, _, ctx.query = request.raw_path.partition("?")
         try:
-            path = normalise_path(raw_path)
+            path = request_path(raw_path)
         except ValueError as exc:
             raise GatewayError.bad_request(str(exc), code="bad_path") from None
         ctx.path = path

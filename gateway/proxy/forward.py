@@ -86,14 +86,15 @@ def request_headers(
 ) -> CIMultiDict[str]:
     """The headers sent to `upstream`: the client's end-to-end ones, then the gateway's."""
     incoming = request.headers
+    peer = request.remote or ""
+    trusted = server.trusted_proxies
+    from_trusted = is_trusted(peer, trusted)
     headers = upstream_request_headers(
         incoming.items(),
         incoming.get("Connection"),
         forward_authorization=upstream.forward_authorization,
+        trusted_peer=from_trusted,
     )
-    peer = request.remote or ""
-    trusted = server.trusted_proxies
-    from_trusted = is_trusted(peer, trusted)
     host = incoming.get("Host", "")
     headers["X-Forwarded-For"] = forwarded_for(peer, incoming.get("X-Forwarded-For"), trusted)
     if from_trusted:

@@ -1,8 +1,13 @@
-"""Which headers cross the gateway, in each direction (contract section 6).
+"""Which headers cross the gateway, in each direction (README "Proxy rules").
 
 Hop-by-hop headers (RFC 9110 §7.6.1) and any header named in `Connection`
 stop here; so do client-sent `X-User-*` (identity is the gateway's to state)
 and, from untrusted peers, any forwarding header the client made up.
+
+Names are compared with `_` read as `-`: WSGI and CGI servers behind the
+gateway fold both into one environ key (`HTTP_X_USER_ID`), so `X_User_Id`
+would otherwise arrive as the identity header the gateway dropped. nginx
+refuses underscore headers by default for the same reason.
 """
 
 from __future__ import annotations
@@ -38,13 +43,17 @@ _SET_BY_GATEWAY = frozenset(
     }
 )
 _REQUEST_DROP = HOP_BY_HOP | _SET_BY_GATEWAY
+# Believed only from a peer in server.trusted_proxies (the client address it names).
+_FROM_TRUSTED_ONLY = frozenset({"x-real-ip"})
 
 
 def connection_named(connection: str | None) -> frozenset[str]:
     """Header names listed in a Connection header (they are hop-by-hop too)."""
     if not connection:
         return frozenset()
-    return frozenset(token.strip().lower() for token in connection.split(",") if token.strip())
+    return frozenset(
+        token.strip().lower().replace("_", "-") for token in connection.split(",") if token.strip()
+    )
 
 
 def upstream_request_headers(
@@ -52,13 +61,19 @@ def upstream_request_headers(
     connection: str | None,
     *,
     forward_authorization: bool,
+    trusted_peer: bool = False,
 ) -> CIMultiDict[str]:
-    """The client's end-to-end headers, minus what must not cross."""
+    """The client's end-to-end headers, minus what must not cross.
+
+    `trusted_peer`: the connection comes from server.trusted_proxies, whose
+    X-Real-IP is passed on; anyone else's is dropped."""
     named = connection_named(connection)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming:
-        lower = name.lower()
+        lower = name.lower().replace("_", "-")
         if lower in _REQUEST_DROP or lower in named or lower.startswith("x-user-"):
+            continue
+        if lower in _FROM_TRUSTED_ONLY and not trusted_peer:
             continue
         if lower == "authorization" and not forward_authorization:
             continue
