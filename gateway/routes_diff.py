@@ -35,6 +35,7 @@ def _route_fields(route: Route) -> dict[str, str]:
         "roles": ",".join(route.roles) or ("-" if route.auth == "none" else "any"),
         "rate limit": f"{limit.rate} by {limit.key}" if limit else "off",
         "strip_prefix": route.strip_prefix or "-",
+        "retry_after_send": "yes" if route.retry_after_send else "no",
     }
 
 
@@ -48,6 +49,7 @@ def _upstream_fields(upstream: UpstreamConfig) -> dict[str, str]:
         else "-",
         "balance": upstream.balance,
         "retries": str(upstream.retries),
+        "max_pending": str(upstream.max_pending),
         "health_check": "on" if upstream.health_check else "off",
         "tls": "custom" if upstream.tls else "default",
     }

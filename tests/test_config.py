@@ -344,8 +344,8 @@ def test_unknown_key_in_upstream(write_config: WriteConfig) -> None:
     assert only_problem(path) == (
         4,
         "upstreams.up.max_fails: unknown key (known keys: targets, timeout, connect_timeout, "
-        "first_byte_timeout, max_connections, forward_authorization, pass_host, balance, "
-        "health_check, passive, retries, retry_budget, tls)",
+        "first_byte_timeout, max_connections, max_pending, forward_authorization, pass_host, "
+        "balance, health_check, passive, retries, retry_budget, tls)",
     )
 
 
@@ -363,7 +363,7 @@ def test_unknown_key_in_route(write_config: WriteConfig) -> None:
     assert only_problem(path) == (
         6,
         "routes[0].strip: unknown key (known keys: path, methods, handler, upstream, "
-        "strip_prefix, auth, roles, rate_limit)",
+        "strip_prefix, auth, roles, rate_limit, retry_after_send)",
     )
 
 
@@ -1461,3 +1461,47 @@ def test_hmac_keys_need_secrets_and_asymmetric_ones_need_files(
             )
         )
     assert "needs auth.keys" in str(info.value)
+
+
+# --- upstream bounds: max_pending, retry_after_send ---------------------------------
+
+
+def test_max_pending_and_retry_after_send_defaults_and_values(write_config: WriteConfig) -> None:
+    config = load(write_config(with_upstream("routes:\n  - {path: /a, upstream: up}\n")))
+    assert config.upstreams["up"].max_pending == 100
+    assert config.routes[0].retry_after_send is False
+    path = write_config(
+        """\
+        upstreams:
+          up: {targets: ["http://127.0.0.1:9000"], max_pending: 0}
+        routes:
+          - {path: /a, upstream: up, retry_after_send: true}
+        models:
+          chat: {url: "http://127.0.0.1:9001", max_pending: 7, retry_after_send: true}
+        """
+    )
+    config = load(path)
+    assert config.upstreams["up"].max_pending == 0
+    assert config.routes[0].retry_after_send is True
+    assert config.upstreams["chat"].max_pending == 7
+    assert config.routes[1].model == "chat"
+    assert config.routes[1].retry_after_send is True
+
+
+def test_bad_max_pending_and_retry_after_send(write_config: WriteConfig) -> None:
+    path = write_config(
+        """\
+        upstreams:
+          up:
+            targets: [http://127.0.0.1:9000]
+            max_pending: -1
+        routes:
+          - {path: /a, upstream: up, retry_after_send: sometimes}
+          - {path: /b, handler: users, retry_after_send: true}
+        """
+    )
+    assert problems(path) == [
+        (4, "upstreams.up.max_pending: must be at least 0"),
+        (6, "routes[0].retry_after_send: expected true or false"),
+        (7, "routes[1].retry_after_send: only applies to upstreams"),
+    ]

@@ -57,6 +57,19 @@ def test_every_kind_of_change_is_one_line(write_config: WriteConfig, policies: P
     assert "http://127.0.0.1:9003" in api
 
 
+def test_upstream_bounds_show_in_the_diff(write_config: WriteConfig, policies: Path) -> None:
+    old, new = pair(
+        write_config,
+        "upstreams:\n  api: {targets: [http://127.0.0.1:9001]}\n"
+        "routes:\n  - {path: /a, upstream: api}\n",
+        "upstreams:\n  api: {targets: [http://127.0.0.1:9001], max_pending: 5}\n"
+        "routes:\n  - {path: /a, upstream: api, retry_after_send: true}\n",
+    )
+    lines = diff(load_config(old), load_config(new))
+    assert "~ route * /a: retry_after_send no -> yes" in lines
+    assert "~ upstream api: max_pending 100 -> 5" in lines
+
+
 def test_the_same_config_has_no_differences(write_config: WriteConfig, policies: Path) -> None:
     old, new = pair(write_config, OLD, OLD)
     assert diff(load_config(old), load_config(new)) == []

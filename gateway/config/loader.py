@@ -77,6 +77,7 @@ _UPSTREAM_KEYS = (
     "connect_timeout",
     "first_byte_timeout",
     "max_connections",
+    "max_pending",
     "forward_authorization",
     "pass_host",
     "balance",
@@ -89,7 +90,7 @@ _UPSTREAM_KEYS = (
 BALANCE_MODES = ("round_robin", "least_outstanding")
 MAX_WEIGHT = 1000
 MAX_RETRIES = 10
-_ROUTE_KEYS = ("methods", "auth", "roles", "rate_limit")
+_ROUTE_KEYS = ("methods", "auth", "roles", "rate_limit", "retry_after_send")
 _OFF = frozenset({"off", "none"})  # rate_limit values that turn a limit off
 UPSTREAM_TIMEOUT = 30.0
 MODEL_TIMEOUT = 300.0  # models answer slowly: a long default whole-response timeout
@@ -643,6 +644,7 @@ def _upstream_fields(
         max_connections=sec.field(
             "max_connections", lambda v: v.integer(minimum=1), defaults.max_connections
         ),
+        max_pending=sec.field("max_pending", lambda v: v.integer(minimum=0), defaults.max_pending),
         forward_authorization=sec.field("forward_authorization", Value.boolean, False),
         pass_host=sec.field("pass_host", Value.boolean, False),
         balance=sec.field("balance", _balance, defaults.balance),
@@ -784,6 +786,7 @@ def _route_common(
         "auth": auth,
         "roles": roles,
         "rate_limit": sec.field("rate_limit", lambda v: rate_limit(v, problems), None),
+        "retry_after_send": sec.field("retry_after_send", Value.boolean, False),
     }
 
 
@@ -805,7 +808,9 @@ def _route(
     upstream = sec.field("upstream", Value.text, None)
     strip = sec.field("strip_prefix", lambda v: v.convert_text(_strip_prefix), None)
     common = _route_common(sec, problems, role_refs)
-    sec.check_unknown("path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit")
+    sec.check_unknown(
+        "path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit, retry_after_send"
+    )
     where = f"{value.key}"
     ok = True
     if sec.get("path") is None:  # absent or empty
@@ -823,6 +828,11 @@ def _route(
         ok = False
     if strip is not None and handler is not None:
         sec.report(sec.get("strip_prefix"), f"{where}.strip_prefix: only applies to upstreams")
+        ok = False
+    if common["retry_after_send"] and handler is not None:
+        sec.report(
+            sec.get("retry_after_send"), f"{where}.retry_after_send: only applies to upstreams"
+        )
         ok = False
     if strip is not None and path is not None and not _is_segment_prefix(strip, path):
         sec.report(

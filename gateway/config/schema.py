@@ -216,10 +216,14 @@ class UpstreamConfig:
 
     name: str
     targets: tuple[UpstreamTarget, ...]
-    timeout: float = 30.0  # whole exchange: headers and body
+    # whole exchange: the wait for a free connection, connect, headers and body
+    timeout: float = 30.0
     connect_timeout: float = 2.0
     first_byte_timeout: float | None = None  # until response headers; None: only `timeout`
     max_connections: int = 100  # pooled keep-alive connections per target
+    # requests (>= 0) that may wait for a connection, all targets together;
+    # more get 503 upstream_busy at once
+    max_pending: int = 100
     forward_authorization: bool = False  # pass the client's Authorization header on
     pass_host: bool = False  # keep the client's Host (else the target's)
     balance: Balance = "round_robin"  # smooth weighted round-robin | least_outstanding
@@ -273,6 +277,9 @@ class Route:
     roles: tuple[str, ...] = ()  # empty: any valid token
     rate_limit: RateLimitConfig | None = None
     model: str | None = None  # set on routes generated from models:
+    # resend an idempotent request without a body whose connection was lost after
+    # it was sent (on another target when there is one, within retries and budget)
+    retry_after_send: bool = False
     source: str = ""  # FILE:LINE of the entry, for messages
 
     @property

@@ -7,10 +7,23 @@ truncated body is never presented as complete.
 
 Each attempt is in flight on its target from before sending until the
 response is relayed (or the exchange failed), and its outcome is reported to
-the upstream's balancer. A request is retried on another target only when
-retrying cannot do harm: an idempotent method, no body to replay, and a
-connection that failed, so the request never reached a target; within
-`retries` and the upstream's retry budget.
+the upstream's balancer (an invalid answer counts as a failure; a request
+refused or timed out while waiting for a free connection does not: the
+target did nothing wrong). A request is retried only when its method is
+idempotent and its body can be sent again as it was (none, or bytes in
+hand), within `retries` and the upstream's retry budget:
+
+- on another target, when it never reached one: refused, unreachable, no
+  connection within connect_timeout, or turned away by a full line
+  (`max_pending`);
+- when its connection was lost after it was sent, before a complete response
+  head, only if the route says `retry_after_send` (the target may have acted
+  on it): on another target when there is one, else on the same. Otherwise
+  that is a 502 `upstream_reset`, never resent (README "Limits and failure
+  behaviour"); nginx's `proxy_next_upstream` and HAProxy's `retry-on` make
+  the same choice an option.
+
+A timeout or an invalid answer is never retried.
 """
 
 from __future__ import annotations
@@ -32,7 +45,13 @@ from gateway.problems import GatewayError
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 from gateway.proxy.health import failure_text
-from gateway.proxy.lean import LeanResponse, TargetUnreachable
+from gateway.proxy.lean import (
+    InvalidResponse,
+    LeanResponse,
+    PoolTimeout,
+    TargetUnreachable,
+    UpstreamBusy,
+)
 from gateway.proxy.metering import Meter
 from gateway.proxy.pool import UpstreamPool
 
@@ -188,8 +207,10 @@ async def attempts(
             raise FellThrough(error)
         raise error
 
-    # Only a request without a body can be sent again as it was.
-    replayable = request.method in IDEMPOTENT_METHODS and body is None
+    # Only a request without a body, or with its body in hand, can be sent again as it was.
+    replayable = request.method in IDEMPOTENT_METHODS and (body is None or isinstance(body, bytes))
+    route = ctx.route
+    after_send = replayable and route is not None and route.retry_after_send
     tried: list[TargetState] = []
     while True:
         tried.append(attempt.target)
@@ -201,13 +222,12 @@ async def attempts(
             )
         except _SendFailed as failed:
             exc = failed.cause
-            if (
-                replayable
-                and _never_reached(exc)
-                and len(tried) <= upstream.retries
-                and balancer.budget.allows()
-            ):
-                retry = pool.pick(exclude=tried)
+            if replayable and len(tried) <= upstream.retries and balancer.budget.allows():
+                retry = None
+                if _never_reached(exc):
+                    retry = pool.pick(exclude=tried)
+                elif after_send and _lost_after_send(exc):
+                    retry = pool.pick(exclude=tried) or pool.pick()
                 if retry is not None:
                     balancer.budget.spend()
                     attempt = retry
@@ -238,10 +258,23 @@ def falls_back(status: int) -> bool:
 
 def _never_reached(exc: BaseException) -> bool:
     """Whether the attempt failed before a single byte of the request was sent."""
-    # Refused, unreachable, DNS failure, or no connection within connect_timeout.
-    # A timeout or reset after the connection was made is not: the target may
-    # have acted on the request.
-    return isinstance(exc, TargetUnreachable | aiohttp.ConnectionTimeoutError)
+    # Refused, unreachable, DNS failure, no connection within connect_timeout, or
+    # turned away by a full line. A timeout or reset after the connection was
+    # made is not: the target may have acted on the request. (Nor is the
+    # `timeout` passing in line: the exchange's time is spent.)
+    return isinstance(exc, TargetUnreachable | aiohttp.ConnectionTimeoutError | UpstreamBusy)
+
+
+# Connection errors that are not a connection lost after sending.
+_NOT_LOST = (TargetUnreachable, UpstreamBusy, aiohttp.ServerTimeoutError)
+# Failures of the gateway's own pool, not of the target: never counted against it.
+_LOCAL = (UpstreamBusy, PoolTimeout)
+
+
+def _lost_after_send(exc: BaseException) -> bool:
+    """Whether the connection closed or reset after the request went out, before a
+    complete response head (the 502 upstream_reset of `_send_failure`)."""
+    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, _NOT_LOST)
 
 
 async def _exchange(
@@ -275,8 +308,10 @@ async def _exchange(
                     attempt.target.index, request.method, target, headers, body
                 )
         except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
-            if ctx.outcome != "body_too_large":  # the client's fault, not the target's
-                _report_failure(balancer, attempt, upstream.name, failure_text(exc))
+            # the client's fault (too large), or the pool's (busy): not the target's
+            if ctx.outcome != "body_too_large" and not isinstance(exc, _LOCAL):
+                text = f"invalid HTTP: {exc}" if isinstance(exc, InvalidResponse) else None
+                _report_failure(balancer, attempt, upstream.name, text or failure_text(exc))
             raise _SendFailed(exc) from None
         status = response.status
         if balancer.answered(attempt, status):
@@ -328,6 +363,26 @@ def _send_failure(
         # Refused, unreachable, DNS or TLS failure: nothing reached the target.
         reason = exc.os_error.strerror or "connect failed"
         return GatewayError.bad_gateway(f"upstream {name} refused the connection ({reason})")
+    if isinstance(exc, UpstreamBusy):
+        # Every connection busy and max_pending requests already waiting for one:
+        # refused at once rather than queued without bound (Envoy's overflow 503).
+        ctx.outcome = "upstream_busy"
+        return GatewayError.unavailable(
+            f"upstream {name} is busy: every connection in use and {exc}",
+            code="upstream_busy",
+            retry_after=1,
+        )
+    if isinstance(exc, InvalidResponse):
+        # Garbage, a broken head or framing, a 101 nobody asked for: the
+        # connection was closed, and the answer is never relayed.
+        ctx.outcome = "upstream_invalid"
+        return GatewayError.bad_gateway(
+            f"upstream {name} answered with invalid HTTP ({exc})", code="upstream_invalid"
+        )
+    if isinstance(exc, PoolTimeout):
+        # `timeout` passed while waiting in line for a free connection.
+        ctx.outcome = "upstream_timeout"
+        return GatewayError.gateway_timeout(f"no connection to upstream {name} was free in time")
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         # Connect, first-byte or whole-response deadline passed before the head.
         ctx.outcome = "upstream_timeout"

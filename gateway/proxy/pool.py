@@ -34,6 +34,7 @@ class UpstreamPool:
             timeout=config.timeout,
             connect_timeout=config.connect_timeout,
             ssl_context=ssl_context,
+            max_pending=config.max_pending,
         )
         connector = aiohttp.TCPConnector(
             limit=0,  # bounded per target below, not globally
