@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.config.schema import Config
 from gateway.context import HOLDER, SERVICES
-from gateway.dispatch import dispatcher
+from gateway.dispatch import defer_expect, dispatcher
 from gateway.handlers import BUILTIN, ROUTABLE
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.audit import AuditStageConfig, audit
@@ -67,7 +67,9 @@ def build_app(
     holder = RuntimeHolder(Runtime.build(config))
     app[HOLDER] = holder
     registry: dict[str, Handler] = {**BUILTIN, **ROUTABLE, **(handlers or {})}
-    app.router.add_route("*", "/{tail:.*}", dispatcher(registry))
+    # aiohttp would answer `Expect: 100-continue` before any stage runs; the
+    # gateway answers it in dispatch, once the chain has let the request through.
+    app.router.add_route("*", "/{tail:.*}", dispatcher(registry), expect_handler=defer_expect)
     app.on_response_prepare.append(stamp_headers)
 
     reloader = Reloader(holder, extra_handlers=handlers or ())

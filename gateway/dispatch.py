@@ -1,16 +1,26 @@
-"""The innermost step of the chain: the route's local handler, or the proxy."""
+"""The innermost step of the chain: the route's local handler, or the proxy.
+
+It also answers `Expect: 100-continue` (RFC 9110 §10.1.1): only here, once
+authentication, policy and the rate limit have let the request through and
+its declared length is within server.max_body, is the client told to send
+its body. A request refused before that gets its final answer at once, and
+its connection closes (the body it held back is never read).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
+from gateway.config.schema import ServerConfig
 from gateway.context import CTX
 from gateway.handlers.jsonio import accepts_json
+from gateway.lowlevel import close_after_response
 from gateway.middleware import Handler
 from gateway.problems import GatewayError
-from gateway.proxy.forward import forward
+from gateway.proxy.forward import check_length, forward
 from gateway.proxy.models import forward_model
 
 # Local handlers that answer another media type than JSON, so Accept's JSON
@@ -19,11 +29,32 @@ NOT_JSON = frozenset({"builtin.metrics", "builtin.ui"})
 # (handler, path, format=) of local exports a client asks for by query: their
 # Accept (e.g. text/csv) is not held against them. Errors stay problem+json.
 EXPORTS = frozenset({("admin", "/admin/usage", "csv")})
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def is_export(request: web.Request, handler: str | None, path: str) -> bool:
     """Whether the request asks a local endpoint for one of its non-JSON exports."""
     return (handler, path.rstrip("/"), request.query.get("format")) in EXPORTS
+
+
+async def defer_expect(request: web.Request) -> None:
+    """The catch-all route's Expect handler (aiohttp calls it before any stage): no
+    100 yet. Until one is sent the client may hold its body back, so a request
+    refused meanwhile closes its connection after the answer."""
+    if request.version == HttpVersion11:
+        close_after_response(request)
+
+
+async def answer_expect(request: web.Request, expect: str, server: ServerConfig) -> None:
+    """Send `100 Continue` for a request the chain let through, or refuse it (417, 413)."""
+    if request.version != HttpVersion11:
+        return  # RFC 9110 §10.1.1: an HTTP/1.0 request's expectation is ignored
+    if expect.lower() != "100-continue":
+        raise GatewayError.expectation_failed(expect)
+    check_length(request, server)  # 413 now, before the client sends the body
+    await request.writer.write(CONTINUE)
+    request.writer.output_size = 0  # as aiohttp does: the final response has not begun
+    close_after_response(request, close=False)  # the body is coming: keep-alive again
 
 
 def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
@@ -33,22 +64,28 @@ def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
         runtime = ctx.runtime
         assert route is not None  # set by the route stage
         assert runtime is not None
+        handler: Handler | None = None
+        if route.model is None and route.upstream is None:
+            handler = handlers.get(route.handler or "")
+            if handler is None:
+                # load_config only admits registered handler names; reaching here
+                # means the registry and KNOWN_HANDLERS drifted apart.
+                raise GatewayError.internal()
+            if (
+                route.handler not in NOT_JSON
+                and not is_export(request, route.handler, ctx.path)
+                and not accepts_json(request.headers.get("Accept"))
+            ):
+                raise GatewayError.not_acceptable()
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None:
+            await answer_expect(request, expect, runtime.config.server)
         if route.model is not None:
             return await forward_model(request, ctx, route, runtime, runtime.config.server)
         if route.upstream is not None:
             pool = runtime.pools[route.upstream]
             return await forward(request, ctx, route, pool, runtime.config.server)
-        handler = handlers.get(route.handler or "")
-        if handler is None:
-            # load_config only admits registered handler names; reaching here
-            # means the registry and KNOWN_HANDLERS drifted apart.
-            raise GatewayError.internal()
-        if (
-            route.handler not in NOT_JSON
-            and not is_export(request, route.handler, ctx.path)
-            and not accepts_json(request.headers.get("Accept"))
-        ):
-            raise GatewayError.not_acceptable()
+        assert handler is not None
         return await handler(request)
 
     return dispatch

@@ -1,27 +1,160 @@
-"""Errors aiohttp answers before any middleware runs (malformed HTTP) as problems too.
+"""The gateway's server connection: problems for malformed HTTP, strict versions, and the guard.
 
 aiohttp's `RequestHandler.handle_error` renders parse failures as text/plain
 (and, in debug mode, with a traceback). The gateway's contract is that every
 error it makes is RFC 9457 with an `X-Request-Id`, so the server's protocol
-factory hands out this subclass instead.
+factory hands out this subclass instead. It also:
+
+- reports each connection's moves to the `ConnectionGuard` (gateway/connections.py),
+  which enforces server.header_timeout, server.keepalive_timeout and
+  server.max_connections and closes connections through `drop`;
+- reads the request line before the parser does: a version other than
+  HTTP/1.0 and HTTP/1.1 gets 505 (RFC 9110 §15.6.6), a line without one
+  (HTTP/0.9, which cannot read a status line) is closed without an answer;
+- closes a connection right after a response when the request asked for that
+  (`close_after_response`: a refused `Expect: 100-continue`, a body timeout)
+  instead of lingering for a body the client may never send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
+from gateway.connections import (
+    BUSY,
+    HEAD,
+    LINE_OK,
+    LINE_VERSION,
+    LINGER,
+    ConnectionGuard,
+    Tracked,
+    raw_problem,
+    request_line_verdict,
+)
 from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError, render
 
 log = logging.getLogger("gateway.http")
 
+SUPPORTED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+
 
 class ProblemRequestHandler(RequestHandler):
-    __slots__ = ()
+    __slots__ = ("_close_after", "_guard", "_line", "_lingering", "_tracked")
+
+    def __init__(
+        self, manager: web.Server, *, guard: ConnectionGuard | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._tracked: Tracked | None = None
+        # the request line read so far; None: this head's line was checked already
+        self._line: bytes | None = b""
+        self._close_after = False
+        self._lingering: StreamReader | None = None  # the unread body of the last request
+
+    # --- the guard's view of this connection --------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._guard is not None:
+            self._tracked = self._guard.admit(self)  # None: refused, already closing
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._tracked is not None and self._guard is not None:
+            self._guard.lost(self._tracked)
+        super().connection_lost(exc)
+
+    def drop(self, answer: bytes | None) -> None:
+        """Write `answer` when given, then close (the guard's and the version check's way out)."""
+        if answer is not None and self.transport is not None:
+            self.transport.write(answer)  # flushed before the close completes
+        self.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        tracked = self._tracked
+        if tracked is None or self._guard is None or self._force_close:
+            super().data_received(data)  # unguarded (the TLS redirect listener) or closing
+            return
+        state = tracked.state
+        if state != BUSY and state != LINGER:  # bytes of a new request head
+            if self._line is not None and not self._line_accepted(data):
+                return
+            if state != HEAD:
+                self._guard.head_started(tracked)
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > queued:
+            self._check_versions(queued)
+            self._guard.head_complete(tracked)
+        elif state == LINGER and self._lingering is not None and self._lingering.is_eof():
+            self._guard.body_done(tracked)
+
+    def log_access(
+        self, request: BaseRequest, response: web.StreamResponse, time: float | None
+    ) -> None:
+        # Called by aiohttp once per response, after its last byte is written:
+        # the one place that knows a request is over.
+        if self._logging_enabled:
+            super().log_access(request, response, time)
+        if self._close_after:
+            self.force_close()  # the written response is flushed first
+            return
+        tracked = self._tracked
+        if tracked is None or self._guard is None or self._messages:
+            return  # unguarded, or pipelined requests already queued: still busy
+        self._line = b""
+        payload = request.content
+        lingering = not payload.is_eof()  # aiohttp reads and drops the rest for a while
+        self._lingering = payload if lingering else None
+        self._guard.finished(tracked, lingering)
+
+    # --- HTTP versions -------------------------------------------------------
+
+    def _line_accepted(self, data: bytes) -> bool:
+        """Check the request line once it is whole; False: the connection was dropped."""
+        pending = self._line
+        text = (pending + data) if pending else data
+        # RFC 9112 §2.2: empty lines before a request line are ignored.
+        text = text.lstrip(b"\r\n")
+        end = text.find(b"\n")
+        if end < 0:
+            # Longer than the parser takes: leave the refusal (400) to it.
+            self._line = text if len(text) <= self.max_line_size else None
+            return True
+        self._line = None
+        line = text[:end].rstrip(b"\r")
+        verdict = request_line_verdict(line)
+        if verdict == LINE_OK:
+            return True
+        if verdict == LINE_VERSION:
+            version = line.rpartition(b" ")[2].decode("latin-1")
+            self.drop(raw_problem(GatewayError.version_not_supported(version)))
+        else:
+            self.drop(None)  # HTTP/0.9 cannot read a status line: close without one
+        return False
+
+    def _check_versions(self, queued: int) -> None:
+        """505 for parsed requests of another version (pipelined behind a checked one)."""
+        messages = self._messages
+        for index in range(queued, len(messages)):
+            message = messages[index][0]
+            if isinstance(message, _ErrInfo) or message.version in SUPPORTED_VERSIONS:
+                continue
+            version = "HTTP/{}.{}".format(*message.version)
+            exc = HttpProcessingError(code=505, message=version)
+            messages[index] = (_ErrInfo(status=505, exc=exc, message=version), EMPTY_PAYLOAD)
+
+    # --- errors before routing -----------------------------------------------
 
     def handle_error(
         self,
@@ -33,8 +166,14 @@ class ProblemRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             # Part of a response is already sent: the connection is broken.
             raise ConnectionError("response already started; closing the connection")
+        if isinstance(exc, ConnectionResetError):
+            # The client left mid-request (e.g. while sending its body): nobody to
+            # answer, nothing failed here. aiohttp drops the connection quietly.
+            raise ConnectionError("client gone")
         request_id = str(uuid.uuid4())
-        if status >= 500:
+        if status == 505:
+            error = GatewayError.version_not_supported(message or "")
+        elif status >= 500:
             log.error("error before routing", exc_info=exc, extra={"request_id": request_id})
             error = GatewayError.internal()
         else:
@@ -51,15 +190,34 @@ class ProblemRequestHandler(RequestHandler):
         return response
 
 
+def close_after_response(request: BaseRequest, close: bool = True) -> None:
+    """Close the connection as soon as this request's response is written (`close`), or
+    no longer: for a body that may never come (refused `Expect: 100-continue`, timed out)."""
+    protocol = request.protocol
+    if isinstance(protocol, ProblemRequestHandler):
+        protocol._close_after = close
+
+
 class ProblemServer(web.Server):
+    guard: ConnectionGuard | None = None
+
     def __call__(self) -> RequestHandler:
-        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+        return ProblemRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
 
 
 class GatewayRunner(web.AppRunner):
-    """An AppRunner whose connections answer even unparsable requests with problems."""
+    """An AppRunner whose connections answer even unparsable requests with problems,
+    and report to `guard` (the listener's connection limits) when one is given."""
+
+    def __init__(
+        self, app: web.Application, *, guard: ConnectionGuard | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._guard = guard
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = ProblemServer  # same state, one overridden factory method
+        assert isinstance(server, ProblemServer)
+        server.guard = self._guard
         return server

@@ -94,6 +94,27 @@ class GatewayError(Exception):
         return cls(504, "upstream_timeout", detail)
 
     @classmethod
+    def request_timeout(cls, code: str, detail: str) -> GatewayError:
+        """408: the client was too slow; the connection closes after this answer."""
+        return cls(408, code, detail, {"Connection": "close"})
+
+    @classmethod
+    def expectation_failed(cls, expect: str) -> GatewayError:
+        return cls(
+            417,
+            "expectation_failed",
+            f"Expect: {expect[:100]} is not supported; only 100-continue is",
+        )
+
+    @classmethod
+    def version_not_supported(cls, version: str) -> GatewayError:
+        return cls(
+            505,
+            "http_version_not_supported",
+            f"{version[:20] or 'this HTTP version'} is not supported; use HTTP/1.1 or HTTP/1.0",
+        )
+
+    @classmethod
     def internal(cls) -> GatewayError:
         # Never carries the exception text: that may hold SQL, paths or secrets.
         return cls(500, "internal_error", "the gateway failed to handle this request")

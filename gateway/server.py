@@ -5,6 +5,11 @@ With server.tls, a changed cert/key pair is picked up without a restart (gateway
 
 Shutdown order: mark draining (/readyz turns 503), stop accepting, let
 in-flight requests finish within server.shutdown_grace, close upstream pools.
+
+Client connections are watched by one ConnectionGuard (gateway/connections.py):
+server.header_timeout, server.keepalive_timeout and server.max_connections,
+read from the live config at each sweep. The open-files limit is raised to
+its hard limit at start, so that max_connections can be reached.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 from pathlib import Path
 
@@ -20,6 +26,8 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import load_config
+from gateway.config.schema import Config
+from gateway.connections import ConnectionGuard
 from gateway.context import HOLDER
 from gateway.lowlevel import GatewayRunner
 from gateway.reload import RELOADER
@@ -29,6 +37,18 @@ from gateway.tls import CertificateWatcher, server_context, start_redirect_liste
 from gateway.workers import exit_with_parent
 
 log = logging.getLogger("gateway.server")
+
+# File descriptors the process needs beyond client and upstream connections:
+# the database, Redis, log files, the listener, health checks, the audit spool.
+RESERVED_FILES = 256
+# aiohttp's own idle timer, a backstop only: the guard closes idle connections first.
+AIOHTTP_KEEPALIVE = 3630.0
+# Connections the kernel has accepted for us but we have not taken yet. Linux caps
+# it at net.core.somaxconn (as Go's net.Listen asks for that maximum): a burst of
+# connections then waits for the guard to decide which to keep, instead of the
+# kernel dropping SYNs blindly (each drop costs a client, an admin's too, a
+# retransmit of a second or more).
+LISTEN_BACKLOG = 65535
 
 
 async def serve(
@@ -53,11 +73,17 @@ async def serve(
         log.error("cannot start: %s", exc)
         return 1
     server = config.server
+    open_files_limit(config)
+    loop = asyncio.get_running_loop()
+    holder = app[HOLDER]
+    guard = ConnectionGuard(lambda: holder.current.config.server, clock=loop.time)
     runner = GatewayRunner(
         app,
+        guard=guard,
         handle_signals=False,
         access_log=None,  # the audit log is the per-request record; no log call per request
         shutdown_timeout=server.shutdown_grace,
+        keepalive_timeout=AIOHTTP_KEEPALIVE,
     )
     try:
         await runner.setup()
@@ -72,13 +98,12 @@ async def serve(
         listen_host,
         listen_port,
         ssl_context=context,
-        backlog=1024,
+        backlog=LISTEN_BACKLOG,
         reuse_port=worker_of is not None,  # --workers: the kernel spreads connections
     )
     # Signals are handled before the port opens: a SIGHUP (reload) or SIGTERM sent
     # as soon as the port answers must never meet the default action (exit).
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)  # reload routes.yaml, policies/
@@ -87,6 +112,7 @@ async def serve(
     # no longer walks it, which would stall every request in flight meanwhile.
     gc.collect()
     gc.freeze()
+    guard.start(loop)
     await site.start()
     bound = _bound_port(runner) or listen_port
     tasks: list[asyncio.Task[None]] = []
@@ -120,8 +146,39 @@ async def serve(
     if redirect is not None:
         await redirect.cleanup()
     await runner.cleanup()  # stop accepting → wait for in-flight → on_cleanup closes pools
+    guard.stop()
     log.info("stopped")
     return 0
+
+
+def open_files_limit(config: Config) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (each connection is a file);
+    warn when server.max_connections plus the upstream pools cannot fit. The limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit is still capped by the kernel (fs.nr_open, 2**20 by default).
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit", extra={"error": str(exc)})
+    upstream_files = sum(u.max_connections * len(u.targets) for u in config.upstreams.values())
+    needed = config.server.max_connections + upstream_files + RESERVED_FILES
+    log.info("open files limit", extra={"limit": soft, "needed": needed})
+    if needed > soft:
+        log.warning(
+            "server.max_connections cannot be reached: the open files limit is lower "
+            "than client connections + upstream pools + reserve; lower max_connections "
+            "or raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+            extra={
+                "limit": soft,
+                "max_connections": config.server.max_connections,
+                "upstream_connections": upstream_files,
+                "reserve": RESERVED_FILES,
+            },
+        )
+    return soft
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -96,3 +96,84 @@ def create_user(config: Path, username: str, role: str, password: str) -> None:
         check=False,
     )
     assert created.returncode == 0, created.stderr
+
+
+# A process that opens COUNT idle connections to PORT from SOURCE (a loopback
+# address of its own, so the flood does not use up the ephemeral ports of
+# 127.0.0.1 that other tests bind), prints how many it opened, then on each
+# line read from stdin prints how many of them the server has closed.
+_HOLD_SCRIPT = """
+import errno, resource, select, socket, sys
+port, count, source = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+while len(held) < count:
+    # Connects in batches without blocking: a SYN the server's backlog drops
+    # delays its own socket by a retransmit, not the whole flood.
+    batch = []
+    for _ in range(min(500, count - len(held))):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        if sock.connect_ex(("127.0.0.1", port)) not in (0, errno.EINPROGRESS):
+            sys.exit("connect failed")
+        batch.append(sock)
+    waiting = select.poll()
+    for sock in batch:
+        waiting.register(sock, select.POLLOUT)
+    pending = {sock.fileno() for sock in batch}
+    while pending:
+        ready = waiting.poll(15_000)
+        if not ready:
+            sys.exit("connects timed out")
+        for fd, _event in ready:
+            waiting.unregister(fd)
+            pending.discard(fd)
+    for sock in batch:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            sys.exit("connect failed")
+        held.append(sock)
+print(len(held), flush=True)
+poller = select.poll()
+for sock in held:
+    poller.register(sock, select.POLLIN | select.POLLRDHUP)
+closed = set()
+for _ in sys.stdin:
+    for fd, _event in poller.poll(0):
+        closed.add(fd)  # readable on a connection never asked anything: the peer closed it
+    print(len(closed), flush=True)
+"""
+
+
+class IdleFlood:
+    """`count` idle connections to 127.0.0.1:port held by a process of their own."""
+
+    def __init__(self, port: int, count: int, source: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_SCRIPT, str(port), str(count), source],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.opened = -1
+
+    def wait_open(self) -> int:
+        """Block until every connection is open; how many are (0: some could not connect)."""
+        assert self.process.stdout is not None
+        self.opened = int(self.process.stdout.readline() or 0)
+        return self.opened
+
+    def closed_by_server(self) -> int:
+        """How many of the held connections the server has closed by now."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)

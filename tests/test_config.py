@@ -190,6 +190,27 @@ def test_config_objects_are_frozen(write_config: WriteConfig) -> None:
     assert isinstance(config.routes[0].roles, tuple)
 
 
+def test_client_connection_limits_are_typed_and_bounded(write_config: WriteConfig) -> None:
+    default = load(write_config("server: {listen: 127.0.0.1:9999}\n")).server
+    assert (default.header_timeout, default.keepalive_timeout) == (10.0, 75.0)
+    assert (default.max_connections, default.body_timeout) == (10_000, 30.0)
+    server = load(
+        write_config(
+            "server: {header_timeout: 2s, keepalive_timeout: 1m, max_connections: 50, "
+            "body_timeout: 500ms}\n"
+        )
+    ).server
+    assert (server.header_timeout, server.keepalive_timeout) == (2.0, 60.0)
+    assert (server.max_connections, server.body_timeout) == (50, 0.5)
+    assert problems(
+        write_config("server:\n  header_timeout: 0s\n  max_connections: 0\n  body_timeout: 0\n")
+    ) == [
+        (2, "server.header_timeout: must be longer than zero"),
+        (3, "server.max_connections: must be at least 1"),
+        (4, "server.body_timeout: must be longer than zero"),
+    ]
+
+
 def test_file_hash_is_sha256_of_the_bytes_read(write_config: WriteConfig) -> None:
     import hashlib
 
@@ -322,7 +343,8 @@ def test_unknown_key_in_server(write_config: WriteConfig) -> None:
     assert only_problem(path) == (
         3,
         "server.max_bdy: unknown key (known keys: listen, tls, trusted_proxies, max_body, "
-        "shutdown_grace, redis_failure, cors)",
+        "shutdown_grace, redis_failure, cors, header_timeout, keepalive_timeout, "
+        "max_connections, body_timeout)",
     )
 
 
@@ -1400,7 +1422,8 @@ def test_several_problems_reported_together_sorted_by_line(write_config: WriteCo
         (
             5,
             "server.colour: unknown key (known keys: listen, tls, trusted_proxies, max_body, "
-            "shutdown_grace, redis_failure, cors)",
+            "shutdown_grace, redis_failure, cors, header_timeout, keepalive_timeout, "
+            "max_connections, body_timeout)",
         ),
         (7, "upstreams.up.targets[0]: 'ftp://x' must be an http:// or https:// URL"),
         (9, "routes[0].path: ** may only be the last segment of a route path"),

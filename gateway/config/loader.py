@@ -219,8 +219,19 @@ def _server(top: Section, base_dir: Path) -> ServerConfig:
         ),
         redis_failure=sec.field("redis_failure", _failure_mode, default.redis_failure),
         cors=sec.field("cors", lambda v: _cors(v, sec.problems), None),
+        header_timeout=sec.field("header_timeout", _positive_duration, default.header_timeout),
+        keepalive_timeout=sec.field(
+            "keepalive_timeout", _positive_duration, default.keepalive_timeout
+        ),
+        max_connections=sec.field(
+            "max_connections", lambda v: v.integer(minimum=1), default.max_connections
+        ),
+        body_timeout=sec.field("body_timeout", _positive_duration, default.body_timeout),
     )
-    sec.check_unknown("listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors")
+    sec.check_unknown(
+        "listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors, "
+        "header_timeout, keepalive_timeout, max_connections, body_timeout"
+    )
     return server
 
 

@@ -73,6 +73,14 @@ class ServerConfig:
     # "closed" refuses requests on rate-limited routes with 503 until it is back
     redis_failure: Literal["open", "closed"] = "open"
     cors: CorsConfig | None = None  # absent: no CORS headers, preflights are ordinary requests
+    # seconds (> 0) a client has for a complete request head, from connect or from
+    # the head's first byte; then it is disconnected (408 if part of a head came)
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0  # seconds (> 0) an idle keep-alive connection stays open
+    # open client connections per process (>= 1); at the cap a new one replaces the
+    # connection idle (or reading its head) longest, and is refused only when all are busy
+    max_connections: int = 10_000
+    body_timeout: float = 30.0  # seconds (> 0) a local endpoint waits for a whole body; then 408
 
 
 @dataclass(frozen=True, slots=True)

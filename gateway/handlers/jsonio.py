@@ -1,12 +1,15 @@
-"""JSON in and out for local endpoints: 406, 415, 413 and 400 decided in one place."""
+"""JSON in and out for local endpoints: 406, 415, 413, 408 and 400 decided in one place."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from gateway.context import CTX
+from gateway.lowlevel import close_after_response
 from gateway.problems import GatewayError
 
 _JSON_TYPES = ("application/json", "application/problem+json")
@@ -45,10 +48,24 @@ async def read_json(request: web.Request, max_body: int) -> Any:
     if request.content_length is not None and request.content_length > max_body:
         raise GatewayError.too_large(max_body)
     body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > max_body:
-            raise GatewayError.too_large(max_body)
+    # server.body_timeout bounds the whole read: a client that declares a body and
+    # sends it slowly (or never) must not hold a handler, its memory and its
+    # connection for as long as it likes (nginx's client_body_timeout).
+    runtime = request[CTX].runtime
+    assert runtime is not None  # set by the route stage
+    timeout = runtime.config.server.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > max_body:
+                    raise GatewayError.too_large(max_body)
+    except TimeoutError:
+        close_after_response(request)  # the rest of the body would only be read to be dropped
+        raise GatewayError.request_timeout(
+            "body_timeout",
+            f"the request body did not arrive within {timeout:g}s (server.body_timeout)",
+        ) from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
