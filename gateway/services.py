@@ -24,11 +24,14 @@ from gateway.state.gate import RedisGate
 from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
 from gateway.state.limiter import LocalLimiter, RedisLimiter
 from gateway.state.pipelined import PipelinedRedis
+from gateway.state.repair import StateRepair
 from gateway.state.throttle import LocalThrottle, RedisThrottle
 from gateway.store.audit import AuditStore
 from gateway.store.engine import database_url, is_sqlite, make_engine, make_sessions, safe_url
+from gateway.store.guard import DEFAULT_TIMEOUT, within
 from gateway.store.migrate import current_revision, head_revision, upgrade
 from gateway.store.tokens import RefreshTokenStore
+from gateway.store.usage import UsageStore
 from gateway.store.users import UserStore
 
 log = logging.getLogger("gateway.services")
@@ -60,6 +63,7 @@ class Services:
     engine: AsyncEngine
     users: UserStore
     refresh_tokens: RefreshTokenStore
+    usage: UsageStore  # /admin/usage's reports
     identity: LocalIdentity
     throttle: LocalThrottle
     limiter: LocalLimiter
@@ -69,18 +73,29 @@ class Services:
     gate: RedisGate | None
     audit: AuditWriter  # queues the audit and report rows, writes them in batches
     metrics: Metrics  # this process's Prometheus registry (GET /metrics)
+    # rebuilds Redis from the database after an outage or restart (None without Redis)
+    repair: StateRepair | None = None
+    # database.timeout (read at start-up): bounds every store call and the check below
+    database_timeout: float = DEFAULT_TIMEOUT
 
     async def database_ok(self) -> bool:
+        """Whether the database answers a query within database.timeout (for /readyz)."""
         try:
-            async with self.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception:  # any driver error means "not ready"; the log says which
-            log.exception("database check failed")
+            await within(self.database_timeout, self._select_one())
+        except Exception as exc:  # any driver error or the timeout means "not ready"
+            # The type only: a driver's message may quote addresses or credentials.
+            log.warning("database check failed", extra={"error": type(exc).__name__})
             return False
         return True
 
+    async def _select_one(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
     async def close(self) -> None:
         await self.audit.close()  # before the engine goes: it writes out every queued row
+        if self.repair is not None:
+            await self.repair.close()
         await self.identity.close()
         if self.gate is not None:
             await self.gate.close()
@@ -122,14 +137,15 @@ async def ensure_schema(engine: AsyncEngine, url: str) -> None:
 
 
 async def open_services(config: Config, settings: ServiceSettings) -> Services:
-    engine = make_engine(settings.database_url)
+    timeout = config.database.timeout
+    engine = make_engine(settings.database_url, timeout)
     try:
         await ensure_schema(engine, settings.database_url)
     except BaseException:
         await engine.dispose()
         raise
     sessions = make_sessions(engine)
-    users = UserStore(sessions)
+    users = UserStore(sessions, timeout)
 
     async def load_user(user_id: str) -> UserState | None:
         record = await users.by_id(user_id)
@@ -164,13 +180,14 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
             "users": len(states),
         },
     )
-    audit = AuditWriter(AuditStore(engine), config.audit)
+    audit = AuditWriter(AuditStore(engine, timeout), config.audit)
     audit.start()
-    return Services(
+    services = Services(
         settings=settings,
         engine=engine,
         users=users,
-        refresh_tokens=RefreshTokenStore(sessions),
+        refresh_tokens=RefreshTokenStore(sessions, timeout),
+        usage=UsageStore(engine, timeout),
         identity=identity,
         throttle=throttle,
         limiter=limiter,
@@ -179,4 +196,23 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         gate=gate,
         audit=audit,
         metrics=Metrics(audit),
+        database_timeout=timeout,
     )
+    if redis is not None and isinstance(identity, RedisIdentity):
+        services.repair = await start_repair(services, redis, identity)
+    return services
+
+
+async def start_repair(services: Services, redis: Redis, identity: RedisIdentity) -> StateRepair:
+    """Redis rebuilt from the database now (the database is the source of truth), then watched."""
+    users, tokens = services.users, services.refresh_tokens
+
+    async def read_users() -> dict[str, UserState]:
+        states = await users.states()
+        return {uid: UserState(role, active, name) for uid, (role, active, name) in states.items()}
+
+    repair = StateRepair(
+        redis, services.settings.redis_prefix, identity, read_users, tokens.revoked_access
+    )
+    await repair.start()
+    return repair

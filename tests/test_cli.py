@@ -95,7 +95,7 @@ def test_check_invalid_file_lists_every_problem_and_exits_1(
         f"{path}:6: routes[0].path: ** may only be the last segment of a route path",
         f"{path}:9: routes[1].upstream: undefined upstream 'missing' (upstreams: none defined)",
         f"{path}:10: unknown_section: unknown key (known keys: server, auth, policies, "
-        "upstreams, models, routes, audit)",
+        "upstreams, models, routes, audit, database)",
     ]
     assert "Traceback" not in result.stderr
 

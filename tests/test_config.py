@@ -233,7 +233,8 @@ def test_problem_and_error_text_are_file_line_message(write_config: WriteConfig)
     expected = ConfigProblem(
         str(path),
         1,
-        "bogus: unknown key (known keys: server, auth, policies, upstreams, models, routes, audit)",
+        "bogus: unknown key (known keys: server, auth, policies, upstreams, models, routes, "
+        "audit, database)",
     )
     assert info.value.problems == [expected]
     assert str(expected) == f"{path}:1: {expected.message}"
@@ -328,7 +329,7 @@ def test_unknown_top_level_key(write_config: WriteConfig) -> None:
     assert only_problem(path) == (
         3,
         "listeners: unknown key (known keys: server, auth, policies, upstreams, models, routes, "
-        "audit)",
+        "audit, database)",
     )
 
 
@@ -1436,7 +1437,7 @@ def test_several_problems_reported_together_sorted_by_line(write_config: WriteCo
         (
             15,
             "extra: unknown key (known keys: server, auth, policies, upstreams, models, routes, "
-            "audit)",
+            "audit, database)",
         ),
     ]
 
@@ -1484,6 +1485,35 @@ def test_hmac_keys_need_secrets_and_asymmetric_ones_need_files(
             )
         )
     assert "needs auth.keys" in str(info.value)
+
+
+# --- database -----------------------------------------------------------------------
+
+
+def test_database_timeout_defaults_to_five_seconds_and_takes_a_duration(
+    write_config: WriteConfig,
+) -> None:
+    assert load(write_config("routes: []\n")).database.timeout == 5.0
+    assert load(write_config("database:\n  timeout: 1500ms\n")).database.timeout == 1.5
+    assert load(write_config("database: {timeout: 60s}\n")).database.timeout == 60.0
+
+
+def test_database_section_is_bounded_and_strict(write_config: WriteConfig) -> None:
+    path = write_config(
+        """\
+        database:
+          timeout: 50ms
+          url: postgresql://x
+        """
+    )
+    assert problems(path) == [
+        (2, "database.timeout: must be between 100ms and 1m"),
+        (3, "database.url: unknown key (known keys: timeout)"),
+    ]
+    assert only_problem(write_config("database:\n  timeout: 61s\n")) == (
+        2,
+        "database.timeout: must be between 100ms and 1m",
+    )
 
 
 # --- upstream bounds: max_pending, retry_after_send ---------------------------------

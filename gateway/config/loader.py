@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from gateway.config.policies import Policy, load_policies
 from gateway.config.schema import (
     DEFAULT_AUDIT,
+    DEFAULT_DATABASE,
     DEFAULT_HSTS,
     DEFAULT_PASSIVE,
     DEFAULT_RETRY_BUDGET,
@@ -26,6 +27,7 @@ from gateway.config.schema import (
     Balance,
     Config,
     CorsConfig,
+    DatabaseConfig,
     HashingConfig,
     HealthCheckConfig,
     IPNetwork,
@@ -170,7 +172,8 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
             top.report(models_value, str(exc))
 
     audit = _audit(top, base_dir)
-    top.check_unknown("server, auth, policies, upstreams, models, routes, audit")
+    database = _database(top)
+    top.check_unknown("server, auth, policies, upstreams, models, routes, audit, database")
     _cross_check(routes, problems, str(config_path))
     _check_references(upstream_refs, fallback_refs, upstreams, declared, models, problems)
     policy = _policy(policies_dir, top.get("policies"), role_refs, problems)
@@ -187,6 +190,7 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
         routes=tuple(routes),
         policy=policy,
         audit=audit,
+        database=database,
     )
 
 
@@ -310,6 +314,28 @@ def _audit(top: Section, base_dir: Path) -> AuditConfig:
             f"({audit.queue_size}); a batch is taken from the queue",
         )
     return audit
+
+
+DATABASE_TIMEOUT_BOUNDS = (0.1, 60.0)  # seconds: database.timeout's range
+
+
+def _database(top: Section) -> DatabaseConfig:
+    sec = _top_section(top, "database")
+    if sec is None:
+        return DEFAULT_DATABASE
+
+    def timeout(v: Value) -> float:
+        seconds = v.convert(parse_duration)
+        low, high = DATABASE_TIMEOUT_BOUNDS
+        if not low <= seconds <= high:
+            raise Invalid(
+                f"{v.key}: must be between {format_duration(low)} and {format_duration(high)}"
+            )
+        return seconds
+
+    database = DatabaseConfig(timeout=sec.field("timeout", timeout, DEFAULT_DATABASE.timeout))
+    sec.check_unknown("timeout")
+    return database
 
 
 def _failure_mode(value: Value) -> Literal["open", "closed"]:

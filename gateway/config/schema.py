@@ -319,6 +319,22 @@ DEFAULT_AUDIT = AuditConfig()
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """database: how long the gateway waits on its database (read once, at start-up).
+
+    The database itself is GATEWAY_DATABASE_URL (default: gateway.db beside
+    routes.yaml). A call that cannot reach it in time answers 503 database_down.
+    """
+
+    # seconds (100ms to 60s) one database call may take, connecting and waiting for
+    # a pooled connection included; also the driver's connect, statement and lock waits
+    timeout: float = 5.0
+
+
+DEFAULT_DATABASE = DatabaseConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration; swapped as one reference."""
 
@@ -335,3 +351,4 @@ class Config:
     # in it (empty when the folder is missing and nothing names a role)
     policy: Policy = field(default_factory=Policy)
     audit: AuditConfig = DEFAULT_AUDIT
+    database: DatabaseConfig = DEFAULT_DATABASE

@@ -38,7 +38,7 @@ from gateway.runtime import Runtime
 from gateway.services import Services
 from gateway.state.identity import UserState
 from gateway.store.audit import AuditFilter
-from gateway.store.usage import GROUP_KEYS, UsageStore, to_csv
+from gateway.store.usage import GROUP_KEYS, to_csv
 from gateway.store.users import UserRecord
 
 EMAIL = r"[^@\s]+@[^@\s]+"
@@ -328,7 +328,7 @@ async def usage(request: web.Request) -> web.StreamResponse:
     export = query.get("format") or None
     if export not in (None, "csv"):
         raise bad_query("format: must be csv, or absent for JSON")
-    tally = await UsageStore(services.engine).tally(since, until, group_by)
+    tally = await services.usage.tally(since, until, group_by)
     if export is None:
         return json_response({"items": tally.items(), "next_cursor": None})
     return web.Response(

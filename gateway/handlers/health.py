@@ -16,12 +16,17 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 @operation(
-    "readiness: database reachable, config loaded, not draining",
+    "readiness: database reachable, config loaded, not draining; Redis ok, degraded or down",
     access="anyone",
     method="GET",
     replies={
-        200: Reply("ready, with the loaded config's version", Status),
-        503: Reply("not ready, and why", Status),
+        200: Reply(
+            "ready, with the loaded config's version and `redis`: ok, degraded "
+            "(unreachable, server.redis_failure open: this instance serves on its own "
+            "state) or not configured",
+            Status,
+        ),
+        503: Reply("not ready, and why (redis_down: Redis unreachable in closed mode)", Status),
     },
 )
 async def readyz(request: web.Request) -> web.StreamResponse:
@@ -41,10 +46,23 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         )
     if not await services.database_ok():
         raise GatewayError.unavailable("the database is unreachable", code="database_down")
+    redis = "not configured"
+    if services.repair is not None:
+        if await services.repair.reachable():
+            redis = "ok"
+        elif runtime.config.server.redis_failure == "closed":
+            # Closed mode refuses rate-limited requests while Redis is down:
+            # send traffic elsewhere.
+            raise GatewayError.unavailable(
+                "redis is unreachable and server.redis_failure is closed", code="redis_down"
+            )
+        else:
+            redis = "degraded"  # open mode: serving on this instance's own state
     return json_response(
         {
             "status": "ready",
             "config": {"version": runtime.version, "file_hash": runtime.config.file_hash},
+            "redis": redis,
         }
     )
 

@@ -4,12 +4,19 @@
 with one pipelined round trip to Redis, so a logout, a deactivation or a
 role change on one instance holds on every other at their next request.
 Entries of revoked tokens expire with the token, so memory stays bounded.
+
+The database is the source of truth; Redis is a cache of it. User keys
+expire (a missing one is read from the database and written back), and
+after an outage or a Redis restart gateway/state/repair.py rebuilds every
+key from the database. Each user value carries a stamp on the Redis clock
+(`role\tactive\tusername\tstamp`), so a rebuild never overwrites a change
+written after its database read began.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -20,6 +27,30 @@ from gateway.store.users import UserRecord
 
 UserLoader = Callable[[str], Awaitable["UserState | None"]]
 PURGE_EVERY = 1024  # revocations between sweeps of expired entries
+USER_TTL = 86_400  # seconds a user key lives unless written again; then read from the database
+WRITE_BATCH = 1000  # keys per pipeline when many are written (a rebuild)
+
+# KEYS[1] a user's key. ARGV: the state (role\tactive\tusername), the TTL in
+# seconds, and `since`. '' writes always, stamped with the Redis clock now: a
+# change just committed to the database. A number writes only over a value
+# stamped before it (or none), stamped with it: a rebuild whose database read
+# began at `since` (Redis clock, microseconds); 0 fills in a missing key only.
+# A value without a stamp (written before stamps existed) counts as 0.
+SET_USER_LUA = """
+local stamp = ARGV[3]
+if stamp == '' then
+  local clock = redis.call('TIME')
+  stamp = clock[1] .. string.format('%06d', tonumber(clock[2]))
+else
+  local old = redis.call('GET', KEYS[1])
+  if old then
+    local held = string.match(old, '^[^\t]*\t[^\t]*\t[^\t]*\t(%d+)$')
+    if tonumber(held or '0') >= tonumber(stamp) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '\t' .. stamp, 'EX', tonumber(ARGV[2]))
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +60,14 @@ class UserState:
     username: str = ""  # for audit rows and logs; never used to authorise
 
     def encode(self) -> str:
+        """The value without its stamp (SET_USER_LUA appends it); usernames hold no tab."""
         return f"{self.role}\t{int(self.active)}\t{self.username}"
 
     @classmethod
     def decode(cls, text: str) -> UserState:
         role, _, rest = text.partition("\t")
-        active, _, username = rest.partition("\t")
+        active, _, rest = rest.partition("\t")
+        username, _, _stamp = rest.partition("\t")
         return cls(role, active == "1", username)
 
     @classmethod
@@ -50,6 +83,7 @@ class LocalIdentity:
         self.users: dict[str, UserState] = {}
         self._load_user = load_user
         self._since_purge = 0
+        self._changed_at: dict[str, float] = {}  # user id → monotonic time of set_user
 
     async def start(self, users: dict[str, UserState]) -> None:
         self.users.update(users)
@@ -85,6 +119,25 @@ class LocalIdentity:
 
     async def set_user(self, user_id: str, state: UserState) -> None:
         self.users[user_id] = state
+        self._changed_at[user_id] = time.monotonic()
+
+    def absorb(
+        self,
+        users: Mapping[str, UserState],
+        revoked: Iterable[tuple[str, float]],
+        read_at: float,
+    ) -> None:
+        """Take a database snapshot begun at `read_at` (monotonic) as this process's state.
+
+        What serves requests while Redis is down. A user changed here since
+        the read began keeps its newer state."""
+        changed = self._changed_at
+        for user_id, state in users.items():
+            if changed.get(user_id, float("-inf")) < read_at:
+                self.users[user_id] = state
+        for jti, expires_at in revoked:
+            self.revoked[jti] = expires_at
+        self.purge()
 
 
 class RedisIdentity(LocalIdentity):
@@ -100,6 +153,7 @@ class RedisIdentity(LocalIdentity):
         super().__init__(load_user)
         self._redis = redis
         self._prefix = prefix
+        self._set_user_script = redis.register_script(SET_USER_LUA)
         self.health = health or RedisHealth("revocations and user changes")
 
     def _rev(self, jti: str) -> str:
@@ -120,23 +174,42 @@ class RedisIdentity(LocalIdentity):
     async def state_from(self, user_id: str, encoded: object) -> UserState | None:
         """The user's state from its Redis value (None: not in Redis, read the database)."""
         if encoded is None:
-            return await self._user(user_id)
+            return await self._reload(user_id)
         text = encoded.decode() if isinstance(encoded, bytes) else str(encoded)
         state = UserState.decode(text)
         self.users[user_id] = state
         return state
 
-    async def start(self, users: dict[str, UserState]) -> None:
-        await super().start(users)
-        # Fill in users Redis does not know; never overwrite: another instance
-        # may have written a newer change than the database read above.
+    async def _reload(self, user_id: str) -> UserState | None:
+        """A user Redis does not hold (expired, or lost): read from the database, written back."""
+        if self._load_user is None:
+            return await self._user(user_id)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id, state in users.items():
-                    pipe.set(self._user_key(user_id), state.encode(), nx=True)
-                await pipe.execute()
+            state = await self._load_user(user_id)
+        except Exception:
+            # The database is down too: this process's last known state, if any.
+            if user_id in self.users:
+                return self.users[user_id]
+            raise
+        if state is None:
+            self.users.pop(user_id, None)
+            return None
+        self.users[user_id] = state
+        try:
+            # since=0: fill in only if still missing, so a change written
+            # meanwhile is not replaced by this (older) read.
+            await self._set_user_script(
+                keys=[self._user_key(user_id)], args=[state.encode(), USER_TTL, 0]
+            )
         except (RedisError, OSError) as exc:
-            self.health.failed(exc)  # serve on local state; shared again once Redis answers
+            self.health.failed(exc)
+        return state
+
+    async def start(self, users: dict[str, UserState]) -> None:
+        # Local state only: Redis is rebuilt from the database by StateRepair
+        # (gateway/state/repair.py), which overwrites stale keys; the old
+        # SET NX here kept whatever a restarted Redis came back with.
+        await super().start(users)
 
     async def check(self, jti: str, user_id: str) -> tuple[bool, UserState | None]:
         if self.revoked_here(jti):
@@ -165,6 +238,36 @@ class RedisIdentity(LocalIdentity):
     async def set_user(self, user_id: str, state: UserState) -> None:
         await super().set_user(user_id, state)
         try:
-            await self._redis.set(self._user_key(user_id), state.encode())
+            await self._set_user_script(
+                keys=[self._user_key(user_id)], args=[state.encode(), USER_TTL, ""]
+            )
         except (RedisError, OSError) as exc:
             self.health.failed(exc)
+
+    async def write_all(
+        self, users: Mapping[str, UserState], revoked: Iterable[tuple[str, float]], since: int
+    ) -> int:
+        """Write a database snapshot whose read began at `since` (Redis clock, µs) into Redis.
+
+        Users are written only over values stamped before `since`; revoked
+        tokens with the rest of their lifetime as TTL. Raises RedisError;
+        returns how many user keys were written."""
+        written = 0
+        user_items = list(users.items())
+        for start in range(0, len(user_items), WRITE_BATCH):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, state in user_items[start : start + WRITE_BATCH]:
+                    await self._set_user_script(
+                        keys=[self._user_key(user_id)],
+                        args=[state.encode(), USER_TTL, since],
+                        client=pipe,
+                    )
+                written += sum(1 for reply in await pipe.execute() if reply == 1)
+        moment = time.time()
+        tokens = list(revoked)
+        for start in range(0, len(tokens), WRITE_BATCH):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for jti, expires_at in tokens[start : start + WRITE_BATCH]:
+                    pipe.set(self._rev(jti), b"1", ex=max(1, int(expires_at - moment) + 1))
+                await pipe.execute()
+        return written

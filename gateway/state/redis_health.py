@@ -2,6 +2,9 @@
 
 Without this, every request during an outage would wait for a connect
 timeout. The first failure and the recovery are logged, once each.
+`failures` counts every failed call, so the state repair
+(gateway/state/repair.py) learns that a write may have been lost even when a
+request saw Redis answer again before it looked.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ class RedisHealth:
         self._backoff = backoff
         self._retry_at = 0.0
         self.degraded = False
+        self.failures = 0  # failed calls since start; only ever grows
 
     def available(self) -> bool:
         return not self.degraded or time.monotonic() >= self._retry_at
 
     def failed(self, exc: BaseException) -> None:
+        self.failures += 1
         self._retry_at = time.monotonic() + self._backoff
         if not self.degraded:
             self.degraded = True

@@ -18,6 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.rows import AuditRow, ReportRow, Row, to_params
+from gateway.store.guard import DEFAULT_TIMEOUT, guarded, unguarded
 from gateway.store.users import bad_cursor, decode_cursor, encode_cursor, iso_utc
 from models import AuditLog, ReportLog
 
@@ -104,9 +105,11 @@ def _aware_ts(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+@guarded  # the admin API's reads: bounded by `timeout`, an unreachable database is a 503
 class AuditStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._engine = engine
+        self.timeout = timeout
         dialect = engine.dialect
         style = dialect.paramstyle
         if style not in _PLACEHOLDERS:  # a driver this was not written for: the ORM way
@@ -118,6 +121,7 @@ class AuditStore:
             _SqliteTime() if dialect.name == "sqlite" else _aware_ts
         )
 
+    @unguarded  # the audit writer bounds its batches itself, and spools on any failure
     async def insert(self, rows: Sequence[Row]) -> None:
         """Write a batch: one executemany per table, both in one transaction.
 
@@ -144,6 +148,7 @@ class AuditStore:
             if reports:
                 await connection.execute(insert(ReportLog), reports)
 
+    @unguarded  # answers False, never raises: the writer asks it when a batch failed
     async def answers(self) -> bool:
         """Whether the database takes queries on both tables now (False: it is down)."""
         try:

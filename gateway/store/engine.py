@@ -1,4 +1,10 @@
-"""One async engine per process for SQLite (aiosqlite, WAL) or PostgreSQL (asyncpg)."""
+"""One async engine per process for SQLite (aiosqlite, WAL) or PostgreSQL (asyncpg).
+
+Every wait in the driver is bounded by `timeout` (database.timeout): reaching
+the server, each statement, a free pool connection, SQLite's lock. A server
+that hangs then costs a connection at most that long, and the pool replaces
+it by itself; `guard.py` bounds each store call as a whole on top of this.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from gateway.store.guard import DEFAULT_TIMEOUT
 
 ENV_DATABASE_URL = "GATEWAY_DATABASE_URL"
 
@@ -32,9 +40,13 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, timeout: float = DEFAULT_TIMEOUT) -> AsyncEngine:
+    """The engine for `url`; `timeout` (seconds) bounds each wait in the driver."""
     if is_sqlite(url):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # sqlite3's own wait for a lock, and busy_timeout below: a locked file is
+        # waited for at most `timeout`, then the call fails (OperationalError).
+        engine = create_async_engine(url, connect_args={"timeout": timeout})
+        busy_ms = max(1, round(timeout * 1000))
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -43,11 +55,20 @@ def make_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,  # a connection the server dropped is replaced at checkout
+        pool_timeout=timeout,  # all 20 in use (each bounded below): wait this long at most
+        # asyncpg: `timeout` bounds connecting, `command_timeout` every statement
+        # (the ping included), so a frozen server cannot pin a pooled connection.
+        connect_args={"timeout": timeout, "command_timeout": timeout},
+    )
 
 
 def make_sessions(engine: AsyncEngine) -> async_sessionmaker[Any]:

@@ -16,6 +16,7 @@ from enum import Enum
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.store.guard import DEFAULT_TIMEOUT, guarded
 from models import RefreshToken
 
 
@@ -42,9 +43,13 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+@guarded  # each public call: bounded by `timeout`, an unreachable database is a 503
 class RefreshTokenStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self._sessions = sessions
+        self.timeout = timeout
 
     async def issue(
         self,
@@ -111,6 +116,25 @@ class RefreshTokenStore:
         async with self._sessions() as session:
             return await session.scalar(
                 select(RefreshToken.family_id).where(RefreshToken.access_jti == access_jti)
+            )
+
+    async def revoked_access(self) -> tuple[tuple[str, float], ...]:
+        """Every revoked access token still unexpired (jti, expiry as epoch seconds).
+
+        What Redis must hold as revocations; it is rebuilt from this after an outage."""
+        moment = datetime.now(UTC)
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(RefreshToken.access_jti, RefreshToken.access_expires_at).where(
+                    RefreshToken.revoked_at.is_not(None),
+                    RefreshToken.access_jti.is_not(None),
+                    RefreshToken.access_expires_at > moment,
+                )
+            )
+            return tuple(
+                (row.access_jti, _utc(row.access_expires_at).timestamp())
+                for row in rows
+                if row.access_jti is not None and row.access_expires_at is not None
             )
 
     async def _revoke(self, condition: object) -> tuple[tuple[str, float], ...]:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.report import is_error, percentile
+from gateway.store.guard import DEFAULT_TIMEOUT, guarded
 from models import ReportLog
 
 GROUP_KEYS = ("model", "user")  # what `group_by` may name, in column order
@@ -124,9 +125,11 @@ def to_csv(items: Iterable[dict[str, Any]], names: Sequence[str]) -> str:
     return out.getvalue()
 
 
+@guarded  # bounded by `timeout` as a whole; an unreachable database is a 503
 class UsageStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._engine = engine
+        self.timeout = timeout
 
     async def tally(self, since: datetime, until: datetime, group_by: Sequence[str]) -> UsageTally:
         """Every model call with `since <= ts < until`, folded by `group_by`."""

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.problems import GatewayError
+from gateway.store.guard import DEFAULT_TIMEOUT, guarded
 from models import User
 
 ADMIN_ROLE = "admin"
@@ -116,9 +117,13 @@ def decode_user_cursor(cursor: str) -> tuple[datetime, str]:
     return moment, last_id
 
 
+@guarded  # each public call: bounded by `timeout`, an unreachable database is a 503
 class UserStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self._sessions = sessions
+        self.timeout = timeout
 
     async def by_username(self, username: str) -> UserRecord | None:
         async with self._sessions() as session:
