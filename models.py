@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
@@ -39,6 +39,8 @@ class User(Base):
     __table_args__ = (
         # the last-active-admin check and the admin list filter by these
         Index("ix_users_role_active", "role", "active"),
+        # usernames are unique regardless of case (migration 0002); lookups use it
+        Index("ux_users_username_lower", func.lower(username), unique=True),
     )
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit.writer import AuditWriter
 from gateway.config.schema import AuthConfig, Config
 from gateway.metrics import Metrics
+from gateway.security.hashpool import HashPool
 from gateway.security.passwords import PasswordService
 from gateway.state.gate import RedisGate
 from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
@@ -94,6 +95,7 @@ class Services:
 
     async def close(self) -> None:
         await self.audit.close()  # before the engine goes: it writes out every queued row
+        self.passwords.pool.close()
         if self.repair is not None:
             await self.repair.close()
         await self.identity.close()
@@ -114,6 +116,7 @@ def password_service(auth: AuthConfig) -> PasswordService:
             memory_cost=hashing.memory_cost // 1024,  # argon2 counts KiB
             parallelism=hashing.parallelism,
         ),
+        HashPool(hashing.workers, hashing.queue),
     )
 
 

@@ -531,6 +531,34 @@ def test_bad_duration_names_the_key(write_config: WriteConfig) -> None:
     ]
 
 
+def test_password_hashing_pool_size(write_config: WriteConfig) -> None:
+    assert (load(write_config("auth: {issuer: x}\n")).auth.hashing.workers) is None  # auto
+    path = write_config("auth:\n  password_hashing: {workers: 3, queue: 0}\n")
+    hashing = load(path).auth.hashing
+    assert (hashing.workers, hashing.queue, hashing.time_cost) == (3, 0, 3)
+
+
+def test_bad_password_hashing_pool_size(write_config: WriteConfig) -> None:
+    path = write_config(
+        """\
+        auth:
+          password_hashing:
+            workers: 0
+            queue: -1
+            threads: 4
+        """
+    )
+    assert problems(path) == [
+        (3, "auth.password_hashing.workers: must be at least 1"),
+        (4, "auth.password_hashing.queue: must be at least 0"),
+        (
+            5,
+            "auth.password_hashing.threads: unknown key (known keys: time_cost, memory_cost, "
+            "parallelism, workers, queue)",
+        ),
+    ]
+
+
 def test_bad_algorithm_and_boolean(write_config: WriteConfig) -> None:
     path = write_config("auth:\n  algorithm: none\n  allow_registration: maybe\n")
     assert problems(path) == [

@@ -737,8 +737,10 @@ def _hashing(value: Value, problems: Problems) -> HashingConfig:
         time_cost=sec.field("time_cost", lambda v: v.integer(minimum=1), default.time_cost),
         memory_cost=sec.field("memory_cost", lambda v: v.convert(parse_size), default.memory_cost),
         parallelism=sec.field("parallelism", lambda v: v.integer(minimum=1), default.parallelism),
+        workers=sec.field("workers", lambda v: v.integer(minimum=1), default.workers),
+        queue=sec.field("queue", lambda v: v.integer(minimum=0), default.queue),
     )
-    sec.check_unknown("time_cost, memory_cost, parallelism")
+    sec.check_unknown("time_cost, memory_cost, parallelism, workers, queue")
     if hashing.memory_cost < 8 * 1024 * hashing.parallelism:
         raise Invalid(f"{value.key}.memory_cost: argon2 needs at least 8KiB per lane", value.line)
     return hashing

@@ -90,6 +90,11 @@ class HashingConfig:
     time_cost: int = 3  # passes
     memory_cost: int = 64 * 1024 * 1024  # bytes
     parallelism: int = 4
+    # The bounded pool sign-ins hash in (read at start-up, not on reload):
+    # threads (None: one fewer than the CPUs, at least 1) and jobs that may
+    # wait for one (None: 16 per thread); beyond both, 503 `busy`.
+    workers: int | None = None
+    queue: int | None = None
 
 
 DEFAULT_HASHING = HashingConfig()

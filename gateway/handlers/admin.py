@@ -7,7 +7,6 @@ pushed to the identity state at once, so it holds at the user's next request.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,14 @@ from gateway.handlers.api import (
     UserView,
     operation,
 )
-from gateway.handlers.auth import USERNAME, context, create_account, end_all_sessions
+from gateway.handlers.auth import (
+    BUSY,
+    USERNAME,
+    context,
+    create_account,
+    end_all_sessions,
+    printable,
+)
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, query_bool, query_int, query_time, spec
 from gateway.handlers.subroutes import SubRoutes
@@ -130,7 +136,8 @@ async def list_users(request: web.Request) -> web.StreamResponse:
     request=NewUser,
     replies={
         201: Reply("the new user", UserView),
-        409: Reply("the username is taken (username_taken)", Problem),
+        409: Reply("the username, in any case, is taken (username_taken)", Problem),
+        503: Reply(BUSY, Problem),
     },
 )
 async def create_user(request: web.Request) -> web.StreamResponse:
@@ -172,12 +179,14 @@ async def get_user(request: web.Request) -> web.StreamResponse:
         200: Reply("the user, changed", UserView),
         404: Reply("no such user", Problem),
         409: Reply("it would leave no active admin (last_admin)", Problem),
+        503: Reply(BUSY, Problem),
     },
 )
 async def patch_user(request: web.Request) -> web.StreamResponse:
     ctx, runtime, services = context(request)
     data = await read_json(request, runtime.config.server.max_body)
     patch = parse(data, UserPatch)
+    printable(display_name=patch.display_name, email=patch.email)
     changes: dict[str, Any] = {}
     for name in data:  # parse() refused a null role, active or password
         changes[name] = getattr(patch, name)
@@ -186,9 +195,7 @@ async def patch_user(request: web.Request) -> web.StreamResponse:
     if "password" in changes:
         current = await services.users.by_id(ctx.params["id"])
         services.passwords.check_policy(changes["password"], current.username if current else None)
-        changes["password_hash"] = await asyncio.to_thread(
-            services.passwords.hash, changes.pop("password")
-        )
+        changes["password_hash"] = await services.passwords.hash_in_pool(changes.pop("password"))
     user = await services.users.update(ctx.params["id"], **changes)
     await publish(services, user)
     if "password_hash" in changes:

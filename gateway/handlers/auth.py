@@ -7,8 +7,8 @@ issued with it). Logout revokes the caller's access token and its family.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
+import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +28,9 @@ from gateway.store.tokens import SpendOutcome
 from gateway.store.users import DELETED_PREFIX, UserRecord
 
 USERNAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# Unicode category Cc (C0 controls, DEL, C1 controls): in no name or address,
+# and PostgreSQL cannot store NUL in text at all, so they are a 400 up front.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,13 @@ async def check_throttle(services: Services, keys: tuple[str, ...], detail: str)
         raise GatewayError(429, "login_throttled", detail, {"Retry-After": str(max(waits))})
 
 
+def printable(**fields: str | None) -> None:
+    """400 `invalid_field` naming the first field that holds a control character."""
+    for name, value in fields.items():
+        if value is not None and CONTROL.search(value) is not None:
+            raise invalid(name, "must not contain control characters")
+
+
 def reserved_username(username: str) -> None:
     if username.lower().startswith(DELETED_PREFIX):
         raise GatewayError.bad_request(
@@ -77,6 +87,9 @@ async def end_all_sessions(services: Services, user_id: str) -> None:
     """Revoke every refresh family of a user and the access tokens issued with them."""
     for jti, exp in await services.refresh_tokens.revoke_user(user_id):
         await services.identity.revoke(jti, exp)
+
+
+BUSY = "too many passwords are being hashed; retry after Retry-After (busy)"
 
 
 def invalid_credentials() -> GatewayError:
@@ -172,18 +185,23 @@ def refresh_from_cookie(request: web.Request) -> str:
         200: Reply("an access token and a refresh token", TokenPair),
         401: Reply("wrong username or password, or a deactivated account", Problem),
         429: Reply("too many failed sign-ins for this username or address", Problem),
+        503: Reply(BUSY, Problem),
     },
 )
 async def login(request: web.Request) -> web.StreamResponse:
     ctx, runtime, services = context(request)
     body = parse(await read_json(request, runtime.config.server.max_body), LoginRequest)
+    printable(username=body.username)
     keys = (user_throttle_key(body.username), f"ip:{ctx.client_ip}")
     await check_throttle(services, keys, "too many failed sign-ins; try again later")
+    # A flood is refused before its database lookups, not after them.
+    services.passwords.pool.admit()
     user = await services.users.by_username(body.username)
-    # argon2 is CPU work: off the event loop. An unknown user is verified
-    # against a dummy hash, so the time taken does not reveal who exists.
-    ok, new_hash = await asyncio.to_thread(
-        services.passwords.verify, user.password_hash if user else None, body.password
+    # argon2 is CPU work: off the event loop, in the bounded pool (503 busy
+    # when full). An unknown user is verified against a dummy hash, so the
+    # time taken does not reveal who exists.
+    ok, new_hash = await services.passwords.verify_in_pool(
+        user.password_hash if user else None, body.password
     )
     if user is None or not ok or not user.active:
         for key in keys:
@@ -266,7 +284,8 @@ async def end_session(services: Services, principal: Principal) -> None:
     replies={
         201: Reply("the new user, with auth.default_role", UserView),
         403: Reply("registration is closed (registration_closed)", Problem),
-        409: Reply("the username is taken (username_taken)", Problem),
+        409: Reply("the username, in any case, is taken (username_taken)", Problem),
+        503: Reply(BUSY, Problem),
     },
 )
 async def register(request: web.Request) -> web.StreamResponse:
@@ -297,9 +316,10 @@ async def create_account(
     active: bool = True,
 ) -> UserRecord:
     """A new user (registration or admin): name and password rules, argon2, then shared."""
+    printable(username=username, display_name=display_name, email=email)
     reserved_username(username)
     services.passwords.check_policy(password, username)
-    password_hash = await asyncio.to_thread(services.passwords.hash, password)
+    password_hash = await services.passwords.hash_in_pool(password)
     user = await services.users.create(
         username, password_hash, role, display_name=display_name, email=email, active=active
     )

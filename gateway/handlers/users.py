@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from gateway.handlers.api import Problem, Reply, UserView, operation
 from gateway.handlers.auth import (
+    BUSY,
     check_throttle,
     context,
     end_all_sessions,
     end_session,
+    printable,
     user_throttle_key,
 )
 from gateway.handlers.jsonio import json_response, read_json
@@ -56,6 +57,7 @@ async def patch_me(request: web.Request) -> web.StreamResponse:
     assert ctx.user is not None
     data = await read_json(request, runtime.config.server.max_body)
     patch = parse(data, ProfilePatch)
+    printable(display_name=patch.display_name, email=patch.email)
     changes = {name: getattr(patch, name) for name in data}  # only what was sent
     user = await services.users.update(ctx.user.id, **changes)
     return json_response(user.public())
@@ -64,7 +66,11 @@ async def patch_me(request: web.Request) -> web.StreamResponse:
 @operation(
     "change the caller's password (ends every session of the user)",
     request=PasswordChange,
-    replies={204: Reply("changed"), 401: Reply("the current password is wrong", Problem)},
+    replies={
+        204: Reply("changed"),
+        401: Reply("the current password is wrong", Problem),
+        503: Reply(BUSY, Problem),
+    },
 )
 async def change_password(request: web.Request) -> web.StreamResponse:
     ctx, runtime, services = context(request)
@@ -77,15 +83,13 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     # stolen access token must not buy unlimited guesses at the password.
     throttle_key = user_throttle_key(user.username)
     await check_throttle(services, (throttle_key,), "too many wrong passwords; try again later")
-    ok, _ = await asyncio.to_thread(
-        services.passwords.verify, user.password_hash, body.current_password
-    )
+    ok, _ = await services.passwords.verify_in_pool(user.password_hash, body.current_password)
     if not ok:
         await services.throttle.fail(throttle_key)
         raise GatewayError.bad_request("current_password: is wrong", code="wrong_password")
     await services.throttle.clear(throttle_key)
     services.passwords.check_policy(body.new_password, user.username)
-    new_hash = await asyncio.to_thread(services.passwords.hash, body.new_password)
+    new_hash = await services.passwords.hash_in_pool(body.new_password)
     await services.users.update(user.id, password_hash=new_hash)
     # Every other session of this user ends; this request's token ends too,
     # so the client signs in again with the new password.

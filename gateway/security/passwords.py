@@ -3,7 +3,8 @@
 `PasswordService.verify` never raises for a wrong password or a corrupt hash,
 and costs the same whether or not the user exists, so login timing does not
 reveal which usernames are real. Hashing is CPU-bound (tens of milliseconds
-with the library defaults): callers on the event loop run it in an executor.
+with the library defaults): callers on the event loop use `hash_in_pool` and
+`verify_in_pool`, which run it in a bounded `HashPool` (503 `busy` when full).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import Argon2Error
 
 from gateway.problems import GatewayError
+from gateway.security.hashpool import HashPool
 
 # Above this a password is refused by policy: no one types it, and it bounds
 # the work an attacker can make one hash cost.
@@ -23,12 +25,16 @@ MAX_LENGTH = 1024
 class PasswordService:
     """argon2id hashing, constant-shape verification, and the password policy."""
 
-    __slots__ = ("_dummy_hash", "_hasher", "min_length")
+    __slots__ = ("_dummy_hash", "_hasher", "min_length", "pool")
 
-    def __init__(self, min_length: int, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self, min_length: int, hasher: PasswordHasher | None = None, pool: HashPool | None = None
+    ) -> None:
         if not 1 <= min_length <= MAX_LENGTH:
             raise ValueError(f"min_length must be between 1 and {MAX_LENGTH}, not {min_length}")
         self.min_length = min_length
+        # Where the event loop's hashes run; its threads start on first use.
+        self.pool = pool if pool is not None else HashPool()
         # PasswordHasher() is argon2id with the library's current defaults;
         # tests pass their own to make hashes cheap or to change parameters.
         self._hasher = hasher if hasher is not None else PasswordHasher()
@@ -56,6 +62,16 @@ class PasswordService:
         if self._hasher.check_needs_rehash(stored_hash):
             return True, self._hasher.hash(password)
         return True, None
+
+    async def hash_in_pool(self, password: str) -> str:
+        """`hash` on the pool's threads; 503 `busy` at once when the pool is full."""
+        return await self.pool.run(self.hash, password)
+
+    async def verify_in_pool(
+        self, stored_hash: str | None, password: str
+    ) -> tuple[bool, str | None]:
+        """`verify` on the pool's threads; 503 `busy` at once when the pool is full."""
+        return await self.pool.run(self.verify, stored_hash, password)
 
     def _matches(self, stored_hash: str, password: object) -> bool:
         # A non-string (say a JSON null) still costs one verification, and fails.

@@ -127,7 +127,11 @@ class UserStore:
 
     async def by_username(self, username: str) -> UserRecord | None:
         async with self._sessions() as session:
-            row = await session.scalar(select(User).where(User.username == username))
+            # Usernames are unique regardless of case (README); lower() on both
+            # sides is the expression the unique index holds, so it is used.
+            row = await session.scalar(
+                select(User).where(func.lower(User.username) == func.lower(username))
+            )
             return _record(row) if row is not None else None
 
     async def by_id(self, user_id: str) -> UserRecord | None:
@@ -184,7 +188,10 @@ class UserStore:
                 raise last_admin()
             if "username" in values and values["username"] != row.username:
                 taken = await session.scalar(
-                    select(User.id).where(User.username == values["username"])
+                    select(User.id).where(
+                        func.lower(User.username) == func.lower(values["username"]),
+                        User.id != user_id,  # a user may change the case of their own name
+                    )
                 )
                 if taken is not None:
                     raise GatewayError(
