@@ -6,7 +6,6 @@ in memory or in a Redis sorted set, so the window has no double burst at a windo
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import uuid
@@ -16,8 +15,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.config.units import Rate
+from gateway.state.redis_health import RedisHealth
 
-log = logging.getLogger("gateway.throttle")
 MAX_KEYS = 100_000  # in-memory keys kept; the oldest are dropped beyond it
 
 
@@ -51,15 +50,21 @@ class LocalThrottle:
 
 
 class RedisThrottle(LocalThrottle):
+    """The same, shared by every instance; while Redis fails, this instance's own count
+    (the outage and the recovery are logged once each, not per sign-in)."""
+
     def __init__(self, rate: Rate, redis: Redis, prefix: str) -> None:
         super().__init__(rate)
         self._redis = redis
         self._prefix = prefix
+        self.health = RedisHealth("login throttles")
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}login:{key}"
 
     async def retry_after(self, key: str) -> int:
+        if not self.health.available():
+            return await super().retry_after(key)
         moment = time.time()
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -68,14 +73,17 @@ class RedisThrottle(LocalThrottle):
                 pipe.zcard(self._key(key))
                 _, oldest, count = await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.error("redis unreachable: login throttling is local", extra={"error": str(exc)})
+            self.health.failed(exc)
             return await super().retry_after(key)
+        self.health.succeeded()
         if count < self.rate.limit or not oldest:
             return 0
         return max(1, math.ceil(float(oldest[0][1]) + self.rate.period - moment))
 
     async def fail(self, key: str) -> None:
         await super().fail(key)
+        if not self.health.available():
+            return
         moment = time.time()
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -84,11 +92,13 @@ class RedisThrottle(LocalThrottle):
                 pipe.expire(self._key(key), math.ceil(self.rate.period))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.error("redis unreachable: login throttling is local", extra={"error": str(exc)})
+            self.health.failed(exc)
 
     async def clear(self, key: str) -> None:
         await super().clear(key)
+        if not self.health.available():
+            return
         try:
             await self._redis.delete(self._key(key))
         except (RedisError, OSError) as exc:
-            log.error("redis unreachable: login throttling is local", extra={"error": str(exc)})
+            self.health.failed(exc)

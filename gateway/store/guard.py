@@ -20,6 +20,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -39,6 +40,7 @@ RETRY_AFTER = 1  # seconds: the pool reconnects at the next call, so retrying so
 DOWN_SQLSTATES = ("08", "53", "57P", "58")
 
 _UNGUARDED = "__database_unguarded__"
+LOG_EVERY = 10.0  # seconds: an outage fails every call; it is logged this often, with a count
 
 
 class Bounded(Protocol):
@@ -107,11 +109,26 @@ def _bounded(method: Callable[..., Awaitable[Any]], call: str) -> Callable[..., 
         except Exception as error:
             if not unreachable(error):
                 raise
-            # The type only: the message may quote SQL, addresses or credentials.
-            log.warning("database unreachable", extra={"call": call, "error": type(error).__name__})
+            _log_down(call, error)
             raise database_down() from None
 
     return bounded
+
+
+_logged = {"at": -LOG_EVERY, "since": 0}  # when last logged, and calls failed since
+
+
+def _log_down(call: str, error: BaseException) -> None:
+    now = time.monotonic()
+    _logged["since"] += 1
+    if now - _logged["at"] < LOG_EVERY:
+        return
+    # The type only: the message may quote SQL, addresses or credentials.
+    log.warning(
+        "database unreachable",
+        extra={"call": call, "error": type(error).__name__, "failed_calls": _logged["since"]},
+    )
+    _logged["at"], _logged["since"] = now, 0
 
 
 async def within(seconds: float, call: Awaitable[T]) -> T:
