@@ -96,12 +96,16 @@ class AuditLog(Base):
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     reason: Mapped[str | None] = mapped_column(String(128), default=None)  # deny reason code
+    # unique per request across gateway processes (migration 0003): a replayed
+    # audit journal inserts only rows not stored yet; NULL for rows of no request
+    journal_id: Mapped[str | None] = mapped_column(String(40), default=None)
 
     __table_args__ = (
         # newest first with a stable (ts, id) cursor, optionally per user or status
         Index("ix_audit_logs_ts_id", "ts", "id"),
         Index("ix_audit_logs_username_ts", "username", "ts"),
         Index("ix_audit_logs_status_ts", "status", "ts"),
+        Index("ux_audit_logs_journal_id", "journal_id", unique=True),
     )
 
 
@@ -126,9 +130,11 @@ class ReportLog(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     total_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
+    journal_id: Mapped[str | None] = mapped_column(String(40), default=None)  # its request's
 
     __table_args__ = (
         Index("ix_report_logs_model_ts", "model", "ts"),
         Index("ix_report_logs_ts", "ts"),
         Index("ix_report_logs_username_ts", "username", "ts"),
+        Index("ux_report_logs_journal_id", "journal_id", unique=True),
     )

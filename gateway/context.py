@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.audit.rows import AuditRow, ReportRow
 from gateway.config.schema import Route
 from gateway.gcra import Decision
 from gateway.routing import NO_PARAMS
@@ -52,6 +53,10 @@ class RequestContext:
     usage: Usage | None = None  # token usage of a model call with a `usage:` format
     model: str | None = None  # the model called last (a fallback's, after a failure)
     attempts: int = 0  # models called for this request, fallbacks included
+    # the audit journal (gateway/audit/journal.py): this request's journal id once a
+    # record or row has one, and its final rows while they wait for the response head
+    journal_id: str = ""
+    journal_rows: tuple[AuditRow, ReportRow | None] | None = None
 
 
 CTX = web.RequestKey("gateway.ctx", RequestContext)

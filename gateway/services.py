@@ -184,7 +184,12 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         },
     )
     audit = AuditWriter(AuditStore(engine, timeout), config.audit)
-    audit.start()
+    try:
+        await audit.recover()  # rows of gateway processes killed before writing them
+        audit.start()
+    except OSError as exc:
+        await engine.dispose()
+        raise StartupError(f"the audit journal cannot be used: {exc}") from None
     services = Services(
         settings=settings,
         engine=engine,

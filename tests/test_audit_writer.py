@@ -178,7 +178,7 @@ def test_audit_section_is_strict(write_config: WriteConfig) -> None:
     )
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    known = "(known keys: queue_size, batch_size, flush_interval, spool)"
+    known = "(known keys: queue_size, batch_size, flush_interval, spool, journal)"
     assert [(p.line, p.message) for p in info.value.problems] == [
         (2, "audit.queue_size: must be at least 1"),
         (4, "audit.flush_interval: must be longer than zero"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Table
 
 from gateway.usage import UNKNOWN, Usage
@@ -57,6 +58,9 @@ class AuditRow(NamedTuple):
     bytes_in: int
     bytes_out: int
     reason: str | None  # the deny reason code, or why a response ended early
+    # unique per request across processes (gateway/audit/journal.py): a replayed
+    # journal never inserts a row twice; None for rows no request made (reloads)
+    journal_id: str | None = None
 
 
 class ReportRow(NamedTuple):
@@ -77,6 +81,7 @@ class ReportRow(NamedTuple):
     completion_tokens: int | None = None
     total_tokens: int | None = None
     attempts: int = 1  # models called (more than one after a fallback)
+    journal_id: str | None = None  # its request's (see AuditRow)
 
 
 Row = AuditRow | ReportRow
@@ -88,7 +93,6 @@ def _clip(value: str | None, width: int) -> str | None:
 
 
 def audit_row(
-    *,
     ts: float,
     request_id: str,
     user_id: str | None,
@@ -104,8 +108,12 @@ def audit_row(
     bytes_in: int,
     bytes_out: int,
     reason: str | None,
+    journal_id: str | None = None,
 ) -> AuditRow:
-    """The audit row of one request; `latency` in seconds."""
+    """The audit row of one request; `latency` in seconds.
+
+    The audit stage passes the values by position, once or twice per request:
+    sixteen keywords cost about 1 us more a call (measured)."""
     return AuditRow(
         ts,
         request_id[:_ID],
@@ -122,6 +130,7 @@ def audit_row(
         bytes_in,
         bytes_out,
         _clip(reason, _REASON),
+        journal_id,
     )
 
 
@@ -152,6 +161,7 @@ def report_row(
         known.completion_tokens,
         known.total_tokens,
         attempts,
+        row.journal_id,
     )
 
 
@@ -183,3 +193,31 @@ def from_spool(entry: Any) -> Row:
         return kind(**fields)
     except TypeError as exc:
         raise ValueError(f"a spooled row does not fit {kind.__name__}: {exc}") from None
+
+
+# A journal line is arrays, not objects: it is written once per response, on the
+# request path, and an array of the fields encodes in a third of the time.
+def journal_line(final: bool, audit: AuditRow, report: ReportRow | None = None) -> bytes:
+    """One journal record, newline included: `[final, audit fields, report fields or null]`."""
+    return orjson.dumps(
+        (final, audit[:], report[:] if report is not None else None),
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
+
+
+def from_journal(line: bytes) -> tuple[bool, AuditRow, ReportRow | None]:
+    """A journal line back; ValueError for one that is not whole or not this module's."""
+    entry = orjson.loads(line)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(entry, list) or len(entry) != 3:
+        raise ValueError("a journal line must be [final, audit row, report row]")
+    final, audit, report = entry
+    if not isinstance(audit, list) or not (report is None or isinstance(report, list)):
+        raise ValueError("a journal line's rows must be arrays")
+    try:
+        row = AuditRow(*audit)
+        extra = ReportRow(*report) if report is not None else None
+    except TypeError as exc:
+        raise ValueError(f"a journal row does not fit its table: {exc}") from None
+    if not isinstance(row.journal_id, str):
+        raise ValueError("a journal row has no journal id")
+    return bool(final), row, extra

@@ -9,6 +9,11 @@ are replayed, in order, before any newer row once it answers again. If even
 the spool cannot be written, rows stay queued (until the queue is full),
 every attempt is logged at ERROR and `failing` turns /readyz to 503.
 `close` writes out everything, to the database or else the spool.
+
+Every request's record also goes to this process's journal (gateway/audit/journal.py)
+before or as its response ends; `recover`, at start-up, replays the journals of
+processes killed before their rows were written, and the writer tells the journal
+how many rows have settled so that it can delete the files nobody needs anymore.
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ from collections.abc import Sequence
 
 import orjson
 
+from gateway.audit.journal import (
+    Journal,
+    claim_orphans,
+    close_files,
+    delete_files,
+    read_records,
+)
 from gateway.audit.rows import Row, from_spool, to_spool
 from gateway.audit.spool import Spool
 from gateway.config.schema import AuditConfig
@@ -39,6 +51,9 @@ class AuditWriter:
     def __init__(self, store: AuditStore, config: AuditConfig) -> None:
         self.store = store
         self.spool = Spool(config.spool)
+        # the journal folder; by default `audit.journal` beside the spool file
+        self.journal = Journal(config.journal or config.spool.with_name("audit.journal"))
+        self._taken = 0  # rows ever queued; all but the queued ones have settled
         self._limit = config.queue_size
         self._batch = config.batch_size
         self._interval = config.flush_interval
@@ -63,6 +78,7 @@ class AuditWriter:
             self._drop()
             return
         queue.append(row)
+        self._taken += 1
         if len(queue) >= self._batch:
             self._wake.set()
 
@@ -97,7 +113,39 @@ class AuditWriter:
 
     # --- the writing side ---------------------------------------------------
 
+    async def recover(self) -> None:
+        """Replay the journals of gateway processes that are gone; call it before serving.
+
+        Their rows go where a batch goes (the database, or the spool while it is
+        down), inserted only where their journal id is not stored yet; then the
+        files are deleted. Files whose rows nothing took are left for the next start."""
+        files = await asyncio.to_thread(claim_orphans, self.journal.folder)
+        if not files:
+            return
+        try:
+            rows, unreadable = await asyncio.to_thread(read_records, files)
+            if unreadable:
+                self.dropped += unreadable
+                log.error("audit journal lines unreadable; skipped", extra={"lines": unreadable})
+            async with self._flushing:
+                for start in range(0, len(rows), self._batch):
+                    if not await self._write(rows[start : start + self._batch]):
+                        log.error(
+                            "audit journal kept for the next start: "
+                            "neither the database nor the spool took its rows",
+                            extra={"folder": str(self.journal.folder), "rows": len(rows)},
+                        )
+                        return
+            await asyncio.to_thread(delete_files, files)
+            replayed, files = len(files), []
+        finally:
+            close_files(files)
+        log.info("audit journal replayed", extra={"rows": len(rows), "files": replayed})
+
     def start(self) -> None:
+        """Open this process's journal (OSError when its folder is unusable) and start
+        writing batches."""
+        self.journal.open(lambda: self._taken)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
 
     async def _run(self) -> None:
@@ -132,11 +180,23 @@ class AuditWriter:
             await self._drain()
         if self._queue:
             log.error(
-                "audit rows lost at shutdown: neither the database nor the spool took them",
+                "audit rows not written at shutdown: neither the database nor the spool "
+                "took them; the journal keeps those of answered requests for the next start",
                 extra={"rows": len(self._queue), "spool": str(self.spool.path)},
             )
+        # Every row stored: the journal has nothing left to replay. Otherwise its
+        # files stay, and the next start replays the rows they hold.
+        self.journal.close(delete=not self._queue)
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_queue()
+        finally:
+            # Rows leave the queue oldest first and go back to its front when
+            # nothing took them: every row ever queued but those queued now has settled.
+            self.journal.release(self._taken - len(self._queue))
+
+    async def _drain_queue(self) -> None:
         if self._spooled and time.monotonic() >= self._retry_at:
             await self._replay()
         queue = self._queue

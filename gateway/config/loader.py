@@ -305,8 +305,9 @@ def _audit(top: Section, base_dir: Path) -> AuditConfig:
         batch_size=sec.field("batch_size", lambda v: v.integer(minimum=1), default.batch_size),
         flush_interval=sec.field("flush_interval", interval, default.flush_interval),
         spool=sec.field("spool", lambda v: base_dir / v.text(), default.spool),
+        journal=sec.field("journal", lambda v: base_dir / v.text(), default.journal),
     )
-    sec.check_unknown("queue_size, batch_size, flush_interval, spool")
+    sec.check_unknown("queue_size, batch_size, flush_interval, spool, journal")
     if audit.batch_size > audit.queue_size:
         sec.report(
             sec.get("batch_size"),

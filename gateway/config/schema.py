@@ -307,7 +307,10 @@ class AuditConfig:
     Rows wait in a bounded in-memory queue and are written in batches by one
     background task; a request never waits on the database. While the database
     does not answer, batches are appended to `spool` and replayed, in order,
-    once it does. Rule: batch_size <= queue_size.
+    once it does. Every answered request's row is also appended to a journal in
+    `journal` before or as its response ends, so a killed process loses none of
+    them: the next start replays it (gateway/audit/journal.py).
+    Rule: batch_size <= queue_size.
     """
 
     queue_size: int = 100_000  # rows waiting in memory (>= 1); beyond it rows are dropped, counted
@@ -318,6 +321,9 @@ class AuditConfig:
     # JSON-lines file rows go to while the database is down; relative paths
     # resolve beside routes.yaml (the loader makes this absolute)
     spool: Path = Path("audit.spool")
+    # folder (mode 0700) of the write-ahead journal files (0600); None: `audit.journal`
+    # beside the spool file. Relative paths resolve beside routes.yaml
+    journal: Path | None = None
 
 
 DEFAULT_AUDIT = AuditConfig()

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.context import CTX, HOLDER, RequestContext
 from gateway.middleware import Handler, Middleware
+from gateway.middleware.audit import journal_prepared
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # hex digit → the RFC 9562 variant digit (10xx) carrying its two low bits
@@ -56,6 +57,8 @@ async def stamp_headers(request: web.BaseRequest, response: web.StreamResponse) 
                 headers["Vary"] = f"{headers['Vary']}, {value}"
             else:
                 headers[name] = value
+        # The audit journal gets the request's record before a byte of the head leaves.
+        journal_prepared(request, ctx, response)
     if request.scheme == "https":  # the connection itself is TLS (never X-Forwarded-Proto)
         max_age = _hsts_max_age(request, ctx)
         if max_age:

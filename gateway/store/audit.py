@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Executable, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.rows import AuditRow, ReportRow, Row, to_params
@@ -77,6 +78,11 @@ def insert_sql(table: str, columns: Sequence[str], paramstyle: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
 
 
+# A row whose journal id is stored already (a journal replayed after a crash, or
+# twice) is skipped, never an error. SQLite (3.24+) and PostgreSQL spell it alike.
+SKIP_STORED = " ON CONFLICT (journal_id) DO NOTHING"
+
+
 class _SqliteTime:
     """How SQLAlchemy's SQLite DATETIME stores a time: naive UTC text with microseconds.
 
@@ -115,8 +121,8 @@ class AuditStore:
         if style not in _PLACEHOLDERS:  # a driver this was not written for: the ORM way
             self._audit_sql = self._report_sql = ""
         else:
-            self._audit_sql = insert_sql("audit_logs", AuditRow._fields, style)
-            self._report_sql = insert_sql("report_logs", ReportRow._fields, style)
+            self._audit_sql = insert_sql("audit_logs", AuditRow._fields, style) + SKIP_STORED
+            self._report_sql = insert_sql("report_logs", ReportRow._fields, style) + SKIP_STORED
         self._ts: Callable[[float], object] = (
             _SqliteTime() if dialect.name == "sqlite" else _aware_ts
         )
@@ -144,9 +150,18 @@ class AuditStore:
         reports = [to_params(r) for r in rows if type(r) is ReportRow]
         async with self._engine.begin() as connection:
             if audit:
-                await connection.execute(insert(AuditLog), audit)
+                await connection.execute(self._skip_stored(AuditLog), audit)
             if reports:
-                await connection.execute(insert(ReportLog), reports)
+                await connection.execute(self._skip_stored(ReportLog), reports)
+
+    def _skip_stored(self, model: type[AuditLog] | type[ReportLog]) -> Executable:
+        """INSERT that skips rows whose journal id is stored (SKIP_STORED, the ORM way)."""
+        name = self._engine.dialect.name
+        if name == "postgresql":
+            return postgresql.insert(model).on_conflict_do_nothing(index_elements=["journal_id"])
+        if name == "sqlite":
+            return sqlite.insert(model).on_conflict_do_nothing(index_elements=["journal_id"])
+        return insert(model)
 
     @unguarded  # answers False, never raises: the writer asks it when a batch failed
     async def answers(self) -> bool:
