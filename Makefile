@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 CONFIG ?= routes.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv run test lint check bench bench-memory clean
+.PHONY: venv run test lint check bench bench-memory chaos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(BENCH_STAMP)
 ## bench-memory: RSS over 300,000 full-chain requests and 1 GiB each way (about 3 minutes)
 bench-memory: $(BENCH_STAMP)
 	$(PY) bench/memory.py
+
+## chaos: mixed load through two gateways while Redis, the upstream and the database fail on a
+## schedule, then the invariants (bench/chaos.py; about 2 minutes; needs PostgreSQL and redis-server)
+chaos: $(BENCH_STAMP)
+	$(PY) bench/chaos.py --duration $(or $(DURATION),90)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
