@@ -26,9 +26,12 @@ from gateway.problems import GatewayError
 
 T = TypeVar("T")
 
-# nice(1) steps above the event loop's: at 10 the Linux scheduler gives a
-# runnable event loop thread about nine times the CPU share of a worker.
-WORKER_NICENESS = 10
+# nice(1) steps above the event loop's: at 19 the Linux scheduler gives a runnable
+# event loop thread about 68 times the CPU share of a worker (weights 1024 and 15),
+# yet an idle core still hashes at full speed. bench/login_flood.py, 5 rounds:
+# proxied p99 during a flood 1.80x the idle figure at 19, 3.69x at 10, for the
+# same number of sign-ins served.
+WORKER_NICENESS = 19
 QUEUE_PER_WORKER = 16  # waiting jobs allowed per worker when the queue is not configured
 RETRY_AFTER = 1  # seconds: one queue's worth of hashes drains in about that long
 
