@@ -465,21 +465,27 @@ async def run(duration: float, postgres: str, keep: bool) -> int:
         await at(0.08, "warm-up done: sampling RSS and open files")
         baseline = {g.name: g.sample() for g in stack.gateways}
 
-        # Outage 1: Redis killed; changes on A; Redis back WITH its (stale) data.
-        await at(0.10, "redis: SIGKILL")
-        redis.kill()
-        await at(0.14, "changes on gateway-a while Redis is down")
-        for change, make in round1:
-            change.made = await make() in (200, 204)
-        await at(0.22, "redis: restarted with its append-only file (stale data)")
-        redis.restart(keep_data=True)
-        await at(0.22 + 5.5 / duration, "checking the outage-1 changes on both instances")
-        problems = await check_changes(stack.gateways, [c for c, _ in round1])
-        report.check(
-            all(c.made for c, _ in round1) and not problems,
-            "state after Redis came back with stale data",
-            "; ".join(problems) or "role, deactivation and logout enforced on both within 5.5 s",
-        )
+        async def redis_outage(
+            start: float, on: str, changes: list[tuple[Change, Callable[[], Any]]], keep: bool
+        ) -> None:
+            """Redis killed; `changes` made on one instance; Redis back with or without its data."""
+            await at(start, "redis: SIGKILL")
+            redis.kill()
+            await at(start + 0.04, f"changes on {on} while Redis is down")
+            for change, make in changes:
+                change.made = await make() in (200, 204)
+            back = "with its append-only file (stale data)" if keep else "empty"
+            await at(start + 0.12, f"redis: restarted {back}")
+            redis.restart(keep_data=keep)
+            await at(start + 0.12 + 5.5 / duration, "checking the changes on both instances")
+            problems = await check_changes(stack.gateways, [c for c, _ in changes])
+            report.check(
+                all(c.made for c, _ in changes) and not problems,
+                f"state after Redis came back {'with stale data' if keep else 'empty'}",
+                "; ".join(problems) or "role, deactivation and logout held on both within 5.5 s",
+            )
+
+        await redis_outage(0.10, "gateway-a", round1, keep=True)
 
         await at(0.30, "upstream: SIGKILL")
         stack.kill_model()
@@ -497,21 +503,7 @@ async def run(duration: float, postgres: str, keep: bool) -> int:
         await at(0.66, "database proxy: forwarding")
         db_proxy.switch("forward")
 
-        # Outage 2: Redis killed; changes on B; Redis back EMPTY.
-        await at(0.72, "redis: SIGKILL")
-        redis.kill()
-        await at(0.76, "changes on gateway-b while Redis is down")
-        for change, make in round2:
-            change.made = await make() in (200, 204)
-        await at(0.82, "redis: restarted empty")
-        redis.restart(keep_data=False)
-        await at(0.82 + 5.5 / duration, "checking the outage-2 changes on both instances")
-        problems = await check_changes(stack.gateways, [c for c, _ in round2])
-        report.check(
-            all(c.made for c, _ in round2) and not problems,
-            "state after Redis came back empty",
-            "; ".join(problems) or "role, deactivation and logout enforced on both within 5.5 s",
-        )
+        await redis_outage(0.72, "gateway-b", round2, keep=False)
 
         await at(1.0, "load stopped")
         load.stop.set()

@@ -122,20 +122,8 @@ class RefreshTokenStore:
         """Every revoked access token still unexpired (jti, expiry as epoch seconds).
 
         What Redis must hold as revocations; it is rebuilt from this after an outage."""
-        moment = datetime.now(UTC)
         async with self._sessions() as session:
-            rows = await session.execute(
-                select(RefreshToken.access_jti, RefreshToken.access_expires_at).where(
-                    RefreshToken.revoked_at.is_not(None),
-                    RefreshToken.access_jti.is_not(None),
-                    RefreshToken.access_expires_at > moment,
-                )
-            )
-            return tuple(
-                (row.access_jti, _utc(row.access_expires_at).timestamp())
-                for row in rows
-                if row.access_jti is not None and row.access_expires_at is not None
-            )
+            return await _live_access(session, RefreshToken.revoked_at.is_not(None))
 
     async def _revoke(self, condition: object) -> tuple[tuple[str, float], ...]:
         moment = datetime.now(UTC)
@@ -145,15 +133,20 @@ class RefreshTokenStore:
                 .where(condition, RefreshToken.revoked_at.is_(None))  # type: ignore[arg-type]
                 .values(revoked_at=moment)
             )
-            rows = await session.execute(
-                select(RefreshToken.access_jti, RefreshToken.access_expires_at).where(
-                    condition,  # type: ignore[arg-type]
-                    RefreshToken.access_jti.is_not(None),
-                    RefreshToken.access_expires_at > moment,
-                )
-            )
-            return tuple(
-                (row.access_jti, _utc(row.access_expires_at).timestamp())
-                for row in rows
-                if row.access_jti is not None and row.access_expires_at is not None
-            )
+            return await _live_access(session, condition)
+
+
+async def _live_access(session: AsyncSession, condition: object) -> tuple[tuple[str, float], ...]:
+    """(jti, expiry in epoch seconds) of the live access tokens of the rows `condition` picks."""
+    rows = await session.execute(
+        select(RefreshToken.access_jti, RefreshToken.access_expires_at).where(
+            condition,  # type: ignore[arg-type]
+            RefreshToken.access_jti.is_not(None),
+            RefreshToken.access_expires_at > datetime.now(UTC),
+        )
+    )
+    return tuple(
+        (row.access_jti, _utc(row.access_expires_at).timestamp())
+        for row in rows
+        if row.access_jti is not None and row.access_expires_at is not None
+    )
