@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, check, routes, db upgrade, users create (contract section 1)."""
+"""The `gateway` command: serve, check, routes, db upgrade, users create (see the README)."""
 
 from __future__ import annotations
 

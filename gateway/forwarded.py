@@ -38,7 +38,7 @@ def is_loopback(address: str) -> bool:
 
 
 def forwarded_for(peer: str, sent: str | None, trusted: Sequence[IPNetwork]) -> str:
-    """The X-Forwarded-For the upstream gets (contract section 8).
+    """The X-Forwarded-For the upstream gets (README "Proxy rules").
 
     From a trusted peer, the peer's address is appended to what it sent; from
     anyone else, what it sent is dropped and replaced by the peer's address.

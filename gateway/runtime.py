@@ -42,7 +42,7 @@ BUILTIN_PATHS = {
 
 
 def builtin_routes() -> dict[str, Route]:
-    """Endpoints served whatever routes.yaml says (contract section 8)."""
+    """Endpoints served whatever routes.yaml says (README "How a path is matched")."""
     return {
         path: Route(
             index=-1 - i,

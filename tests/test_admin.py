@@ -416,7 +416,7 @@ async def test_delete_deactivates_and_anonymises(client: Client, root: dict[str,
         "next_cursor": None,
     }
 
-    # Contract section 8: deleting is deactivation plus anonymising. The row
+    # README "Identity": deleting is deactivation plus anonymising. The row
     # stays (for the audit trail) under a placeholder name, with no password
     # and no personal data, so the old username is free for someone new.
     stored = await client.app[SERVICES].users.by_username(f"deleted-{user['id'][:12]}")

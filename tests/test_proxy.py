@@ -258,7 +258,7 @@ async def test_request_id_kept_when_sane_and_replaced_when_not(client: Client) -
     resp = await client.get("/api/echo", headers={"X-Request-Id": "bad id with spaces<>"})
     new_id = resp.headers["X-Request-Id"]
     assert new_id != "bad id with spaces<>"
-    assert str(uuid.UUID(new_id)) == new_id  # a UUID (contract section 8), random: version 4
+    assert str(uuid.UUID(new_id)) == new_id  # a UUID (README "The request path"), random: version 4
     assert uuid.UUID(new_id).version == 4
     assert headers_of(await resp.json())["x-request-id"] == [new_id]
 

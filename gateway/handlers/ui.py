@@ -1,4 +1,4 @@
-"""GET /admin/ui: the dashboard, a static page served without a token (contract section 8).
+"""GET /admin/ui: the dashboard, a static page served without a token (README "The dashboard").
 
 The page signs in through /auth/login and reads the admin API with the
 admin's own token; everything it needs is in gateway/ui/ (no build step, no

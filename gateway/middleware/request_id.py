@@ -35,7 +35,7 @@ def request_id(cfg: RequestIdConfig) -> Middleware:
     @web.middleware
     async def request_id_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
         sent = request.headers.get(header)
-        # Keep the client's id when it is sane (contract section 8), so one id
+        # Keep the client's id when it is sane (README "The request path"), so one id
         # follows a call through every hop; otherwise make one.
         rid = sent if sent is not None and _SANE_ID.fullmatch(sent) else new_request_id()
         request[CTX] = RequestContext(request_id=rid, started=time.monotonic())

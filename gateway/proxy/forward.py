@@ -1,6 +1,6 @@
 """The streaming forward: client request → upstream → client, bodies never buffered.
 
-Failures are mapped on purpose, one comment per case (contract section 5):
+Failures are mapped on purpose, one comment per case (README "Errors"):
 before the response headers are sent they become problems (502, 504, 413);
 after, the only honest signal left is to cut the client connection, so a
 truncated body is never presented as complete.

@@ -127,7 +127,7 @@ def _env_key(environ: Mapping[str, str]) -> _Key:
             f"{SECRET_ENV} is not set: HS256 needs a secret of at least {MIN_SECRET_BYTES} "
             f"bytes there (or auth.keys with secrets); generate one with {_GENERATE_HINT}"
         )
-    secret = value.encode("utf-8")  # contract §8: the raw UTF-8 bytes
+    secret = value.encode("utf-8")  # README "Identity": the raw UTF-8 bytes
     if len(secret) < MIN_SECRET_BYTES:
         raise KeyConfigError(
             f"{SECRET_ENV} must be at least {MIN_SECRET_BYTES} bytes (it has {len(secret)}); "

@@ -41,7 +41,7 @@ class UserRecord:
     password_hash: str  # never leaves the gateway: `public()` leaves it out
 
     def public(self) -> dict[str, Any]:
-        """The user as the API shows it (contract section 8): no hash, ever."""
+        """The user as the API shows it (README "Identity"): no hash, ever."""
         return {
             "id": self.id,
             "username": self.username,
@@ -232,7 +232,7 @@ class UserStore:
         return other is not None
 
     async def delete(self, user_id: str) -> UserRecord:
-        """Deactivate and anonymise (contract section 8); the row stays for the audit trail."""
+        """Deactivate and anonymise (README "Identity"); the row stays for the audit trail."""
         anonymous = f"{DELETED_PREFIX}{user_id[:12]}"
         return await self.update(
             user_id,
