@@ -97,7 +97,7 @@ class AuditLog(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     reason: Mapped[str | None] = mapped_column(String(128), default=None)  # deny reason code
     # unique per request across gateway processes (migration 0003): a replayed
-    # audit journal inserts only rows not stored yet; NULL for rows of no request
+    # audit journal or spool inserts only rows not stored yet (looked up by ts)
     journal_id: Mapped[str | None] = mapped_column(String(40), default=None)
 
     __table_args__ = (
@@ -105,7 +105,6 @@ class AuditLog(Base):
         Index("ix_audit_logs_ts_id", "ts", "id"),
         Index("ix_audit_logs_username_ts", "username", "ts"),
         Index("ix_audit_logs_status_ts", "status", "ts"),
-        Index("ux_audit_logs_journal_id", "journal_id", unique=True),
     )
 
 
@@ -136,5 +135,4 @@ class ReportLog(Base):
         Index("ix_report_logs_model_ts", "model", "ts"),
         Index("ix_report_logs_ts", "ts"),
         Index("ix_report_logs_username_ts", "username", "ts"),
-        Index("ux_report_logs_journal_id", "journal_id", unique=True),
     )

@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select, text
 
 from gateway.audit.journal import INTERRUPTED, SUFFIX, Journal
-from gateway.audit.rows import AuditRow, audit_row, from_journal, report_row
+from gateway.audit.rows import AuditRow, audit_row, from_journal, report_row, to_spool
 from gateway.audit.writer import AuditWriter
 from gateway.config import load_config
 from gateway.config.schema import AuditConfig
@@ -295,6 +296,27 @@ async def test_replaying_a_journal_twice_inserts_nothing_twice(
         assert writer.dropped == 0  # a stored journal id is skipped, not refused and dropped
         await writer.close()
         shutil.copyfile(aside, path)  # the same journal again
+
+
+async def test_a_spooled_row_already_stored_from_the_journal_is_not_stored_twice(
+    store: AuditStore, database_url: str, tmp_path: Path
+) -> None:
+    # Killed while the database was down: the rows were spooled and journaled both.
+    # The next start replays the journal first; the spool's replay must skip them.
+    folder = tmp_path / "journal"
+    first = writer_of(store, tmp_path, folder)
+    rows = [row(f"spooled-{i}", f"j-{i}") for i in range(3)]
+    first.spool.append(b"".join(orjson.dumps(to_spool(r)) + b"\n" for r in rows))
+    await store.insert(rows[:2])  # what the journal's replay already stored
+    writer = writer_of(store, tmp_path, folder)
+    await writer.flush()  # replays the spool
+    assert [r[0] for r in await stored(database_url)] == [
+        "spooled-0",
+        "spooled-1",
+        "spooled-2",
+    ]
+    assert writer.spool.size() == 0
+    await writer.close()
 
 
 async def test_a_live_process_journal_is_not_replayed(

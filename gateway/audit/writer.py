@@ -35,7 +35,7 @@ from gateway.audit.journal import (
     delete_files,
     read_records,
 )
-from gateway.audit.rows import Row, from_spool, to_spool
+from gateway.audit.rows import ReportRow, Row, from_spool, to_spool
 from gateway.audit.spool import Spool
 from gateway.config.schema import AuditConfig
 from gateway.store.audit import AuditStore
@@ -129,7 +129,8 @@ class AuditWriter:
                 log.error("audit journal lines unreadable; skipped", extra={"lines": unreadable})
             async with self._flushing:
                 for start in range(0, len(rows), self._batch):
-                    if not await self._write(rows[start : start + self._batch]):
+                    batch = await self._unstored(rows[start : start + self._batch])
+                    if batch and not await self._write(batch):
                         log.error(
                             "audit journal kept for the next start: "
                             "neither the database nor the spool took its rows",
@@ -244,6 +245,19 @@ class AuditWriter:
         self._came_up()
         return []
 
+    async def _unstored(self, rows: list[Row]) -> list[Row]:
+        """`rows` less those stored already (a replay after a crash may repeat them).
+
+        Database down: all of them; they go to the spool, whose replay asks again."""
+        try:
+            async with asyncio.timeout(DB_TIMEOUT):
+                stored = await self.store.stored(rows)
+        except Exception:  # the database cannot say now; the spool's replay will
+            return rows
+        if not stored:
+            return rows
+        return [r for r in rows if (type(r) is ReportRow, r.journal_id) not in stored]
+
     async def _answers(self) -> bool:
         try:
             async with asyncio.timeout(DB_TIMEOUT):
@@ -303,12 +317,13 @@ class AuditWriter:
                     done = True
                     break
                 rows, ends = self._decode(lines)
-                left = await self._store(rows) if rows else []
-                written = len(rows) - len(left)
-                replayed += written
+                fresh = await self._unstored(rows)
+                left = await self._store(fresh) if fresh else []
+                replayed += len(fresh) - len(left)
                 if left:  # down again: the spool keeps what was not written
-                    if written:
-                        offset = ends[written - 1]
+                    first = next(i for i, row in enumerate(rows) if row is left[0])
+                    if first:
+                        offset = ends[first - 1]
                     break
                 offset = lines[-1][1]
                 if len(self._queue) >= self._batch:

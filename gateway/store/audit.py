@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Executable, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.rows import AuditRow, ReportRow, Row, to_params
@@ -78,11 +77,6 @@ def insert_sql(table: str, columns: Sequence[str], paramstyle: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
 
 
-# A row whose journal id is stored already (a journal replayed after a crash, or
-# twice) is skipped, never an error. SQLite (3.24+) and PostgreSQL spell it alike.
-SKIP_STORED = " ON CONFLICT (journal_id) DO NOTHING"
-
-
 class _SqliteTime:
     """How SQLAlchemy's SQLite DATETIME stores a time: naive UTC text with microseconds.
 
@@ -121,8 +115,8 @@ class AuditStore:
         if style not in _PLACEHOLDERS:  # a driver this was not written for: the ORM way
             self._audit_sql = self._report_sql = ""
         else:
-            self._audit_sql = insert_sql("audit_logs", AuditRow._fields, style) + SKIP_STORED
-            self._report_sql = insert_sql("report_logs", ReportRow._fields, style) + SKIP_STORED
+            self._audit_sql = insert_sql("audit_logs", AuditRow._fields, style)
+            self._report_sql = insert_sql("report_logs", ReportRow._fields, style)
         self._ts: Callable[[float], object] = (
             _SqliteTime() if dialect.name == "sqlite" else _aware_ts
         )
@@ -150,18 +144,31 @@ class AuditStore:
         reports = [to_params(r) for r in rows if type(r) is ReportRow]
         async with self._engine.begin() as connection:
             if audit:
-                await connection.execute(self._skip_stored(AuditLog), audit)
+                await connection.execute(insert(AuditLog), audit)
             if reports:
-                await connection.execute(self._skip_stored(ReportLog), reports)
+                await connection.execute(insert(ReportLog), reports)
 
-    def _skip_stored(self, model: type[AuditLog] | type[ReportLog]) -> Executable:
-        """INSERT that skips rows whose journal id is stored (SKIP_STORED, the ORM way)."""
-        name = self._engine.dialect.name
-        if name == "postgresql":
-            return postgresql.insert(model).on_conflict_do_nothing(index_elements=["journal_id"])
-        if name == "sqlite":
-            return sqlite.insert(model).on_conflict_do_nothing(index_elements=["journal_id"])
-        return insert(model)
+    @unguarded  # the audit writer bounds its replays itself
+    async def stored(self, rows: Sequence[Row]) -> set[tuple[bool, str]]:
+        """(is a report row, journal id) of those `rows` that are stored already.
+
+        Only replays ask (a journal after a crash, the spool): the same row may
+        be in both, or stored just before the crash. Rows are looked for among
+        those written since an hour before the oldest one asked about, through
+        the ts index, so live inserts pay for no index on journal ids."""
+        found: set[tuple[bool, str]] = set()
+        async with self._engine.connect() as connection:
+            for model, kind in ((AuditLog, AuditRow), (ReportLog, ReportRow)):
+                picked = [r for r in rows if type(r) is kind and r.journal_id]
+                if not picked:
+                    continue
+                since = datetime.fromtimestamp(min(r.ts for r in picked) - 3600, UTC)
+                ids = [r.journal_id for r in picked]
+                result = await connection.execute(
+                    select(model.journal_id).where(model.ts >= since, model.journal_id.in_(ids))
+                )
+                found.update((kind is ReportRow, str(j)) for j in result.scalars())
+        return found
 
     @unguarded  # answers False, never raises: the writer asks it when a batch failed
     async def answers(self) -> bool:

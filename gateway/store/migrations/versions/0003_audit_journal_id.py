@@ -3,15 +3,11 @@
 Revision ID: 0003
 Revises: 0002
 
-Adds the nullable `journal_id` column to audit_logs and report_logs, each with
-a unique index (`ux_audit_logs_journal_id`, `ux_report_logs_journal_id`). The
-gateway inserts rows with ON CONFLICT (journal_id) DO NOTHING, so replaying an
-audit journal after a crash (gateway/audit/journal.py) never stores a row twice.
-Existing rows keep NULL, which a unique index allows any number of times.
-
-On PostgreSQL the index build blocks writes to the table while it runs: upgrade
-a large audit table in a quiet hour (inserts that time out meanwhile are spooled
-by the gateway and replayed afterwards).
+Adds the nullable `journal_id` column to audit_logs and report_logs. A replay
+of an audit journal after a crash (gateway/audit/journal.py), or of the spool,
+skips the rows whose journal id is stored already, looking among recent rows
+through the ts index (AuditStore.stored): no index on the column, so live
+inserts pay nothing for it. Existing rows keep NULL.
 """
 
 from __future__ import annotations
@@ -30,11 +26,9 @@ TABLES = ("audit_logs", "report_logs")
 def upgrade() -> None:
     for table in TABLES:
         op.add_column(table, sa.Column("journal_id", sa.String(length=40), nullable=True))
-        op.create_index(f"ux_{table}_journal_id", table, ["journal_id"], unique=True)
 
 
 def downgrade() -> None:
     for table in reversed(TABLES):
-        op.drop_index(f"ux_{table}_journal_id", table_name=table)
         with op.batch_alter_table(table) as batch_op:  # SQLite rebuilds the table
             batch_op.drop_column("journal_id")
