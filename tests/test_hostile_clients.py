@@ -89,7 +89,7 @@ async def read_to_close(reader: asyncio.StreamReader, seconds: float) -> tuple[b
                 data += chunk
     except TimeoutError:
         return data, False
-    except ConnectionResetError:
+    except ConnectionError:  # reset, or a write after the server closed (broken pipe)
         pass
     return data, True
 
