@@ -45,6 +45,7 @@ from stacks import (
     DATABASE,
     PASSWORD,
     ROOT,
+    create_bench_user,
     environment,
     http,
     log_problems,
@@ -101,23 +102,6 @@ def gateway_env(source: Path) -> dict[str, str]:
     return env
 
 
-def create_user(folder: Path, env: dict[str, str], source: Path) -> None:
-    argv = [sys.executable, "-m", "gateway", "users", "create", "bench", "--role", "user"]
-    argv += ["--config", str(folder / "routes.yaml")]
-    done = subprocess.run(
-        argv,
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=source,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"gateway users create: {done.stdout}{done.stderr}")
-
-
 def flood(wrk: str, url: str, script: Path, rate: float, seconds: int) -> subprocess.Popen[str]:
     """wrk posting logins at `rate` per second for `seconds`, in the background."""
     argv = ["taskset", "-c", LOAD_CORE, wrk, "-t1", "-c64", f"-d{seconds}s", "-s", str(script)]
@@ -144,7 +128,7 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> dict[str, Any
     folder, port = gateway_folder(work, upstream.port, args)
     source = args.source.resolve()
     env = gateway_env(source)
-    create_user(folder, env, source)
+    create_bench_user(folder, env, cwd=source)
     every_core = f"0-{(os.cpu_count() or 1) - 1}"
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(folder / "routes.yaml")]
     argv += ["--host", "127.0.0.1", "--port", str(port)]

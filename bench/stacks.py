@@ -213,6 +213,24 @@ class Identity:
     database: Path  # migrated, with the user `bench` (role user); copied into each gateway
 
 
+def create_bench_user(folder: Path, env: dict[str, str], cwd: Path | None = None) -> None:
+    """`gateway users create bench --role user` with the folder's routes.yaml (`cwd`: the
+    checkout whose gateway runs, when it is not this one)."""
+    argv = [sys.executable, "-m", "gateway", "users", "create", "bench", "--role", "user"]
+    created = subprocess.run(
+        [*argv, "--config", str(folder / "routes.yaml")],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise BenchError(f"gateway users create: {created.stdout}{created.stderr}")
+
+
 def make_identity(procs: Processes, work: Path, upstream_port: int) -> Identity:
     """Create the user `bench` and log in once, through a gateway of its own.
 
@@ -221,19 +239,7 @@ def make_identity(procs: Processes, work: Path, upstream_port: int) -> Identity:
     """
     folder, port = gateway_folder(work, "identity", upstream_port, "auth: none")
     env = environment()
-    config = str(folder / "routes.yaml")
-    create = ["users", "create", "bench", "--role", "user", "--config", config]
-    created = subprocess.run(
-        [sys.executable, "-m", "gateway", *create],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    if created.returncode != 0:
-        raise BenchError(f"gateway users create: {created.stdout}{created.stderr}")
+    create_bench_user(folder, env)
     gateway = serve(procs, folder, port, env)
     try:
         login = {"username": "bench", "password": PASSWORD}

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from gateway.audit.journal import INTERRUPTED, SUFFIX, Journal
 from gateway.audit.rows import AuditRow, audit_row, from_journal, report_row, to_spool
@@ -34,6 +34,7 @@ from gateway.store.engine import make_engine
 from models import AuditLog, ReportLog
 from tests.conftest import MakeGateway, MakeUpstream, WriteConfig
 from tests.processes import free_port, serve_command
+from tests.test_audit_writer import rename_table
 
 
 def row(
@@ -388,15 +389,6 @@ async def test_a_roll_carries_requests_in_flight_and_settled_files_are_deleted(
     await writer.close()
     assert list(folder.iterdir()) == []  # a clean shutdown leaves nothing to replay
     assert [r[0] for r in await stored(database_url)] == ["done", "streaming"]
-
-
-async def rename_table(url: str, old: str, new: str) -> None:
-    engine = make_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
-    finally:
-        await engine.dispose()
 
 
 async def test_rows_nothing_took_at_shutdown_stay_in_the_journal_for_the_next_start(
