@@ -57,6 +57,7 @@ class RequestContext:
     # record or row has one, and its final rows while they wait for the response head
     journal_id: str = ""
     journal_rows: tuple[AuditRow, ReportRow | None] | None = None
+    journal_whole: bool = False  # its record went out final with a whole-body head
 
 
 CTX = web.RequestKey("gateway.ctx", RequestContext)

@@ -167,7 +167,8 @@ async def test_journal_files_are_0600_in_a_0700_folder(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def streaming_up(upstream: MakeUpstream) -> AsyncIterator[tuple[TestServer, asyncio.Event]]:
-    """An upstream whose /slow sends its head and a first chunk, then waits for `go`."""
+    """An upstream whose /slow sends its head and a first chunk, then waits for `go`;
+    /small answers a short body at once."""
     go = asyncio.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
@@ -179,8 +180,12 @@ async def streaming_up(upstream: MakeUpstream) -> AsyncIterator[tuple[TestServer
         await response.write_eof()
         return response
 
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"ok":true}', content_type="application/json")
+
     app = web.Application()
     app.router.add_get("/slow", slow)
+    app.router.add_get("/small", small)
     server = await upstream(app)
     yield server, go
     go.set()
@@ -207,19 +212,25 @@ async def test_a_record_is_in_the_journal_before_the_head_reaches_the_client(
     assert resp.status == 200
     assert records(folder) == [(True, "local-1", 200, resp.content_length or -1, None)]
 
+    # A small proxied answer goes out whole with its head: one record, final at once.
+    resp = await client.get("/up/small", headers={"X-Request-Id": "small-1"})
+    assert await resp.read() == b'{"ok":true}'
+    await asyncio.sleep(0.05)  # no second record follows at the end of the turn
+    assert records(folder)[1:] == [(True, "small-1", 200, 11, None)]
+
     # A streamed answer: the head is out, the body is not finished.
     resp = await client.get("/up/slow", headers={"X-Request-Id": "stream-1"})
     assert resp.status == 200
     assert await resp.content.readexactly(6) == b"first "
-    assert records(folder)[1:] == [(False, "stream-1", 200, 0, INTERRUPTED)]
+    assert records(folder)[2:] == [(False, "stream-1", 200, 0, INTERRUPTED)]
 
     go.set()
     assert await resp.read() == b"last"
     for _ in range(200):  # the final record is written at the end of the loop turn
-        if len(records(folder)) == 3:
+        if len(records(folder)) == 4:
             break
         await asyncio.sleep(0.01)
-    final, request_id, status, bytes_out, reason = records(folder)[2]
+    final, request_id, status, bytes_out, reason = records(folder)[3]
     assert (final, request_id, status, reason) == (True, "stream-1", 200, None)
     assert bytes_out > 0
 
@@ -229,13 +240,16 @@ async def test_a_record_is_in_the_journal_before_the_head_reaches_the_client(
         ids = dict(
             (await connection.execute(select(AuditLog.request_id, AuditLog.journal_id))).all()
         )
+        query = select(AuditLog.bytes_out).where(AuditLog.request_id == "small-1")
+        small_bytes_out = (await connection.execute(query)).scalar_one()
+    assert small_bytes_out > 11  # the stored row counts the head as well
     journaled = {}
     for path in journal_files(folder):
         for line in path.read_bytes().splitlines():
             _, audit, _ = from_journal(line)
             journaled[audit.request_id] = audit.journal_id
     assert ids == journaled
-    assert len(set(ids.values())) == 2
+    assert len(set(ids.values())) == 3
 
 
 # --- replay -------------------------------------------------------------------------------

@@ -12,6 +12,12 @@ journal id, unique across processes (a random boot id and a counter):
 - provisional: when a response its handler streams (the proxy, an event stream)
   is prepared, before a byte of its head leaves, the row as known then (status,
   latency so far, bytes_out 0, reason `interrupted`) is written at once;
+- final at once: a response whose whole body is known when its head is prepared
+  (the proxy's small bodies, sent in one write) gets its final record then,
+  counting its body; the audit stage writes another record only when the
+  outcome changed (the client left mid-write) or a model call's report row
+  comes with it. The stored row counts the head as well: only a row replayed
+  after a kill lacks it;
 - final: the audit stage's row, with the report row of a model call. A row made
   before its response goes out (local answers, every problem) is written at once
   when the head is prepared; a row made after a streamed response is buffered
@@ -103,12 +109,17 @@ class Journal:
         if self._fd >= 0:
             self._write_now(journal_line(True, audit, report))
 
-    def begin(self, journal_id: str, audit: AuditRow) -> None:
-        """A provisional record, written now and kept until `end` for the next roll."""
+    def begin(self, journal_id: str, audit: AuditRow, final: bool = False) -> None:
+        """A record written now and kept until `end` or `forget` for the next roll:
+        provisional, or `final` for a whole response that goes out with its head."""
         if self._fd >= 0:
-            line = journal_line(False, audit)
+            line = journal_line(final, audit)
             self._inflight[journal_id] = line
             self._write_now(line)
+
+    def forget(self, journal_id: str) -> None:
+        """The response of a `final` begin went out as recorded: nothing more to write."""
+        self._inflight.pop(journal_id, None)
 
     def end(self, journal_id: str, audit: AuditRow, report: ReportRow | None) -> None:
         """The final record after `begin`: its response went out already; written this turn."""

@@ -9,10 +9,11 @@ deque append and two metric updates: no await, no log call, no SQL.
 `journal_prepared`, called by the app's on_response_prepare hook, puts the
 request's record in the audit journal before a byte of its head
 leaves (gateway/audit/journal.py): the final row when this stage made it
-already (local answers, problems), else a provisional one (a response its
-handler streams), whose final row this stage journals when the handler
-returns. So a process killed at any moment leaves a record of every answer
-a client has seen. Per response: one small encode and one write.
+already (local answers, problems), a final one when the handler sends a whole
+body with the head (the proxy's small bodies), else a provisional one (a
+response its handler streams), whose final row this stage journals when the
+handler returns. So a process killed at any moment leaves a record of every
+answer a client has seen. Per response: one small encode and one write.
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def _record(
         report = report_row(row, model, ctx.ttfb, ctx.usage, attempts=max(ctx.attempts, 1))
         writer.submit(report)
     if streamed:
-        journal.end(journal_id, row, report)
+        if ctx.journal_whole and report is None and reason is None:
+            journal.forget(journal_id)  # recorded final at its head, and it went out so
+        else:
+            journal.end(journal_id, row, report)
     else:  # journal_response writes it as the response head is prepared
         ctx.journal_id = journal_id
         ctx.journal_rows = (row, report)
@@ -172,11 +176,19 @@ def journal_prepared(
         ctx.journal_rows = None
         request.app[SERVICES].audit.journal.record(*rows)
     elif not ctx.journal_id:
-        # The handler streams it (the proxy): provisional until the stage's row.
         services = request.app.get(SERVICES)
         if services is None:  # an app without the audit stage (the TLS redirect listener)
             return
         journal = services.audit.journal
         ctx.journal_id = journal_id = journal.new_id()
-        row = _row(request, ctx, response.status, 0, INTERRUPTED, journal_id)
-        journal.begin(journal_id, row)
+        body = response.body if type(response) is web.Response else None
+        if type(body) is bytes:
+            # The handler sends a whole body with this head (the proxy's small ones):
+            # final now, as long as it goes out whole; the stage's row says otherwise.
+            ctx.journal_whole = True
+            row = _row(request, ctx, response.status, len(body), None, journal_id)
+            journal.begin(journal_id, row, final=True)
+        else:
+            # The handler streams it (the proxy): provisional until the stage's row.
+            row = _row(request, ctx, response.status, 0, INTERRUPTED, journal_id)
+            journal.begin(journal_id, row)
