@@ -46,6 +46,7 @@ from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError, render
 log = logging.getLogger("gateway.http")
 
 SUPPORTED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+_PLAIN_ENDINGS = frozenset({b" HTTP/1.1\r", b" HTTP/1.0\r"})  # a request line's last bytes
 
 
 class ProblemRequestHandler(RequestHandler):
@@ -87,14 +88,27 @@ class ProblemRequestHandler(RequestHandler):
             return
         state = tracked.state
         if state != BUSY and state != LINGER:  # bytes of a new request head
-            if self._line is not None and not self._line_accepted(data):
-                return
+            if self._line is not None:
+                # The common case without a call: a whole first line in HTTP/1.1 or 1.0
+                # (whatever precedes that version, the parser judges).
+                end = data.find(b"\n")
+                if end >= 10 and data[end - 10 : end] in _PLAIN_ENDINGS and self._line == b"":
+                    self._line = None
+                elif not self._line_accepted(data):
+                    return
             if state != HEAD:
                 self._guard.head_started(tracked)
-        queued = len(self._messages)
+        messages = self._messages
+        queued = len(messages)
         super().data_received(data)
-        if len(self._messages) > queued:
-            self._check_versions(queued)
+        if len(messages) > queued:
+            first = messages[queued][0]
+            if (
+                len(messages) > queued + 1
+                or isinstance(first, _ErrInfo)
+                or first.version not in SUPPORTED_VERSIONS
+            ):
+                self._check_versions(queued)  # pipelined, an error, or another version
             self._guard.head_complete(tracked)
         elif state == LINGER and self._lingering is not None and self._lingering.is_eof():
             self._guard.body_done(tracked)
