@@ -57,7 +57,9 @@ REPORT_EVERY = 10.0  # seconds: at most one log line about shed connections per 
 # Connections one sweep closes before it lets the loop run again: 10,000 connections
 # from one flood share one deadline, and closing them all in one go would stall
 # every request for half a second. The rest follow in the next loop iteration.
-SWEEP_BATCH = 256
+# 64 closes take about 2.5 ms; 256 took 10 ms, and a request needs several
+# iterations (bench/README.md "slowloris": p99 under the flood 102 -> 17-25 ms).
+SWEEP_BATCH = 64
 
 
 class Limits(Protocol):
