@@ -98,6 +98,8 @@ def main() -> int:
     if len(args.checkouts) < 2:
         parser.error("name two checkouts or more")
     checkouts = [Path(c).resolve() for c in args.checkouts]
+    if len(set(checkouts)) < len(checkouts):
+        parser.error("each checkout once (copy a folder to compare a checkout with itself)")
     procs = Processes()
     servers: list[tuple[Path, subprocess.Popen[str], dict[str, Any]]] = []
     runs: dict[str, dict[str, list[float]]] = {str(c): {"rps": [], "cpu_us": []} for c in checkouts}
