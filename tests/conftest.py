@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import textwrap
@@ -109,19 +110,29 @@ def postgres_admin(url: str, sql: str) -> None:
     off_loop(asyncio.run, run())
 
 
-@pytest.fixture(scope="session")
-def postgres_database(worker_id: str) -> Iterator[str]:
-    """A database of this xdist worker's own, migrated once, dropped at the end."""
+@contextlib.contextmanager
+def fresh_postgres(prefix: str) -> Iterator[str]:
+    """The URL of a new, migrated PostgreSQL database named `prefix` plus a random
+    suffix, dropped on exit; skips the test without GATEWAY_TEST_POSTGRES_URL."""
     if not POSTGRES_URL:
         pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set (CI sets it): PostgreSQL variant skipped")
     from sqlalchemy.engine import make_url
 
-    name = f"gw_test_{worker_id}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:6]}"
     postgres_admin(POSTGRES_URL, f'CREATE DATABASE "{name}"')
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    off_loop(upgrade_sync, url)
-    yield url
-    postgres_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        off_loop(upgrade_sync, url)
+        yield url
+    finally:
+        postgres_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_database(worker_id: str) -> Iterator[str]:
+    """A database of this xdist worker's own, migrated once, dropped at the end."""
+    with fresh_postgres(f"gw_test_{worker_id}") as url:
+        yield url
 
 
 @pytest.fixture

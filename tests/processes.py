@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,9 +83,12 @@ def shipped_config(folder: Path, port: int, model_port: int | None = None) -> Pa
     return config
 
 
-def create_user(config: Path, username: str, role: str, password: str) -> None:
-    """`gateway users create` (the password on stdin), as an operator would."""
-    created = subprocess.run(
+def users_create(
+    config: Path, username: str, role: str, password: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`gateway users create` (the password on stdin), as an operator would; `env` is
+    added to this process's environment."""
+    return subprocess.run(
         [
             *(sys.executable, "-m", "gateway", "users", "create", username),
             *("--role", role, "--config", str(config)),
@@ -94,7 +98,13 @@ def create_user(config: Path, username: str, role: str, password: str) -> None:
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **env} if env is not None else None,
     )
+
+
+def create_user(config: Path, username: str, role: str, password: str) -> None:
+    """`users_create` that must succeed."""
+    created = users_create(config, username, role, password)
     assert created.returncode == 0, created.stderr
 
 

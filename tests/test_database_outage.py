@@ -13,12 +13,8 @@ another connection shows the same answer in process.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,9 +30,9 @@ from gateway.store.engine import make_engine, make_sessions
 from gateway.store.guard import unreachable
 from gateway.store.users import UserStore
 from models import AuditLog
-from tests.conftest import POSTGRES_URL, MakeGateway, off_loop, postgres_admin
+from tests.conftest import MakeGateway, fresh_postgres, off_loop
 from tests.identity import CHEAP_HASHING, PASSWORD, identity_config
-from tests.processes import free_port, start_gateway, stop
+from tests.processes import free_port, start_gateway, stop, users_create
 from tests.tcpproxy import ProxyProcess
 
 TIMEOUT = 1.0  # database.timeout of these gateways, seconds
@@ -48,19 +44,11 @@ USERS = (("root", "admin"), ("alice", "user"))
 @pytest.fixture(scope="module")
 def direct_url() -> Iterator[str]:
     """A migrated PostgreSQL database of this module's own (the gateways reach it by proxy)."""
-    if not POSTGRES_URL:
-        pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set (CI sets it): PostgreSQL variant skipped")
-    from gateway.store.migrate import upgrade_sync
-
-    name = f"gw_dbdown_{uuid.uuid4().hex[:8]}"
-    postgres_admin(POSTGRES_URL, f'CREATE DATABASE "{name}"')
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    off_loop(upgrade_sync, url)
-    # root and alice of each mode exist before any gateway starts, so it holds their state
-    known = [(f"{name}-{mode}", role) for mode in MODES for name, role in USERS]
-    off_loop(asyncio.run, create_users(url, *known))
-    yield url
-    postgres_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres("gw_dbdown") as url:
+        # root and alice of each mode exist before any gateway starts, so it holds their state
+        known = [(f"{name}-{mode}", role) for mode in MODES for name, role in USERS]
+        off_loop(asyncio.run, create_users(url, *known))
+        yield url
 
 
 @pytest.fixture
@@ -288,17 +276,8 @@ def test_users_create_with_the_database_down_says_so_in_one_line(
     config = tmp_path / "routes.yaml"
     config.write_text(f"auth:\n  {CHEAP_HASHING}\npolicies: policies/\n")
     proxy.switch(mode)
-    created = subprocess.run(
-        [
-            *(sys.executable, "-m", "gateway", "users", "create", "carol"),
-            *("--role", "user", "--config", str(config)),
-        ],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "GATEWAY_DATABASE_URL": through(proxy, direct_url)},
+    created = users_create(
+        config, "carol", "user", PASSWORD, {"GATEWAY_DATABASE_URL": through(proxy, direct_url)}
     )
     assert created.returncode == 1
     lines = created.stderr.strip().splitlines()
