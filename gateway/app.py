@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 
 from gateway.config.schema import Config
-from gateway.context import HOLDER, SERVICES
 from gateway.dispatch import defer_expect, dispatcher
 from gateway.handlers import BUILTIN, ROUTABLE
 from gateway.middleware import Handler, Middleware
@@ -32,22 +31,27 @@ from gateway.middleware.policy import PolicyConfig, policy
 from gateway.middleware.rate_limit import RateLimitStageConfig, rate_limit
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
 from gateway.middleware.route import RouteStageConfig, route
+from gateway.pipeline.authentication import Authenticator
+from gateway.pipeline.stores import Stores
 from gateway.reload import RELOADER, Reloader
-from gateway.runtime import Runtime, RuntimeHolder
-from gateway.services import ServiceSettings, open_services
+from gateway.runtime import HOLDER, Runtime, RuntimeHolder
+from gateway.services import SERVICES, STORES, ServiceSettings, open_services
 
 
-def chain(config: Config) -> list[Middleware]:
-    """The middleware stages, outermost first. Nothing else appends to this list."""
+def chain(holder: RuntimeHolder, stores: Stores) -> list[Middleware]:
+    """The middleware stages, outermost first. Nothing else appends to this list.
+
+    Each stage gets what it decides with here: the live config's holder, and
+    the stores (identity, limiter) bound once the services are open."""
     return [
         request_id(RequestIdConfig()),
         errors(ErrorsConfig()),
         audit(AuditStageConfig()),
-        cors(CorsStageConfig()),
-        route(RouteStageConfig()),
-        authentication(AuthenticationConfig()),
+        cors(CorsStageConfig(holder)),
+        route(RouteStageConfig(holder)),
+        authentication(AuthenticationConfig(Authenticator(stores))),
         policy(PolicyConfig()),
-        rate_limit(RateLimitStageConfig()),
+        rate_limit(RateLimitStageConfig(stores)),
     ]
 
 
@@ -58,18 +62,22 @@ def build_app(
 ) -> web.Application:
     """The gateway for `config`. `handlers` adds routable handlers; `settings` says
     where the database and Redis are (default: the environment)."""
+    holder = RuntimeHolder(Runtime.build(config))
+    stores = Stores()
     app = web.Application(
-        middlewares=chain(config),
+        middlewares=chain(holder, stores),
         # Local handlers read bodies through jsonio, which enforces server.max_body
         # from the live config; the proxy streams and counts. This is only a cap.
         client_max_size=config.server.max_body,
     )
-    holder = RuntimeHolder(Runtime.build(config))
     app[HOLDER] = holder
+    app[STORES] = stores
     registry: dict[str, Handler] = {**BUILTIN, **ROUTABLE, **(handlers or {})}
     # aiohttp would answer `Expect: 100-continue` before any stage runs; the
     # gateway answers it in dispatch, once the chain has let the request through.
-    app.router.add_route("*", "/{tail:.*}", dispatcher(registry), expect_handler=defer_expect)
+    app.router.add_route(
+        "*", "/{tail:.*}", dispatcher(registry, stores), expect_handler=defer_expect
+    )
     app.on_response_prepare.append(stamp_headers)
 
     reloader = Reloader(holder, extra_handlers=handlers or ())
@@ -78,6 +86,9 @@ def build_app(
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config, settings or ServiceSettings.from_env(config))
         app[SERVICES] = services
+        stores.bind(
+            services.identity, services.limiter, services.quotas, services.gate, services.metrics
+        )
         yield
         await services.close()
 

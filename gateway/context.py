@@ -1,38 +1,40 @@
-"""Per-request state carried through the chain, and the app's typed keys."""
+"""Per-request state carried through the chain: one `RequestContext` per request."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.audit.rows import AuditRow, ReportRow
-from gateway.config.schema import Route
-from gateway.gcra import Decision
 from gateway.routing import NO_PARAMS
-from gateway.runtime import Runtime, RuntimeHolder
-from gateway.services import Services
-from gateway.usage import Usage
 
+if TYPE_CHECKING:
+    from gateway.audit.rows import AuditRow, ReportRow
+    from gateway.config.schema import Route
+    from gateway.gcra import Decision
+    from gateway.pipeline.verdict import Principal
+    from gateway.runtime import Runtime
+    from gateway.usage import Usage
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The caller, as the verified token and the user's current state say."""
-
-    id: str  # the token's sub: the user's id
-    username: str
-    role: str  # the user's role now (a change applies at the next request)
-    jti: str
-    exp: float  # the access token's expiry, epoch seconds
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
 class RequestContext:
-    """What the stages learn about one request; created by the request-id stage."""
+    """What the stages learn about one request; created by the request-id stage.
+
+    It is the `RequestView` the decisions read (gateway/pipeline/verdict.py):
+    method, normalised path, headers, client IP and the caller."""
 
     request_id: str
     started: float  # time.monotonic() at arrival
+    method: str = ""
+    headers: Mapping[str, str] = field(
+        default_factory=lambda: NO_HEADERS
+    )  # the request's (case-insensitive) headers
     runtime: Runtime | None = None  # the config this request runs on, start to end
     route: Route | None = None
     params: Mapping[str, str] = field(default_factory=lambda: NO_PARAMS)  # {name} values
@@ -41,13 +43,14 @@ class RequestContext:
     outcome: str = ""  # e.g. client_gone, upstream_reset: why a response ended early
     client_ip: str = ""  # right-most address not in server.trusted_proxies
     user: Principal | None = None  # set by the authentication stage
-    # RateLimit-* headers for this response, set by the rate-limit stage and
-    # stamped on whatever response goes out (local, proxied or a problem)
+    # RateLimit-* headers for this response, set by the rate-limit stage (or the
+    # token quota) and stamped on whatever response goes out (local, proxied or a problem)
     rate_headers: tuple[tuple[str, str], ...] = ()
     # Access-Control-* for an allowed cross-origin caller (server.cors)
     cors_headers: tuple[tuple[str, str], ...] = ()
-    # the route's rate-limit decision when the Redis gate already made it
-    rate_decision: Decision | None = None
+    # the route's bucket, already counted by the Redis gate in the authentication
+    # stage's lookup (one round trip); the rate-limit stage judges it
+    rate_counted: Decision | None = None
     bytes_in: int = 0  # request body bytes read (streamed bodies are counted)
     ttfb: float | None = None  # seconds from arrival to the upstream's response head
     usage: Usage | None = None  # token usage of a model call with a `usage:` format
@@ -61,5 +64,3 @@ class RequestContext:
 
 
 CTX = web.RequestKey("gateway.ctx", RequestContext)
-HOLDER = web.AppKey("gateway.runtime", RuntimeHolder)
-SERVICES = web.AppKey("gateway.services", Services)

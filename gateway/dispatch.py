@@ -19,6 +19,7 @@ from gateway.context import CTX
 from gateway.handlers.jsonio import accepts_json
 from gateway.lowlevel import close_after_response
 from gateway.middleware import Handler
+from gateway.pipeline.stores import Stores
 from gateway.problems import GatewayError
 from gateway.proxy.forward import check_length, forward
 from gateway.proxy.models import forward_model
@@ -57,7 +58,9 @@ async def answer_expect(request: web.Request, expect: str, server: ServerConfig)
     close_after_response(request, close=False)  # the body is coming: keep-alive again
 
 
-def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
+def dispatcher(handlers: Mapping[str, Handler], stores: Stores) -> Handler:
+    """The innermost handler; `stores` gives the model path its token quotas."""
+
     async def dispatch(request: web.Request) -> web.StreamResponse:
         ctx = request[CTX]
         route = ctx.route
@@ -81,7 +84,9 @@ def dispatcher(handlers: Mapping[str, Handler]) -> Handler:
         if expect is not None:
             await answer_expect(request, expect, runtime.config.server)
         if route.model is not None:
-            return await forward_model(request, ctx, route, runtime, runtime.config.server)
+            return await forward_model(
+                request, ctx, route, runtime, runtime.config.server, stores.quotas
+            )
         if route.upstream is not None:
             pool = runtime.pools[route.upstream]
             return await forward(request, ctx, route, pool, runtime.config.server)

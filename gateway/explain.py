@@ -10,18 +10,17 @@ state; `gateway explain` runs it on routes.yaml and the database.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from gateway.config.schema import Route
-from gateway.middleware.rate_limit import counted_as
-from gateway.problems import GatewayError
-from gateway.routing import request_path
+from gateway.pipeline import policy, rate_limit
+from gateway.pipeline.authentication import MISSING_TOKEN, describe, judge_account, verify
+from gateway.pipeline.rate_limit import UNREAD, bucket
+from gateway.pipeline.route import find_route, normalise
+from gateway.pipeline.verdict import Deny, PlainView, Principal
 from gateway.runtime import Runtime
-from gateway.security.tokens import TokenError
-from gateway.state.identity import LocalIdentity
-from gateway.state.limiter import LocalLimiter
+from gateway.state.interfaces import IdentityStore, Limiter
 
 Outcome = Literal["pass", "deny", "skip"]
 
@@ -50,9 +49,9 @@ class Explanation:
     def allowed(self) -> bool:
         return self.decided_by is None
 
-    def deny(self, stage: str, error: GatewayError, detail: str | None = None) -> Explanation:
-        self.steps.append(Step(stage, "deny", detail or error.detail, error.code))
-        self.decided_by, self.status, self.code = stage, error.status, error.code
+    def deny(self, stage: str, verdict: Deny) -> Explanation:
+        self.steps.append(Step(stage, "deny", verdict.detail, verdict.code))
+        self.decided_by, self.status, self.code = stage, verdict.status, verdict.code
         return self
 
     def as_json(self) -> dict[str, Any]:
@@ -78,78 +77,55 @@ async def explain(
     method: str,
     path: str,
     token: str | None,
-    identity: LocalIdentity | None,
-    limiter: LocalLimiter | None,
+    identity: IdentityStore | None,
+    limiter: Limiter | None,
     client_ip: str = "",
 ) -> Explanation:
-    """The chain's decision for this request on `runtime`, stage by stage."""
+    """The chain's decision for this request on `runtime`, stage by stage.
+
+    Each step asks the stage's own decision (gateway/pipeline/), so a message
+    or a rule here is the one the request itself would meet."""
     out = Explanation(method=method.upper(), path=path)
-    route = _route(out, runtime, path)
-    if route is None:
-        return out
-    user_id, role = None, None
+    normalised = normalise(path.partition("?")[0])
+    if isinstance(normalised, Deny):
+        return out.deny("route", normalised)
+    out.normalised = normalised
+    found = find_route(runtime, out.method, normalised)
+    if isinstance(found, Deny):
+        return out.deny("route", found)
+    route = found.route
+    out.route, out.target = route.path, route.target
+    out.steps.append(Step("route", "pass", f"{route.path} ({route.source}) -> {route.target}"))
+    view = PlainView(out.method, normalised, {}, client_ip or UNREAD)
+    caller: Principal | None = None
     if route.auth == "none":
         out.steps.append(Step("authentication", "skip", "the route is auth: none"))
     else:
-        found = await _authenticate(out, runtime, token, identity)
-        if found is None:
+        found_caller = await _authenticate(out, runtime, token, identity)
+        if found_caller is None:
             return out
-        user_id, role = found
-    if role is None:
+        caller = found_caller
+    if caller is None:
         out.steps.append(Step("policy", "skip", "no caller to judge"))
     else:
         allowed = runtime.allowed.get(route.index)
-        if allowed is None:
-            out.steps.append(Step("policy", "pass", "the route admits any valid token"))
-        elif role in allowed:
-            needs = ", ".join(route.roles)
-            out.steps.append(Step("policy", "pass", f"role {role!r} passes (needs {needs})"))
-        else:
-            error = GatewayError(
-                403,
-                "role_forbidden",
-                f"role {role!r} may not use {route.path} (needs {', '.join(route.roles)})",
-            )
-            return out.deny("policy", error)
-    await _rate_limit(out, route, user_id, client_ip, limiter)
+        verdict = policy.decide(caller.role, allowed, route.path, route.roles)
+        if isinstance(verdict, Deny):
+            return out.deny("policy", verdict)
+        out.steps.append(Step("policy", "pass", policy.describe(caller.role, allowed, route.roles)))
+    await _rate_limit(out, route, view, caller, limiter)
     return out
 
 
-def _route(out: Explanation, runtime: Runtime, path: str) -> Route | None:
-    raw = path.partition("?")[0]
-    try:
-        normalised = request_path(raw)
-    except ValueError as exc:
-        out.deny("route", GatewayError.bad_request(str(exc), code="bad_path"))
-        return None
-    out.normalised = normalised
-    builtin = runtime.builtins.get(normalised)
-    try:
-        if builtin is not None:
-            if out.method not in (builtin.methods or ()):
-                raise GatewayError.method_not_allowed(out.method, sorted(builtin.methods or ()))
-            route = builtin
-        else:
-            route = runtime.table.match(out.method, normalised).route
-    except GatewayError as error:
-        out.deny("route", error)
-        return None
-    out.route = route.path
-    out.target = route.target
-    out.steps.append(Step("route", "pass", f"{route.path} ({route.source}) -> {route.target}"))
-    return route
-
-
 async def _authenticate(
-    out: Explanation, runtime: Runtime, token: str | None, identity: LocalIdentity | None
-) -> tuple[str, str] | None:
+    out: Explanation, runtime: Runtime, token: str | None, identity: IdentityStore | None
+) -> Principal | None:
     if not token:
-        out.deny("authentication", GatewayError(401, "missing_token", "no bearer token given"))
+        out.deny("authentication", MISSING_TOKEN)
         return None
-    try:
-        claims = runtime.verifier.verify(token)
-    except TokenError as exc:
-        out.deny("authentication", GatewayError(401, exc.code, exc.detail))
+    claims = verify(runtime.verifier, token)
+    if isinstance(claims, Deny):
+        out.deny("authentication", claims)
         return None
     if identity is None:
         out.steps.append(
@@ -159,59 +135,36 @@ async def _authenticate(
                 f"valid token of user {claims.sub} (revocation and account state not checked)",
             )
         )
-        return claims.sub, claims.role
+        return Principal(claims.sub, claims.sub, claims.role, claims.jti, float(claims.exp))
     revoked, state = await identity.check(claims.jti, claims.sub)
-    if state is None or not state.active:
-        out.deny("authentication", GatewayError(401, "user_inactive", "the account is deactivated"))
+    caller = judge_account(claims, revoked, state)
+    if isinstance(caller, Deny):
+        out.deny("authentication", caller)
         return None
-    if revoked:
-        out.deny("authentication", GatewayError(401, "token_revoked", "the token was revoked"))
-        return None
-    expires = max(0, int(claims.exp - time.time()))
-    out.steps.append(
-        Step(
-            "authentication",
-            "pass",
-            f"user {state.username!r} ({claims.sub}), role {state.role!r} now; "
-            f"the token expires in {expires} s",
-        )
-    )
-    return claims.sub, state.role
+    out.steps.append(Step("authentication", "pass", describe(caller)))
+    return caller
 
 
 async def _rate_limit(
     out: Explanation,
     route: Route,
-    user_id: str | None,
-    client_ip: str,
-    limiter: LocalLimiter | None,
+    view: PlainView,
+    caller: Principal | None,
+    limiter: Limiter | None,
 ) -> None:
     limit = route.rate_limit
     if limit is None:
         out.steps.append(Step("rate limit", "skip", "the route has no rate limit"))
         return
-    rate = limit.rate
     # the bucket the rate-limit stage would count (a header's value is not known here)
-    bucket = f"{route.path}|{counted_as(limit.key, user_id, client_ip or '?', None)}"
+    key = bucket(view, route, limit.key, caller.id if caller is not None else None)
     if limiter is None or limit.key.startswith("header:"):
-        out.steps.append(
-            Step("rate limit", "pass", f"bucket {bucket}: {rate} by {limit.key} (not read)")
-        )
+        out.steps.append(Step("rate limit", "pass", rate_limit.describe(key, limit, None)))
         return
-    decision = await limiter.peek(bucket, rate.limit, rate.period)
-    if decision.allowed:
-        out.steps.append(
-            Step(
-                "rate limit",
-                "pass",
-                f"bucket {bucket}: {decision.remaining} of {rate.limit} left "
-                f"({rate} by {limit.key}); nothing was counted",
-            )
-        )
+    rate = limit.rate
+    decision = await limiter.peek(key, rate.limit, rate.period)
+    verdict = rate_limit.decide(route, limit, decision)
+    if isinstance(verdict, Deny):
+        out.deny("rate limit", verdict)
         return
-    error = GatewayError(
-        429,
-        "rate_limited",
-        f"bucket {bucket} is spent ({rate} by {limit.key}); retry in {decision.retry_after}s",
-    )
-    out.deny("rate limit", error)
+    out.steps.append(Step("rate limit", "pass", rate_limit.describe(key, limit, decision)))

@@ -18,7 +18,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
 from gateway.config.schema import Config, Route, UpstreamConfig
+from gateway.pipeline.policy import allowed_roles, encode
 from gateway.proxy.pool import UpstreamPool, make_pools
 from gateway.routing import RouteTable
 from gateway.security.keys import KeySet
@@ -126,7 +129,7 @@ class Runtime:
         }
         # Pools last: nothing that can fail comes after sessions are opened.
         fresh = make_pools({n: u for n, u in config.upstreams.items() if n not in kept})
-        allowed = {r.index: policy.allowed_roles(r.roles) for r in config.routes if r.roles}
+        allowed = {r.index: allowed_roles(policy, r.roles) for r in config.routes if r.roles}
         return cls(
             config=config,
             table=table,
@@ -136,7 +139,7 @@ class Runtime:
             issuer=issuer,
             verifier=verifier,
             allowed=allowed,
-            allowed_text={i: f",{','.join(sorted(roles))}," for i, roles in allowed.items()},
+            allowed_text={i: encode(roles) for i, roles in allowed.items()},
             role_header={role: ",".join(chain) for role, chain in policy.roles.items()},
             readers={m.name: reader_for(m.usage) for m in config.models.values() if m.usage},
             model_routes={r.model: r for r in config.routes if r.model is not None},
@@ -196,3 +199,6 @@ class RuntimeHolder:
         await self.wait_closed()
         pools = {id(p): p for r in (self.current, *self.retired) for p in r.pools.values()}
         await close_pools(pools.values())
+
+
+HOLDER = web.AppKey("gateway.runtime", RuntimeHolder)  # the app's live config

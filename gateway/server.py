@@ -28,9 +28,9 @@ from gateway.app import build_app
 from gateway.config import load_config
 from gateway.config.schema import Config
 from gateway.connections import ConnectionGuard
-from gateway.context import HOLDER
 from gateway.lowlevel import GatewayRunner
 from gateway.reload import RELOADER
+from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError
 from gateway.services import StartupError
 from gateway.tls import CertificateWatcher, server_context, start_redirect_listener

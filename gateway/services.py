@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from aiohttp import web
 from argon2 import PasswordHasher
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -19,10 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit.writer import AuditWriter
 from gateway.config.schema import AuthConfig, Config
 from gateway.metrics import Metrics
+from gateway.pipeline.stores import Stores
 from gateway.security.hashpool import HashPool
 from gateway.security.passwords import PasswordService
 from gateway.state.gate import RedisGate
 from gateway.state.identity import LocalIdentity, RedisIdentity, UserState
+from gateway.state.interfaces import IdentityStore, Limiter, QuotaStore
 from gateway.state.limiter import LocalLimiter, RedisLimiter
 from gateway.state.pipelined import PipelinedRedis
 from gateway.state.repair import StateRepair
@@ -65,9 +68,10 @@ class Services:
     users: UserStore
     refresh_tokens: RefreshTokenStore
     usage: UsageStore  # /admin/usage's reports
-    identity: LocalIdentity
+    identity: IdentityStore
     throttle: LocalThrottle
-    limiter: LocalLimiter
+    limiter: Limiter  # request rate limits
+    quotas: QuotaStore  # token quotas (the same GCRA buckets, counted in tokens)
     passwords: PasswordService
     redis: Redis | None
     # identity, role and rate limit in one Redis call (None without Redis)
@@ -104,6 +108,11 @@ class Services:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+
+SERVICES = web.AppKey("gateway.services", Services)  # the app's open services
+# the stores the chain decides with (bound to the services above at start-up)
+STORES = web.AppKey("gateway.stores", Stores)
 
 
 def password_service(auth: AuthConfig) -> PasswordService:
@@ -156,9 +165,9 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
 
     redis: Redis | None = None
     gate: RedisGate | None = None
-    identity: LocalIdentity
+    identity: LocalIdentity | RedisIdentity
     throttle: LocalThrottle
-    limiter: LocalLimiter
+    limiter: LocalLimiter | RedisLimiter
     if settings.redis_url:
         redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         redis_identity = RedisIdentity(redis, settings.redis_prefix, load_user)
@@ -199,6 +208,7 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
         identity=identity,
         throttle=throttle,
         limiter=limiter,
+        quotas=limiter,
         passwords=password_service(config.auth),
         redis=redis,
         gate=gate,

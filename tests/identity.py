@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from gateway.state.identity import UserState
 from gateway.store.users import UserRecord
 

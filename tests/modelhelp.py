@@ -8,9 +8,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
-from gateway.context import SERVICES
 from gateway.demo.model import build_demo_app
 from gateway.middleware import Handler
+from gateway.services import SERVICES
 from models import ReportLog
 from tests.conftest import MakeUpstream
 from tests.identity import Client

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.context import SERVICES
 from gateway.problems import GatewayError
+from gateway.services import SERVICES
 from gateway.store.users import decode_cursor, encode_cursor
 from tests.conftest import MakeGateway
 from tests.identity import PASSWORD, Client, bearer, identity_config, login, make_user

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from models import ReportLog
 from tests.conftest import MakeGateway
 from tests.identity import Client, bearer, identity_config, login, make_user

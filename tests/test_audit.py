@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 from yarl import URL
 
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from models import AuditLog, ReportLog
 from tests.conftest import MakeGateway, MakeUpstream
 from tests.identity import PASSWORD, Client, bearer, identity_config, login, make_user

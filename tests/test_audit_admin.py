@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.audit.rows import AuditRow, ReportRow
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from gateway.store.users import encode_cursor
 from tests.conftest import MakeGateway
 from tests.identity import Client, bearer, identity_config, login, make_user

@@ -28,7 +28,7 @@ from gateway.audit.rows import AuditRow, audit_row, from_journal, report_row, to
 from gateway.audit.writer import AuditWriter
 from gateway.config import load_config
 from gateway.config.schema import AuditConfig
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from gateway.store.audit import AuditStore
 from gateway.store.engine import make_engine
 from models import AuditLog, ReportLog

@@ -30,7 +30,7 @@ from gateway.audit.rows import AuditRow, audit_row, from_spool, report_row, to_s
 from gateway.audit.writer import AuditWriter
 from gateway.config import ConfigError, load_config
 from gateway.config.schema import AuditConfig
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from gateway.store.audit import AuditStore, _SqliteTime
 from gateway.store.engine import make_engine
 from gateway.store.migrate import upgrade_sync

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from tests.conftest import MakeGateway
 from tests.identity import PASSWORD, Client, bearer, identity_config, login, make_user
 

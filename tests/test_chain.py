@@ -1,4 +1,4 @@
-"""The middleware order is fixed and visible in one place (STYLE.md lesson 3)."""
+"""The middleware order is fixed and visible in one place (gateway/app.py `chain`)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,22 @@ from pathlib import Path
 from gateway.app import build_app, chain
 from gateway.config import load_config
 from gateway.config.loader import KNOWN_HANDLERS
-from gateway.context import HOLDER
 from gateway.handlers import ROUTABLE
 from gateway.middleware.request_id import new_request_id
+from gateway.pipeline.stores import Stores
+from gateway.runtime import HOLDER, Runtime, RuntimeHolder
+from gateway.services import STORES
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_chain_order_is_pinned() -> None:
+async def test_the_chain_order_is_pinned() -> None:
     config = load_config(ROOT / "routes.yaml")
-    names = [stage.__name__ for stage in chain(config)]
+    holder = RuntimeHolder(Runtime.build(config))
+    try:
+        names = [stage.__name__ for stage in chain(holder, Stores())]
+    finally:
+        await holder.current.close()
     assert names == [
         "request_id_stage",
         "errors_stage",
@@ -34,7 +40,8 @@ async def test_the_app_uses_exactly_that_chain() -> None:
     config = load_config(ROOT / "routes.yaml")
     app = build_app(config)
     try:
-        assert [m.__name__ for m in app.middlewares] == [s.__name__ for s in chain(config)]
+        expected = [s.__name__ for s in chain(app[HOLDER], app[STORES])]
+        assert [m.__name__ for m in app.middlewares] == expected
     finally:
         await app[HOLDER].current.close()
 

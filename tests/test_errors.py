@@ -9,8 +9,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from gateway.context import CTX, HOLDER
+from gateway.context import CTX
 from gateway.handlers.jsonio import json_response, read_json
+from gateway.runtime import HOLDER
 from tests.conftest import MakeGateway
 
 Client = TestClient[web.Request, web.Application]

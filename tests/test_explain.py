@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from gateway.store.audit import AuditFilter
 from tests.conftest import MakeGateway
 from tests.identity import Client, bearer, identity_config, login, make_user

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.context import SERVICES
+from gateway.services import SERVICES
 from tests.conftest import MakeGateway
 from tests.identity import Client, bearer, identity_config, login, make_user
 from tests.processes import free_port

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.context import HOLDER, SERVICES
+from gateway.runtime import HOLDER
+from gateway.services import SERVICES
 from gateway.store.audit import AuditFilter
 from tests.conftest import MakeGateway, MakeUpstream, WriteConfig
 from tests.identity import Client, bearer, identity_config, login, make_user

@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.context import SERVICES
 from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError
 from gateway.security.hashpool import WORKER_NICENESS, HashPool
+from gateway.services import SERVICES
 from tests.conftest import MakeGateway
 from tests.identity import CHEAP_HASHING, PASSWORD, identity_config, login, make_user
 from tests.processes import create_user, free_port, shipped_config, start_gateway, stop

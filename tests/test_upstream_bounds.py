@@ -15,8 +15,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.context import HOLDER
 from gateway.proxy.pool import UpstreamPool
+from gateway.runtime import HOLDER
 from tests.conftest import MakeGateway
 from tests.rawupstream import OK, RawUpstream, Reply
 

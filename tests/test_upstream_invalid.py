@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.context import HOLDER
 from gateway.proxy.balancer import Balancer
+from gateway.runtime import HOLDER
 from tests.conftest import MakeGateway, MakeUpstream
 from tests.rawupstream import INVALID_ANSWERS, OK, RawUpstream, Reply
 

@@ -23,8 +23,8 @@ from gateway.config.schema import (
     UpstreamConfig,
     UpstreamTarget,
 )
-from gateway.context import HOLDER
 from gateway.proxy.balancer import Balancer, RetryBudget, TargetState
+from gateway.runtime import HOLDER
 from tests.conftest import MakeGateway, WriteConfig
 from tests.identity import bearer, identity_config, login, make_user
 

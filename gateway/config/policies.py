@@ -23,6 +23,7 @@ from gateway.config.yamlsource import Invalid, Problems, Value, read_yaml
 
 ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 POLICY_SUFFIXES = (".yaml", ".yml")
+ADMIN_ROLE = "admin"  # the role the admin API, the dashboard and /metrics ask for
 
 
 def _no_roles() -> Mapping[str, tuple[str, ...]]:

@@ -15,7 +15,6 @@ from typing import Any
 from aiohttp import web
 
 from gateway.audit.report import summarise
-from gateway.context import HOLDER
 from gateway.explain import explain
 from gateway.handlers.api import (
     LIST_QUERY,
@@ -40,7 +39,7 @@ from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, query_bool, query_int, query_time, spec
 from gateway.handlers.subroutes import SubRoutes
 from gateway.problems import GatewayError
-from gateway.runtime import Runtime
+from gateway.runtime import HOLDER, Runtime
 from gateway.services import Services
 from gateway.state.identity import UserState
 from gateway.store.audit import AuditFilter

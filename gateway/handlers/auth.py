@@ -16,13 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.context import CTX, SERVICES, Principal, RequestContext
+from gateway.context import CTX, RequestContext
 from gateway.handlers.api import Problem, Reply, TokenPair, UserView, operation
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import invalid, parse, spec
+from gateway.pipeline.verdict import Principal
 from gateway.problems import GatewayError
 from gateway.runtime import Runtime
-from gateway.services import Services
+from gateway.services import SERVICES, Services
 from gateway.state.identity import UserState
 from gateway.store.tokens import SpendOutcome
 from gateway.store.users import DELETED_PREFIX, UserRecord

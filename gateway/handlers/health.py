@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.context import CTX, HOLDER, SERVICES
+from gateway.context import CTX
 from gateway.handlers.api import Reply, Status, operation
 from gateway.handlers.jsonio import json_response
 from gateway.problems import GatewayError
+from gateway.runtime import HOLDER
+from gateway.services import SERVICES
 
 
 @operation("liveness", access="anyone", method="GET", replies={200: Reply("{status: ok}", Status)})

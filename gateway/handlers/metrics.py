@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.context import CTX, SERVICES
+from gateway.config.policies import ADMIN_ROLE
+from gateway.context import CTX
 from gateway.forwarded import is_loopback
 from gateway.handlers.api import Reply, Status, operation
 from gateway.metrics import CONTENT_TYPE
-from gateway.middleware.authentication import authenticate, bearer_token
-from gateway.problems import GatewayError
-from gateway.store.users import ADMIN_ROLE
+from gateway.pipeline.authentication import MISSING_TOKEN, Authenticator, bearer_token
+from gateway.pipeline.policy import admin_roles, decide
+from gateway.pipeline.verdict import Deny
+from gateway.services import SERVICES, STORES
 
 
 @operation(
@@ -29,17 +31,17 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     ctx = request[CTX]
     runtime = ctx.runtime
     assert runtime is not None  # set by the route stage
+    services = request.app[SERVICES]
     if not is_loopback(ctx.client_ip):
+        # the same decisions as the chain's, with /metrics needing an admin's role
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
-            raise GatewayError.unauthorized(
-                "missing_token", "/metrics needs an admin's bearer token off loopback", False
-            )
-        user = ctx.user = await authenticate(request, runtime, token)  # the audit row names them
-        admins = runtime.config.policy.allowed_roles((ADMIN_ROLE,)) | {ADMIN_ROLE}
-        if user.role not in admins:
-            raise GatewayError(403, "role_forbidden", f"role {user.role!r} may not read /metrics")
-    return web.Response(
-        body=request.app[SERVICES].metrics.render(),
-        headers={"Content-Type": CONTENT_TYPE},
-    )
+            raise MISSING_TOKEN.error()
+        caller, _ = await Authenticator(request.app[STORES]).authenticate(ctx, runtime, token)
+        if isinstance(caller, Deny):
+            raise caller.error()
+        ctx.user = caller  # the audit row names them
+        verdict = decide(caller.role, admin_roles(runtime.config.policy), ctx.path, (ADMIN_ROLE,))
+        if isinstance(verdict, Deny):
+            raise verdict.error()
+    return web.Response(body=services.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

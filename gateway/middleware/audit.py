@@ -26,11 +26,12 @@ from aiohttp import web
 
 from gateway.audit.journal import INTERRUPTED
 from gateway.audit.rows import AuditRow, audit_row, report_row
-from gateway.context import CTX, SERVICES, RequestContext
+from gateway.context import CTX, RequestContext
 from gateway.metrics import NO_ROUTE
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.errors import from_http_exception
 from gateway.problems import GatewayError, render
+from gateway.services import SERVICES
 
 
 @dataclass(frozen=True, slots=True)

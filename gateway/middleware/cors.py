@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.config.schema import CorsConfig
-from gateway.context import CTX, HOLDER
+from gateway.context import CTX
 from gateway.middleware import Handler, Middleware
 from gateway.problems import GatewayError
+from gateway.runtime import RuntimeHolder
 
 
 @dataclass(frozen=True, slots=True)
 class CorsStageConfig:
-    pass
+    holder: RuntimeHolder  # server.cors is read from the live config
 
 
 def allowed_origin(cors: CorsConfig, origin: str) -> str | None:
@@ -81,12 +82,14 @@ def preflight(cors: CorsConfig, request: web.Request, value: str | None) -> web.
 
 
 def cors(cfg: CorsStageConfig) -> Middleware:
+    holder = cfg.holder
+
     @web.middleware
     async def cors_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         if origin is None:  # not a browser's cross-origin call: nothing to look up
             return await handler(request)
-        config = request.app[HOLDER].current.config.server.cors
+        config = holder.current.config.server.cors
         if config is None:
             return await handler(request)
         value = allowed_origin(config, origin)

@@ -1,9 +1,4 @@
-"""Stage 5: the caller's role must pass the route's `roles` (default deny).
-
-A role passes if it is listed or inherits a listed role; the set of roles
-that pass each route is computed once per config (`Runtime.allowed`), so the
-decision here is one set membership test.
-"""
+"""Stage 5: the caller's role must pass the route's `roles` (403; gateway/pipeline/policy.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +8,13 @@ from aiohttp import web
 
 from gateway.context import CTX
 from gateway.middleware import Handler, Middleware
-from gateway.problems import GatewayError
+from gateway.pipeline.policy import decide
+from gateway.pipeline.verdict import Deny
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    pass
+    pass  # the roles are the route's, from the config the request runs on
 
 
 def policy(cfg: PolicyConfig) -> Middleware:
@@ -28,13 +24,9 @@ def policy(cfg: PolicyConfig) -> Middleware:
         route, user, runtime = ctx.route, ctx.user, ctx.runtime
         if route is None or user is None or runtime is None:
             return await handler(request)  # auth: none routes have no caller to judge
-        allowed = runtime.allowed.get(route.index)
-        if allowed is not None and user.role not in allowed:
-            raise GatewayError(
-                403,
-                "role_forbidden",
-                f"role {user.role!r} may not use {route.path} (needs {', '.join(route.roles)})",
-            )
+        verdict = decide(user.role, runtime.allowed.get(route.index), route.path, route.roles)
+        if isinstance(verdict, Deny):
+            raise verdict.error()
         return await handler(request)
 
     return policy_stage

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.context import CTX, HOLDER, RequestContext
+from gateway.context import CTX, RequestContext
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.audit import journal_prepared
+from gateway.runtime import HOLDER
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # hex digit → the RFC 9562 variant digit (10xx) carrying its two low bits
@@ -38,7 +39,7 @@ def request_id(cfg: RequestIdConfig) -> Middleware:
         # Keep the client's id when it is sane (README "The request path"), so one id
         # follows a call through every hop; otherwise make one.
         rid = sent if sent is not None and _SANE_ID.fullmatch(sent) else new_request_id()
-        request[CTX] = RequestContext(request_id=rid, started=time.monotonic())
+        request[CTX] = RequestContext(rid, time.monotonic(), request.method, request.headers)
         return await handler(request)
 
     return request_id_stage

@@ -31,8 +31,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config.schema import ModelConfig, RateLimitConfig, Route, ServerConfig
-from gateway.context import SERVICES, RequestContext
-from gateway.middleware.rate_limit import counted
+from gateway.context import RequestContext
+from gateway.pipeline.rate_limit import decide_quota, quota_key
+from gateway.pipeline.verdict import Deny
 from gateway.problems import GatewayError
 from gateway.proxy.forward import (
     FellThrough,
@@ -45,7 +46,7 @@ from gateway.proxy.forward import (
 )
 from gateway.proxy.metering import Meter
 from gateway.runtime import Runtime
-from gateway.state.limiter import LocalLimiter
+from gateway.state.interfaces import QuotaStore
 from gateway.usage import MAX_PARSE, UsageReader
 
 log = logging.getLogger("gateway.proxy")
@@ -57,7 +58,7 @@ class _Quota:
     __slots__ = ("key", "limit", "limiter", "reserved")
 
     def __init__(
-        self, limiter: LocalLimiter, key: str, limit: RateLimitConfig, reserved: int
+        self, limiter: QuotaStore, key: str, limit: RateLimitConfig, reserved: int
     ) -> None:
         self.limiter = limiter
         self.key = key
@@ -90,6 +91,7 @@ async def forward_model(
     route: Route,
     runtime: Runtime,
     server: ServerConfig,
+    quotas: QuotaStore,
 ) -> web.StreamResponse:
     check_length(request, server)
     assert route.model is not None
@@ -117,7 +119,7 @@ async def forward_model(
         headers = request_headers(request, ctx, pool.config, server)
         body, meter = _plan(raw, stream, runtime.readers.get(name), headers, request)
         try:
-            quota = await _reserve(request, ctx, runtime.config.models[name], meter)
+            quota = await _reserve(quotas, ctx, runtime.config.models[name], meter)
         except GatewayError as refused:
             if not position:
                 raise  # the requested model's own quota is spent: the client's answer
@@ -220,7 +222,7 @@ def _plan(
 
 
 async def _reserve(
-    request: web.Request, ctx: RequestContext, model: ModelConfig, meter: Meter | None
+    quotas: QuotaStore, ctx: RequestContext, model: ModelConfig, meter: Meter | None
 ) -> _Quota | None:
     """Check the model's token quota before the call, reserving tokens up front."""
     limit = model.token_limit
@@ -233,15 +235,10 @@ async def _reserve(
     # and the real usage is charged when the call is over.
     reserve = plan.max_tokens if plan is not None and plan.max_tokens else 1
     rate = limit.rate
-    key = f"tokens|{model.name}|{counted(limit.key, ctx, request)}"
-    limiter = request.app[SERVICES].limiter
-    decision = await limiter.hit(key, rate.limit, rate.period, cost=reserve)
-    ctx.rate_headers = decision.headers()  # RateLimit-* counted in tokens
-    if not decision.allowed:
-        raise GatewayError(
-            429,
-            "token_quota",
-            f"token quota {rate} by {limit.key} on model {model.name} is spent "
-            f"(this call reserves {reserve} tokens); retry in {decision.retry_after}s",
-        )
-    return _Quota(limiter, key, limit, reserve)
+    key = quota_key(ctx, model.name, limit.key)
+    decision = await quotas.hit(key, rate.limit, rate.period, cost=reserve)
+    verdict = decide_quota(model.name, limit, reserve, decision)
+    ctx.rate_headers = verdict.headers
+    if isinstance(verdict, Deny):
+        raise verdict.error()
+    return _Quota(quotas, key, limit, reserve)

@@ -85,7 +85,7 @@ class LocalIdentity:
         self._since_purge = 0
         self._changed_at: dict[str, float] = {}  # user id → monotonic time of set_user
 
-    async def start(self, users: dict[str, UserState]) -> None:
+    async def start(self, users: Mapping[str, UserState]) -> None:
         self.users.update(users)
 
     async def close(self) -> None:
@@ -140,8 +140,12 @@ class LocalIdentity:
         self.purge()
 
 
-class RedisIdentity(LocalIdentity):
-    """The same answers, shared by every instance through Redis."""
+class RedisIdentity:
+    """The same answers, shared by every instance through Redis.
+
+    `local` is this process's copy: what it revoked itself, the users it has
+    read, and what answers while Redis is down (`server.redis_failure` does
+    not apply: identity falls back to the last known state, see the README)."""
 
     def __init__(
         self,
@@ -150,7 +154,8 @@ class RedisIdentity(LocalIdentity):
         load_user: UserLoader | None = None,
         health: RedisHealth | None = None,
     ) -> None:
-        super().__init__(load_user)
+        self.local = LocalIdentity(load_user)
+        self._load_user = load_user
         self._redis = redis
         self._prefix = prefix
         self._set_user_script = redis.register_script(SET_USER_LUA)
@@ -168,7 +173,7 @@ class RedisIdentity(LocalIdentity):
 
     def revoked_here(self, jti: str) -> bool:
         """Revoked by this instance (known without asking Redis)."""
-        local = self.revoked.get(jti)
+        local = self.local.revoked.get(jti)
         return local is not None and local > time.time()
 
     async def state_from(self, user_id: str, encoded: object) -> UserState | None:
@@ -177,24 +182,25 @@ class RedisIdentity(LocalIdentity):
             return await self._reload(user_id)
         text = encoded.decode() if isinstance(encoded, bytes) else str(encoded)
         state = UserState.decode(text)
-        self.users[user_id] = state
+        self.local.users[user_id] = state
         return state
 
     async def _reload(self, user_id: str) -> UserState | None:
         """A user Redis does not hold (expired, or lost): read from the database, written back."""
+        users = self.local.users
         if self._load_user is None:
-            return await self._user(user_id)
+            return users.get(user_id)
         try:
             state = await self._load_user(user_id)
         except Exception:
             # The database is down too: this process's last known state, if any.
-            if user_id in self.users:
-                return self.users[user_id]
+            if user_id in users:
+                return users[user_id]
             raise
         if state is None:
-            self.users.pop(user_id, None)
+            users.pop(user_id, None)
             return None
-        self.users[user_id] = state
+        users[user_id] = state
         try:
             # since=0: fill in only if still missing, so a change written
             # meanwhile is not replaced by this (older) read.
@@ -205,17 +211,20 @@ class RedisIdentity(LocalIdentity):
             self.health.failed(exc)
         return state
 
-    async def start(self, users: dict[str, UserState]) -> None:
+    async def start(self, users: Mapping[str, UserState]) -> None:
         # Local state only: Redis is rebuilt from the database by StateRepair
-        # (gateway/state/repair.py), which overwrites stale keys; the old
-        # SET NX here kept whatever a restarted Redis came back with.
-        await super().start(users)
+        # (gateway/state/repair.py), which overwrites stale keys; a SET NX here
+        # would keep whatever a restarted Redis came back with.
+        await self.local.start(users)
+
+    async def close(self) -> None:
+        return None
 
     async def check(self, jti: str, user_id: str) -> tuple[bool, UserState | None]:
         if self.revoked_here(jti):
-            return True, self.users.get(user_id)
+            return True, self.local.users.get(user_id)
         if not self.health.available():
-            return await super().check(jti, user_id)
+            return await self.local.check(jti, user_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.exists(self._rev(jti))
@@ -223,12 +232,12 @@ class RedisIdentity(LocalIdentity):
                 revoked, encoded = await pipe.execute()
         except (RedisError, OSError) as exc:
             self.health.failed(exc)
-            return await super().check(jti, user_id)
+            return await self.local.check(jti, user_id)
         self.health.succeeded()
         return bool(revoked), await self.state_from(user_id, encoded)
 
     async def revoke(self, jti: str, expires_at: float) -> None:
-        await super().revoke(jti, expires_at)
+        await self.local.revoke(jti, expires_at)
         ttl = max(1, int(expires_at - time.time()) + 1)
         try:
             await self._redis.set(self._rev(jti), b"1", ex=ttl)
@@ -236,13 +245,22 @@ class RedisIdentity(LocalIdentity):
             self.health.failed(exc)
 
     async def set_user(self, user_id: str, state: UserState) -> None:
-        await super().set_user(user_id, state)
+        await self.local.set_user(user_id, state)
         try:
             await self._set_user_script(
                 keys=[self._user_key(user_id)], args=[state.encode(), USER_TTL, ""]
             )
         except (RedisError, OSError) as exc:
             self.health.failed(exc)
+
+    def absorb(
+        self,
+        users: Mapping[str, UserState],
+        revoked: Iterable[tuple[str, float]],
+        read_at: float,
+    ) -> None:
+        """A database snapshot as the local copy (LocalIdentity.absorb)."""
+        self.local.absorb(users, revoked, read_at)
 
     async def write_all(
         self, users: Mapping[str, UserState], revoked: Iterable[tuple[str, float]], since: int

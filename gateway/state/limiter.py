@@ -27,6 +27,8 @@ PRUNE_EVERY = 4096  # decisions between sweeps of keys whose bucket is full agai
 
 
 class LocalLimiter:
+    """GCRA in this process: one TAT per key, swept when buckets are full again."""
+
     def __init__(self, max_keys: int = MAX_KEYS) -> None:
         self._tat: dict[str, float] = {}
         self._max_keys = max_keys
@@ -140,11 +142,14 @@ return 1
 """
 
 
-class RedisLimiter(LocalLimiter):
+class RedisLimiter:
+    """GCRA in Redis (one script call a decision); `local` decides while Redis is down in
+    open mode."""
+
     def __init__(
         self, redis: Redis, prefix: str, failure: str, health: RedisHealth | None = None
     ) -> None:
-        super().__init__()
+        self.local = LocalLimiter()
         self._redis = redis
         self._prefix = f"{prefix}rl:"
         self._script = redis.register_script(GCRA_LUA)
@@ -171,7 +176,7 @@ class RedisLimiter(LocalLimiter):
                 code="rate_limit_unavailable",
                 retry_after=1,
             )
-        return self.hit_now(key, limit, period, cost)
+        return self.local.hit_now(key, limit, period, cost)
 
     async def peek(self, key: str, limit: int, period: float) -> Decision:
         """The decision a request would get now (on the Redis clock), without counting it."""
@@ -187,7 +192,7 @@ class RedisLimiter(LocalLimiter):
                 now = float(seconds) + float(micros) / 1_000_000
                 tat = float(_text(stored)) if stored is not None else None
                 return decide(tat, now, limit, period)[0]
-        return await super().peek(key, limit, period)
+        return await self.local.peek(key, limit, period)
 
     async def settle(self, key: str, limit: int, period: float, delta: int) -> None:
         if delta == 0:
@@ -204,7 +209,7 @@ class RedisLimiter(LocalLimiter):
             # The response has already been given: nothing to refuse. The
             # charge is lost, as the reservation was made (or not) in Redis.
             return
-        self.settle_now(key, limit, period, delta)
+        self.local.settle_now(key, limit, period, delta)
 
 
 def decision_of(reply: list[object], limit: int) -> Decision:

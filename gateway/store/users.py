@@ -19,11 +19,11 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.config.policies import ADMIN_ROLE
 from gateway.problems import GatewayError
 from gateway.store.guard import DEFAULT_TIMEOUT, guarded
 from models import User
 
-ADMIN_ROLE = "admin"
 DELETED_PREFIX = "deleted-"  # deleted users are renamed so; new names may not start so
 NO_PASSWORD = "!"  # not an argon2 hash: no password verifies against it  # noqa: S105
 

@@ -1,0 +1,110 @@
+"""The authentication decision: a valid, unrevoked bearer token of an active user (401).
+
+401 (RFC 6750) when there is no token, or the token fails: bad signature,
+expired, wrong issuer, algorithm not the configured one, unknown key id,
+revoked, or its user deactivated. The caller's current role is taken from
+the user's state, not the token, so a role change applies at once.
+
+`verify` and `judge_account` are pure; `Authenticator` does the one lookup
+between them (revocation and user state) in the identity store it was given.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from gateway.pipeline.verdict import Deny, Principal, RequestView
+from gateway.problems import GatewayError
+from gateway.security.tokens import Claims, TokenError
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Route
+    from gateway.gcra import Decision
+    from gateway.pipeline.stores import Stores
+    from gateway.runtime import Runtime
+    from gateway.security.tokens import TokenVerifier
+    from gateway.state.identity import UserState
+
+MISSING_TOKEN = Deny.of(
+    GatewayError.unauthorized("missing_token", "this route needs a bearer token", False)
+)
+USER_INACTIVE = Deny.of(
+    GatewayError.unauthorized("user_inactive", "the account is deactivated", True)
+)
+TOKEN_REVOKED = Deny.of(GatewayError.unauthorized("token_revoked", "the token was revoked", True))
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer …` header (RFC 6750 §2.1), else None."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def verify(verifier: TokenVerifier, token: str) -> Claims | Deny:
+    """The token's claims, or the 401 naming why it cannot be accepted."""
+    try:
+        return verifier.verify(token)
+    except TokenError as exc:
+        return Deny.of(GatewayError.unauthorized(exc.code, exc.detail, True))
+
+
+def judge_account(claims: Claims, revoked: bool, state: UserState | None) -> Principal | Deny:
+    """The caller, once the token's revocation and its user's current state are known."""
+    if state is None or not state.active:
+        return USER_INACTIVE
+    if revoked:
+        return TOKEN_REVOKED
+    return Principal(claims.sub, state.username, state.role, claims.jti, float(claims.exp))
+
+
+def describe(principal: Principal) -> str:
+    """What `explain` says about a caller that passed."""
+    expires = max(0, int(principal.exp - time.time()))
+    return (
+        f"user {principal.username!r} ({principal.id}), role {principal.role!r} now; "
+        f"the token expires in {expires} s"
+    )
+
+
+class Authenticator:
+    """Looks up a verified token's revocation and user in the stores it was given.
+
+    On a rate-limited route with Redis, the Redis gate (gateway/state/gate.py)
+    answers the lookup and counts the route's bucket in the same round trip;
+    that count is returned for the rate-limit decision to judge."""
+
+    __slots__ = ("_stores",)
+
+    def __init__(self, stores: Stores) -> None:
+        self._stores = stores
+
+    async def authenticate(
+        self, view: RequestView, runtime: Runtime, token: str, route: Route | None = None
+    ) -> tuple[Principal | Deny, Decision | None]:
+        """The caller `token` names, and the route's rate-limit count when the gate made it."""
+        claims = verify(runtime.verifier, token)
+        if isinstance(claims, Deny):
+            return claims, None
+        stores = self._stores
+        gate = stores.gate
+        if gate is not None and route is not None and route.rate_limit is not None:
+            # imported here: the rate-limit decision module imports this one
+            from gateway.pipeline.rate_limit import bucket
+
+            limit = route.rate_limit
+            answer = await gate.check(
+                claims.jti,
+                claims.sub,
+                bucket(view, route, limit.key, claims.sub),
+                runtime.allowed_text.get(route.index, ""),
+                limit.rate.limit,
+                limit.rate.period,
+            )
+            if answer is not None:
+                return judge_account(claims, answer.revoked, answer.state), answer.decision
+        revoked, state = await stores.identity.check(claims.jti, claims.sub)
+        return judge_account(claims, revoked, state), None
