@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,20 @@ if TYPE_CHECKING:
     from gateway.usage import Usage
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class Outcome(StrEnum):
+    """Why a response ended otherwise than its status says; the audit row's reason.
+
+    Set by the proxy (gateway/proxy/forward.py), read by the audit stage."""
+
+    NONE = ""
+    CLIENT_GONE = "client_gone"  # the client left before the whole response was sent
+    BODY_TOO_LARGE = "body_too_large"  # a streamed request body passed server.max_body
+    UPSTREAM_BUSY = "upstream_busy"  # max_pending requests were already waiting
+    UPSTREAM_INVALID = "upstream_invalid"  # the upstream's answer was not valid HTTP
+    UPSTREAM_TIMEOUT = "upstream_timeout"  # the upstream's timeout passed
+    UPSTREAM_RESET = "upstream_reset"  # the upstream's connection was lost mid-exchange
 
 
 @dataclass(slots=True)
@@ -40,7 +55,7 @@ class RequestContext:
     params: Mapping[str, str] = field(default_factory=lambda: NO_PARAMS)  # {name} values
     path: str = ""  # normalised path
     query: str = ""  # the raw query string, passed on unchanged
-    outcome: str = ""  # e.g. client_gone, upstream_reset: why a response ended early
+    outcome: Outcome = Outcome.NONE  # why a response ended early, if it did
     client_ip: str = ""  # right-most address not in server.trusted_proxies
     user: Principal | None = None  # set by the authentication stage
     # RateLimit-* headers for this response, set by the rate-limit stage (or the

@@ -147,6 +147,24 @@ class Runtime:
             loaded_at=time.time(),
         )
 
+    def upstream_status(self) -> list[dict[str, object]]:
+        """Each upstream's balancing and health check, and per target its state, in-flight
+        count, failures and last error (GET /admin/upstreams), by name."""
+        items: list[dict[str, object]] = []
+        for name, pool in sorted(self.pools.items()):
+            check = pool.config.health_check
+            items.append(
+                {
+                    "name": name,
+                    "balance": pool.config.balance,
+                    "health_check": None
+                    if check is None
+                    else {"path": check.path, "interval": check.interval, "timeout": check.timeout},
+                    "targets": pool.balancer.describe(),
+                }
+            )
+        return items
+
     async def close(self) -> None:
         await close_pools(self.pools.values())
 

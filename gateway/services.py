@@ -29,7 +29,7 @@ from gateway.state.interfaces import IdentityStore, Limiter, QuotaStore
 from gateway.state.limiter import LocalLimiter, RedisLimiter
 from gateway.state.pipelined import PipelinedRedis
 from gateway.state.repair import StateRepair
-from gateway.state.throttle import LocalThrottle, RedisThrottle
+from gateway.state.throttle import LocalThrottle, LoginThrottle, RedisThrottle
 from gateway.store.audit import AuditStore
 from gateway.store.engine import database_url, is_sqlite, make_engine, make_sessions, safe_url
 from gateway.store.guard import DEFAULT_TIMEOUT, within
@@ -69,7 +69,7 @@ class Services:
     refresh_tokens: RefreshTokenStore
     usage: UsageStore  # /admin/usage's reports
     identity: IdentityStore
-    throttle: LocalThrottle
+    throttle: LoginThrottle
     limiter: Limiter  # request rate limits
     quotas: QuotaStore  # token quotas (the same GCRA buckets, counted in tokens)
     passwords: PasswordService
@@ -166,7 +166,7 @@ async def open_services(config: Config, settings: ServiceSettings) -> Services:
     redis: Redis | None = None
     gate: RedisGate | None = None
     identity: LocalIdentity | RedisIdentity
-    throttle: LocalThrottle
+    throttle: LocalThrottle | RedisThrottle
     limiter: LocalLimiter | RedisLimiter
     if settings.redis_url:
         redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)

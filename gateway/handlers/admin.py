@@ -385,19 +385,7 @@ async def routes(request: web.Request) -> web.StreamResponse:
 async def upstreams(request: web.Request) -> web.StreamResponse:
     """Each upstream's balancing, and per target: state, in-flight, failures, last error."""
     _, runtime, _ = context(request)
-    items = []
-    for name, pool in sorted(runtime.pools.items()):
-        check = pool.config.health_check
-        items.append(
-            {
-                "name": name,
-                "balance": pool.config.balance,
-                "health_check": None
-                if check is None
-                else {"path": check.path, "interval": check.interval, "timeout": check.timeout},
-                "targets": pool.balancer.describe(),
-            }
-        )
+    items = runtime.upstream_status()
     return json_response({"items": items, "next_cursor": None})
 
 

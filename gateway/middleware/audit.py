@@ -26,7 +26,7 @@ from aiohttp import web
 
 from gateway.audit.journal import INTERRUPTED
 from gateway.audit.rows import AuditRow, audit_row, report_row
-from gateway.context import CTX, RequestContext
+from gateway.context import CTX, Outcome, RequestContext
 from gateway.metrics import NO_ROUTE
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.errors import from_http_exception
@@ -151,15 +151,15 @@ def audit(cfg: AuditStageConfig) -> Middleware:
                 _record(request, ctx, exc.status, 0, None, True)
             raise
         except (asyncio.CancelledError, ConnectionResetError):
-            _record(request, ctx, 499, 0, "client_gone", True)  # 499: nginx's "client closed"
+            # 499: nginx's "client closed request"
+            _record(request, ctx, 499, 0, Outcome.CLIENT_GONE.value, True)
             raise
         except Exception:
             _record_error(request, ctx, GatewayError.internal())
             raise
         # ctx.outcome: why a proxied response ended early (client_gone, upstream_reset)
-        _record(
-            request, ctx, response.status, _bytes_out(request, response), ctx.outcome or None, True
-        )
+        reason = ctx.outcome.value or None
+        _record(request, ctx, response.status, _bytes_out(request, response), reason, True)
         return response
 
     return audit_stage

@@ -39,7 +39,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config.schema import Route, ServerConfig, UpstreamConfig
-from gateway.context import RequestContext
+from gateway.context import Outcome, RequestContext
 from gateway.forwarded import forwarded_for, is_trusted
 from gateway.problems import GatewayError
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
@@ -84,7 +84,7 @@ async def limited(
         total += len(chunk)
         ctx.bytes_in = total  # the audit row's bytes in for a body without Content-Length
         if total > limit:
-            ctx.outcome = "body_too_large"  # seen by the caller however aiohttp wraps it
+            ctx.outcome = Outcome.BODY_TOO_LARGE  # seen by the caller however aiohttp wraps it
             raise BodyTooLarge
         yield chunk
 
@@ -233,7 +233,8 @@ async def attempts(
                     attempt = retry
                     continue
             error = _send_failure(exc, ctx, upstream.name, server.max_body)
-            if fallback is not None and ctx.outcome != "body_too_large" and fallback.possible():
+            too_large = ctx.outcome is Outcome.BODY_TOO_LARGE
+            if fallback is not None and not too_large and fallback.possible():
                 raise FellThrough(error) from None
             raise error from None
 
@@ -309,7 +310,7 @@ async def _exchange(
                 )
         except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
             # the client's fault (too large), or the pool's (busy): not the target's
-            if ctx.outcome != "body_too_large" and not isinstance(exc, _LOCAL):
+            if ctx.outcome != Outcome.BODY_TOO_LARGE and not isinstance(exc, _LOCAL):
                 text = f"invalid HTTP: {exc}" if isinstance(exc, InvalidResponse) else None
                 _report_failure(balancer, attempt, upstream.name, text or failure_text(exc))
             raise _SendFailed(exc) from None
@@ -328,7 +329,7 @@ async def _exchange(
         try:
             return await _relay(request, ctx, response, upstream.name, attempt.target.url, meter)
         finally:
-            if ctx.outcome in ("upstream_reset", "upstream_timeout"):
+            if ctx.outcome in (Outcome.UPSTREAM_RESET, Outcome.UPSTREAM_TIMEOUT):
                 _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
     finally:
         balancer.finish(attempt)
@@ -356,7 +357,7 @@ def _send_failure(
     exc: BaseException, ctx: RequestContext, name: str, max_body: int
 ) -> GatewayError:
     """Map a failure before the response head arrived to the problem the client gets."""
-    if ctx.outcome == "body_too_large":
+    if ctx.outcome == Outcome.BODY_TOO_LARGE:
         # The chunked request body outgrew server.max_body mid-stream.
         return GatewayError.too_large(max_body)
     if isinstance(exc, TargetUnreachable):
@@ -366,7 +367,7 @@ def _send_failure(
     if isinstance(exc, UpstreamBusy):
         # Every connection busy and max_pending requests already waiting for one:
         # refused at once rather than queued without bound (Envoy's overflow 503).
-        ctx.outcome = "upstream_busy"
+        ctx.outcome = Outcome.UPSTREAM_BUSY
         return GatewayError.unavailable(
             f"upstream {name} is busy: every connection in use and {exc}",
             code="upstream_busy",
@@ -375,20 +376,20 @@ def _send_failure(
     if isinstance(exc, InvalidResponse):
         # Garbage, a broken head or framing, a 101 nobody asked for: the
         # connection was closed, and the answer is never relayed.
-        ctx.outcome = "upstream_invalid"
+        ctx.outcome = Outcome.UPSTREAM_INVALID
         return GatewayError.bad_gateway(
             f"upstream {name} answered with invalid HTTP ({exc})", code="upstream_invalid"
         )
     if isinstance(exc, PoolTimeout):
         # `timeout` passed while waiting in line for a free connection.
-        ctx.outcome = "upstream_timeout"
+        ctx.outcome = Outcome.UPSTREAM_TIMEOUT
         return GatewayError.gateway_timeout(f"no connection to upstream {name} was free in time")
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         # Connect, first-byte or whole-response deadline passed before the head.
-        ctx.outcome = "upstream_timeout"
+        ctx.outcome = Outcome.UPSTREAM_TIMEOUT
         return GatewayError.gateway_timeout(f"upstream {name} did not answer in time")
     # Disconnected or reset before a complete response head: a broken upstream.
-    ctx.outcome = "upstream_reset"
+    ctx.outcome = Outcome.UPSTREAM_RESET
     return GatewayError.bad_gateway(
         f"upstream {name} closed the connection without a response", code="upstream_reset"
     )
@@ -411,11 +412,11 @@ async def _relay_small(
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         upstream_response.close()
         if isinstance(exc, TimeoutError):
-            ctx.outcome = "upstream_timeout"
+            ctx.outcome = Outcome.UPSTREAM_TIMEOUT
             raise GatewayError.gateway_timeout(
                 f"upstream {upstream_name} did not send its whole response in time"
             ) from None
-        ctx.outcome = "upstream_reset"
+        ctx.outcome = Outcome.UPSTREAM_RESET
         raise GatewayError.bad_gateway(
             f"upstream {upstream_name} closed the connection mid-response", code="upstream_reset"
         ) from None
@@ -482,11 +483,11 @@ async def _relay(
         ):
             # The client went away (499 in the log); the upstream connection
             # cannot be reused mid-body.
-            ctx.outcome = "client_gone"
+            ctx.outcome = Outcome.CLIENT_GONE
         else:
             # The upstream broke or timed out mid-body: cut the client
             # connection so the truncated body cannot pass for a whole one.
-            ctx.outcome = "upstream_reset"
+            ctx.outcome = Outcome.UPSTREAM_RESET
             log.warning(
                 "upstream broke mid-response",
                 extra={

@@ -31,7 +31,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config.schema import ModelConfig, RateLimitConfig, Route, ServerConfig
-from gateway.context import RequestContext
+from gateway.context import Outcome, RequestContext
 from gateway.pipeline.rate_limit import decide_quota, quota_key
 from gateway.pipeline.verdict import Deny
 from gateway.problems import GatewayError
@@ -138,7 +138,7 @@ async def forward_model(
             if quota is not None:
                 await quota.settle(-quota.reserved)
             error = failed.error
-            ctx.outcome = ""
+            ctx.outcome = Outcome.NONE
             log.warning(
                 "model failed, falling back",
                 extra={

@@ -10,6 +10,7 @@ import math
 import time
 import uuid
 from collections import deque
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -20,7 +21,21 @@ from gateway.state.redis_health import RedisHealth
 MAX_KEYS = 100_000  # in-memory keys kept; the oldest are dropped beyond it
 
 
+class LoginThrottle(Protocol):
+    """Failed sign-ins counted per username and per client IP (auth.login_failures)."""
+
+    rate: Rate
+
+    async def retry_after(self, key: str) -> int: ...
+
+    async def fail(self, key: str) -> None: ...
+
+    async def clear(self, key: str) -> None: ...
+
+
 class LocalThrottle:
+    """The sliding logs in this process."""
+
     def __init__(self, rate: Rate) -> None:
         self.rate = rate
         self._failures: dict[str, deque[float]] = {}
@@ -49,12 +64,13 @@ class LocalThrottle:
         self._failures.pop(key, None)
 
 
-class RedisThrottle(LocalThrottle):
+class RedisThrottle:
     """The same, shared by every instance; while Redis fails, this instance's own count
     (the outage and the recovery are logged once each, not per sign-in)."""
 
     def __init__(self, rate: Rate, redis: Redis, prefix: str) -> None:
-        super().__init__(rate)
+        self.rate = rate
+        self.local = LocalThrottle(rate)  # what counts while Redis fails
         self._redis = redis
         self._prefix = prefix
         self.health = RedisHealth("login throttles")
@@ -64,7 +80,7 @@ class RedisThrottle(LocalThrottle):
 
     async def retry_after(self, key: str) -> int:
         if not self.health.available():
-            return await super().retry_after(key)
+            return await self.local.retry_after(key)
         moment = time.time()
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -74,14 +90,14 @@ class RedisThrottle(LocalThrottle):
                 _, oldest, count = await pipe.execute()
         except (RedisError, OSError) as exc:
             self.health.failed(exc)
-            return await super().retry_after(key)
+            return await self.local.retry_after(key)
         self.health.succeeded()
         if count < self.rate.limit or not oldest:
             return 0
         return max(1, math.ceil(float(oldest[0][1]) + self.rate.period - moment))
 
     async def fail(self, key: str) -> None:
-        await super().fail(key)
+        await self.local.fail(key)
         if not self.health.available():
             return
         moment = time.time()
@@ -95,7 +111,7 @@ class RedisThrottle(LocalThrottle):
             self.health.failed(exc)
 
     async def clear(self, key: str) -> None:
-        await super().clear(key)
+        await self.local.clear(key)
         if not self.health.available():
             return
         try:
