@@ -29,11 +29,12 @@ run: venv
 	$(PY) seed_data.py --config $(CONFIG)
 	$(PY) -m gateway.demo.launch $(CONFIG)
 
-## lint: ruff, formatting and mypy, as in CI
+## lint: ruff, formatting, mypy, and no import circles in gateway/ (tools/import_cycles.py)
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway
+	$(PY) tools/import_cycles.py
 
 ## check: validate the shipped routes.yaml and policies/
 check: venv

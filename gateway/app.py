@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.config.schema import Config
 from gateway.dispatch import defer_expect, dispatcher
-from gateway.handlers import BUILTIN, ROUTABLE
+from gateway.handlers.registry import BUILTIN, ROUTABLE
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.audit import AuditStageConfig, audit
 from gateway.middleware.authentication import AuthenticationConfig, authentication

@@ -30,7 +30,7 @@ from gateway.usage import UsageReader, reader_for
 
 log = logging.getLogger("gateway.runtime")
 
-# path → handler name in gateway.handlers.BUILTIN
+# path → handler name in gateway.handlers.registry.BUILTIN
 BUILTIN_PATHS = {
     "/healthz": "builtin.healthz",
     "/readyz": "builtin.readyz",

@@ -1,7 +1,8 @@
 """`gateway serve`: listen, and on SIGTERM/SIGINT drain in-flight requests and exit 0.
 
 SIGHUP reloads routes.yaml and policies/ (gateway/reload.py); so does editing them.
-With server.tls, a changed cert/key pair is picked up without a restart (gateway/tls.py).
+With server.tls, a changed cert/key pair is picked up without a restart
+(gateway/tls/server.py).
 
 Shutdown order: mark draining (/readyz turns 503), stop accepting, let
 in-flight requests finish within server.shutdown_grace, close upstream pools.
@@ -33,7 +34,8 @@ from gateway.reload import RELOADER
 from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError
 from gateway.services import StartupError
-from gateway.tls import CertificateWatcher, server_context, start_redirect_listener
+from gateway.tls.redirect import start_redirect_listener
+from gateway.tls.server import CertificateWatcher, server_context
 from gateway.workers import exit_with_parent
 
 log = logging.getLogger("gateway.server")

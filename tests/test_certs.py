@@ -17,7 +17,7 @@ from cryptography import x509
 
 from gateway import certs
 from gateway.cli import main
-from gateway.tls import server_context
+from gateway.tls.server import server_context
 
 
 def mode(path: Path) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 from gateway.app import build_app, chain
 from gateway.config import load_config
 from gateway.config.loader import KNOWN_HANDLERS
-from gateway.handlers import ROUTABLE
+from gateway.handlers.registry import ROUTABLE
 from gateway.middleware.request_id import new_request_id
 from gateway.pipeline.stores import Stores
 from gateway.runtime import HOLDER, Runtime, RuntimeHolder
@@ -51,7 +51,7 @@ def test_routable_handlers_match_what_config_accepts() -> None:
 
 
 def test_every_builtin_route_has_a_handler() -> None:
-    from gateway.handlers import BUILTIN
+    from gateway.handlers.registry import BUILTIN
     from gateway.runtime import builtin_routes
 
     assert {r.handler for r in builtin_routes().values()} == set(BUILTIN)

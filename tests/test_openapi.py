@@ -15,9 +15,9 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from gateway.handlers import BUILTIN, ROUTABLE
 from gateway.handlers.api import declared
 from gateway.handlers.openapi import MOUNTED
+from gateway.handlers.registry import BUILTIN, ROUTABLE
 from tests.conftest import MakeGateway
 from tests.identity import Client, identity_config
 

@@ -27,7 +27,8 @@ from gateway.cli import main
 from gateway.config import ConfigError, load_config
 from gateway.config.schema import UpstreamTLSConfig
 from gateway.services import ServiceSettings
-from gateway.tls import https_location, server_context
+from gateway.tls.redirect import https_location
+from gateway.tls.server import server_context
 from tests.conftest import MakeGateway, WriteConfig
 from tests.processes import free_port, start_gateway, stop
 

@@ -58,7 +58,7 @@ from gateway.config.yamlsource import (
     read_yaml,
 )
 from gateway.routing import compile_pattern, literal_prefix
-from gateway.tls import ca_problem, pair_problem
+from gateway.tls.files import ca_problem, pair_problem
 
 # The local handlers a route may name. Kept beside the schema so `gateway
 # check` needs no aiohttp; tests pin it to the handler registry.

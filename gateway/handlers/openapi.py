@@ -6,6 +6,7 @@ the roles the policy), once for each Runtime that serves it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -49,10 +50,6 @@ def _required(op: Operation | None) -> Operation:
     return op
 
 
-# The live config's document, made on first request: (the Runtime it describes, its JSON).
-_cached: tuple[Runtime, bytes] | None = None
-
-
 def openapi_document(runtime: Runtime, handlers: dict[str, Handler]) -> dict[str, Any]:
     roles = sorted(runtime.config.policy.roles)
     return document(
@@ -60,17 +57,23 @@ def openapi_document(runtime: Runtime, handlers: dict[str, Handler]) -> dict[str
     )
 
 
-@operation(
-    "this document: OpenAPI 3.1 for the gateway's own endpoints",
-    access="anyone",
-    method="GET",
-)
-async def openapi(request: web.Request) -> web.StreamResponse:
-    from gateway.handlers import BUILTIN, ROUTABLE
+def openapi_endpoint(documented: Callable[[], dict[str, Handler]]) -> Handler:
+    """The /openapi.json handler; `documented()` gives the handlers by name (the registry's
+    tables, gateway/handlers/registry.py, passed in so this module does not import them)."""
+    # The live config's document, made on first request: (the Runtime it describes, its JSON).
+    cached: tuple[Runtime, bytes] | None = None
 
-    global _cached
-    runtime = request[CTX].runtime
-    assert runtime is not None
-    if _cached is None or _cached[0] is not runtime:  # a reload made a new Runtime
-        _cached = (runtime, orjson.dumps(openapi_document(runtime, {**ROUTABLE, **BUILTIN})))
-    return web.Response(body=_cached[1], content_type="application/json")
+    @operation(
+        "this document: OpenAPI 3.1 for the gateway's own endpoints",
+        access="anyone",
+        method="GET",
+    )
+    async def openapi(request: web.Request) -> web.StreamResponse:
+        nonlocal cached
+        runtime = request[CTX].runtime
+        assert runtime is not None
+        if cached is None or cached[0] is not runtime:  # a reload made a new Runtime
+            cached = (runtime, orjson.dumps(openapi_document(runtime, documented())))
+        return web.Response(body=cached[1], content_type="application/json")
+
+    return openapi

@@ -17,7 +17,7 @@ from gateway.config.schema import UpstreamConfig
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.health import HealthChecker
 from gateway.proxy.lean import LeanClient
-from gateway.tls import upstream_ssl
+from gateway.tls.upstream import upstream_ssl
 
 
 class UpstreamPool:
