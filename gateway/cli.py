@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import getpass
 import os
 import re
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +15,12 @@ from typing import TYPE_CHECKING
 from gateway.config import ConfigError, load_config
 from gateway.config.schema import Config
 from gateway.config.units import format_duration
+from gateway.connection_errors import (
+    DB_CONNECT_TIMEOUT,
+    database_errors,
+    describe_connection_error,
+    masked_url,
+)
 from gateway.security.keys import KeyConfigError
 
 if TYPE_CHECKING:  # the db and users commands import their machinery when run: check stays quick
@@ -325,54 +329,7 @@ async def _explain_with(config: Config, args: argparse.Namespace) -> int:
 
 # --- db upgrade, users create ------------------------------------------------
 
-DB_CONNECT_TIMEOUT = 10.0  # seconds to reach the database before saying so
 USERNAME_RULE = "3 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-
-
-def describe_connection_error(exc: BaseException) -> str:
-    """Why a database, Redis or upstream connection failed, in one line without secrets."""
-    from sqlalchemy.exc import DBAPIError
-
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig  # the driver's words, without SQLAlchemy's statement and help link
-    cause = exc.__cause__ or exc.__context__
-    if not isinstance(exc, OSError) and isinstance(cause, OSError):
-        exc = cause  # redis wraps the socket error in its own words; the socket's are plainer
-    if isinstance(exc, ImportError):
-        return f"no driver installed for this URL ({exc.name or exc})"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def masked_url(url: str) -> str:
-    """`url` with its password masked; never the raw text of a URL that does not parse."""
-    from sqlalchemy.exc import ArgumentError
-
-    from gateway.store.engine import safe_url
-
-    try:
-        return safe_url(url)
-    except ArgumentError:
-        return "(a URL that does not parse)"
-
-
-def database_errors() -> tuple[type[BaseException], ...]:
-    """What reaching and migrating a database can raise, to report in one line."""
-    from alembic.util import CommandError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    # OSError covers refused and unreachable hosts (asyncpg raises them bare);
-    # CommandError is Alembic meeting a revision it does not know; ImportError
-    # a URL naming a driver that is not installed.
-    return (OSError, SQLAlchemyError, CommandError, ImportError)
 
 
 def _db_upgrade(path: Path) -> int:

@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.cli import describe_connection_error, load_or_report
+from gateway.cli import load_or_report
 from gateway.config import Config, ConfigError, ConfigProblem, load_config
 from gateway.config.model_entry import Placement, PlacementError, entry_fields, place_entry
 from gateway.config.schema import UpstreamTarget
 from gateway.config.units import format_duration
+from gateway.connection_errors import describe_connection_error
 
 # --- add ----------------------------------------------------------------------------
 
