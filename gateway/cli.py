@@ -248,7 +248,7 @@ def _routes(path: Path) -> int:
 
 
 def _routes_diff(old_path: Path, new_path: Path) -> int:
-    from gateway.routes_diff import diff
+    from gateway.config.diff import diff
 
     old, new = load_or_report(old_path), load_or_report(new_path)
     if old is None or new is None:
