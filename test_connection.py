@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from gateway.cli import config_argument, load_or_report
+from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config import Config
 from gateway.config.schema import UpstreamTarget
 from gateway.connection_errors import database_errors, describe_connection_error, masked_url
