@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.routes_diff import diff
+from gateway.config.diff import diff
 from tests.conftest import WriteConfig
 
 OLD = """\

@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 
 import seed_data
 import test_connection
-from gateway.cli import masked_url
 from gateway.config import load_config
+from gateway.connection_errors import masked_url
 from gateway.services import ServiceSettings
 from gateway.store.engine import make_engine, make_sessions
 from models import AuditLog, ReportLog, User

@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.cli import main as gateway_main
 from gateway.config import load_config
 from gateway.config.schema import Config
+from gateway.logs import setup_logging
 from gateway.security.keys import SECRET_ENV
+from gateway.server import run as serve
 
 CREDENTIALS_FILE = ".dev-credentials.json"
 
@@ -128,7 +129,8 @@ def main() -> int:
             return 1
     print(banner(config), flush=True)
     try:
-        return gateway_main(["serve", "--config", str(config_path)])
+        setup_logging("INFO")  # what `gateway serve --config PATH` does
+        return serve(config_path)
     finally:
         if process is not None:
             process.terminate()

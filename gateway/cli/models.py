@@ -9,6 +9,7 @@ with a TCP probe of every target.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -19,12 +20,58 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.cli import describe_connection_error, load_or_report
+from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config import Config, ConfigError, ConfigProblem, load_config
-from gateway.config.model_entry import Placement, PlacementError, entry_fields, place_entry
 from gateway.config.schema import UpstreamTarget
 from gateway.config.units import format_duration
+from gateway.connection_errors import describe_connection_error
+
+if TYPE_CHECKING:  # model_entry brings ruamel.yaml: imported when `models add` runs
+    from gateway.config.model_entry import Placement
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = commands.add_parser("models", help="the AI team's models: add one, list them")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    add = model_commands.add_parser(
+        "add", help="register a model in routes.yaml (comments kept) once the result validates"
+    )
+    add.add_argument("name", help="the model's name: upstream NAME, route /models/NAME/**")
+    add.add_argument("url", help="where the model listens: http(s)://host:port[/base-path]")
+    add.add_argument("--roles", help="comma-separated roles that may call it (default: any user)")
+    add.add_argument(
+        "--rate-limit", help="per user, e.g. 30/min; off for none (default: 60/min per user)"
+    )
+    add.add_argument("--timeout", help="whole-response timeout, e.g. 2m (default: 5m)")
+    add.add_argument("--usage", help="token usage format of its responses: openai")
+    add.add_argument("--token-limit", help="tokens per user, e.g. 100000/day (needs --usage)")
+    add.add_argument("--fallback", help="comma-separated models to try when it fails")
+    config_argument(add)
+    add.set_defaults(run=run_add)
+    listing = model_commands.add_parser("list", help="each model, its settings and its health")
+    config_argument(listing)
+    listing.set_defaults(run=run_list)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    return add_model(
+        args.config,
+        args.name,
+        args.url,
+        args.roles,
+        args.rate_limit,
+        args.timeout,
+        usage=args.usage,
+        token_limit=args.token_limit,
+        fallback=args.fallback,
+    )
+
+
+def run_list(args: argparse.Namespace) -> int:
+    return list_models(args.config)
+
 
 # --- add ----------------------------------------------------------------------------
 
@@ -42,6 +89,8 @@ def add_model(
     fallback: str | None = None,
 ) -> int:
     """`gateway models add`: 0 once routes.yaml holds the checked entry; else 1, file untouched."""
+    from gateway.config.model_entry import PlacementError, entry_fields, place_entry
+
     path = path.resolve()  # a symlinked routes.yaml: replace the file it points at
     before = load_or_report(path)
     if before is None:
