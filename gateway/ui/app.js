@@ -172,7 +172,15 @@ $("signin-form").addEventListener("submit", async (event) => {
     state.token = body.access_token;
     sessionStorage.setItem("gateway.token", state.token);
     const me = await api("/users/me");
-    if (me.role !== "admin") { signOut(); $("signin-error").textContent = "an admin account is needed"; return; }
+    // Whether this account may use the admin API is the gateway's policy decision
+    // (roles inherit admin through policies/): ask it rather than compare role names.
+    try {
+      await api("/admin/config");
+    } catch (refused) {
+      signOut();
+      $("signin-error").textContent = `an admin account is needed (${refused.message})`;
+      return;
+    }
     showDashboard(me.username);
   } catch (error) {
     $("signin-error").textContent = error.message;
