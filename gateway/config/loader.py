@@ -17,11 +17,18 @@ from urllib.parse import urlsplit
 
 from gateway.config.policies import Policy, load_policies
 from gateway.config.schema import (
+    ALGORITHMS,
+    BALANCE_MODES,
+    DATABASE_TIMEOUT_BOUNDS,
     DEFAULT_AUDIT,
     DEFAULT_DATABASE,
     DEFAULT_HSTS,
     DEFAULT_PASSIVE,
     DEFAULT_RETRY_BUDGET,
+    MAX_ATTEMPTS,
+    MAX_RETRIES,
+    MAX_WEIGHT,
+    UPSTREAM_TIMEOUT,
     AuditConfig,
     AuthConfig,
     Balance,
@@ -66,7 +73,6 @@ KNOWN_HANDLERS: frozenset[str] = frozenset(
     {"auth.register", "auth.login", "auth.refresh", "auth.logout", "users", "admin"}
 )
 
-ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
 _METHOD = re.compile(r"^[A-Z]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NO_NAMES: tuple[str, ...] = ()
@@ -89,12 +95,8 @@ _UPSTREAM_KEYS = (
     "retry_budget",
     "tls",
 )
-BALANCE_MODES = ("round_robin", "least_outstanding")
-MAX_WEIGHT = 1000
-MAX_RETRIES = 10
 _ROUTE_KEYS = ("methods", "auth", "roles", "rate_limit", "retry_after_send")
 _OFF = frozenset({"off", "none"})  # rate_limit values that turn a limit off
-UPSTREAM_TIMEOUT = 30.0
 MODEL_TIMEOUT = 300.0  # models answer slowly: a long default whole-response timeout
 MODEL_CONNECT_TIMEOUT = 5.0
 # models cost per call: 60/min per user unless the entry says otherwise (`rate_limit: off`)
@@ -315,9 +317,6 @@ def _audit(top: Section, base_dir: Path) -> AuditConfig:
             f"({audit.queue_size}); a batch is taken from the queue",
         )
     return audit
-
-
-DATABASE_TIMEOUT_BOUNDS = (0.1, 60.0)  # seconds: database.timeout's range
 
 
 def _database(top: Section) -> DatabaseConfig:
@@ -570,10 +569,9 @@ def _weight(value: Value) -> int:
 
 def _balance(value: Value) -> Balance:
     text = value.text()
-    if text == "round_robin":
-        return "round_robin"
-    if text == "least_outstanding":
-        return "least_outstanding"
+    for mode in BALANCE_MODES:
+        if text == mode:
+            return mode
     raise Invalid(f"{value.key}: must be one of {', '.join(BALANCE_MODES)}, not {text!r}")
 
 
@@ -979,7 +977,6 @@ def _model(
 
 USAGE_FORMATS = ("openai",)
 _MODEL_KEYS = ("usage", "token_limit", "fallback", "max_attempts", "fallback_budget")
-MAX_ATTEMPTS = 10
 
 
 def _max_attempts(value: Value) -> int:
