@@ -54,6 +54,7 @@ from gateway.config.units import (
     Rate,
     format_duration,
     parse_duration,
+    parse_positive_duration,
     parse_rate,
     parse_size,
 )
@@ -196,21 +197,9 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
     )
 
 
-def _top_section(top: Section, name: str) -> Section | None:
-    """Top-level section `name`, or None when absent or not a mapping (reported)."""
-    value = top.get(name)
-    if value is None:
-        return None
-    try:
-        return value.section(top.problems)
-    except Invalid as exc:
-        top.report(value, str(exc))
-        return None
-
-
 def _server(top: Section, base_dir: Path) -> ServerConfig:
     default = ServerConfig()
-    sec = _top_section(top, "server")
+    sec = top.subsection("server")
     if sec is None:
         return default
     host, port = sec.field("listen", lambda v: parse_listen(v), (default.host, default.port))
@@ -292,20 +281,13 @@ def _cors(value: Value, problems: Problems) -> CorsConfig:
 
 def _audit(top: Section, base_dir: Path) -> AuditConfig:
     default = AuditConfig(spool=base_dir / DEFAULT_AUDIT.spool)
-    sec = _top_section(top, "audit")
+    sec = top.subsection("audit")
     if sec is None:
         return default
-
-    def interval(v: Value) -> float:
-        seconds = v.convert(parse_duration)
-        if seconds <= 0:
-            raise Invalid(f"{v.key}: must be longer than zero")
-        return seconds
-
     audit = AuditConfig(
         queue_size=sec.field("queue_size", lambda v: v.integer(minimum=1), default.queue_size),
         batch_size=sec.field("batch_size", lambda v: v.integer(minimum=1), default.batch_size),
-        flush_interval=sec.field("flush_interval", interval, default.flush_interval),
+        flush_interval=sec.field("flush_interval", _positive_duration, default.flush_interval),
         spool=sec.field("spool", lambda v: base_dir / v.text(), default.spool),
         journal=sec.field("journal", lambda v: base_dir / v.text(), default.journal),
     )
@@ -320,7 +302,7 @@ def _audit(top: Section, base_dir: Path) -> AuditConfig:
 
 
 def _database(top: Section) -> DatabaseConfig:
-    sec = _top_section(top, "database")
+    sec = top.subsection("database")
     if sec is None:
         return DEFAULT_DATABASE
 
@@ -419,7 +401,7 @@ def _networks(value: Value) -> tuple[IPNetwork, ...]:
 
 def _auth(top: Section, base_dir: Path, role_refs: list[tuple[str, Value]]) -> AuthConfig:
     default = AuthConfig()
-    sec = _top_section(top, "auth")
+    sec = top.subsection("auth")
     if sec is None:
         return default
 
@@ -576,10 +558,7 @@ def _balance(value: Value) -> Balance:
 
 
 def _positive_duration(value: Value) -> float:
-    seconds = value.convert(parse_duration)
-    if seconds <= 0:
-        raise Invalid(f"{value.key}: must be longer than zero", value.line)
-    return seconds
+    return value.convert(parse_positive_duration)
 
 
 def _health_check(value: Value, problems: Problems) -> HealthCheckConfig:
