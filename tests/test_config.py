@@ -17,7 +17,7 @@ import pytest
 
 from gateway import certs
 from gateway.config import ConfigError, ConfigProblem, load_config
-from gateway.config.loader import MODEL_TIMEOUT
+from gateway.config.models_section import MODEL_TIMEOUT
 from gateway.config.schema import (
     DEFAULT_MAX_BODY,
     UPSTREAM_TIMEOUT,
