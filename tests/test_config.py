@@ -17,8 +17,14 @@ import pytest
 
 from gateway import certs
 from gateway.config import ConfigError, ConfigProblem, load_config
-from gateway.config.loader import MODEL_TIMEOUT, UPSTREAM_TIMEOUT
-from gateway.config.schema import DEFAULT_MAX_BODY, Config, RateLimitConfig, TLSConfig
+from gateway.config.models_section import MODEL_TIMEOUT
+from gateway.config.schema import (
+    DEFAULT_MAX_BODY,
+    UPSTREAM_TIMEOUT,
+    Config,
+    RateLimitConfig,
+    TLSConfig,
+)
 from gateway.config.units import Rate
 from tests.conftest import WriteConfig
 

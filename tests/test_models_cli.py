@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.config import ConfigError, load_config
-from gateway.config.loader import MODEL_RATE_LIMIT
 from gateway.config.model_entry import PlacementError, entry_fields, place_entry
+from gateway.config.models_section import MODEL_RATE_LIMIT
 from gateway.config.schema import RateLimitConfig
 from gateway.config.units import Rate
 from tests.conftest import MakeGateway, MakeUpstream, WriteConfig

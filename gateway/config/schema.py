@@ -1,8 +1,9 @@
 """The typed, frozen form of routes.yaml: what every stage is built from.
 
-Each field says its type, default and meaning; `loader.py` is the only code
-that makes these objects, and it checks every bound written here. Nothing on
-the request path reads a dict of config.
+Each field says its type, default and meaning; the parsers of this package
+(`loader.py` and its `*_section.py` modules) are the only code that makes these
+objects, and they check every bound written here (a named bound is a constant
+here that they use). Nothing on the request path reads a dict of config.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 from gateway.config.policies import Policy
 from gateway.config.units import Rate
@@ -111,12 +112,15 @@ class KeyConfig:
     line: int = 0
 
 
+ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")  # auth.algorithm: the JWT algorithms
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """auth: the tokens the gateway issues and accepts."""
 
     issuer: str = "gateway"
-    algorithm: str = "HS256"  # HS256 | RS256 | ES256 | EdDSA
+    algorithm: str = "HS256"  # one of ALGORITHMS
     access_ttl: float = 900.0  # seconds
     refresh_ttl: float = 14 * 86400.0
     allow_registration: bool = False
@@ -141,6 +145,9 @@ class RateLimitConfig:
     key: str = "user"
 
 
+MAX_WEIGHT = 1000  # a target's largest weight
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamTarget:
     """One base URL of an upstream: scheme, host, port and an optional path prefix."""
@@ -150,7 +157,7 @@ class UpstreamTarget:
     host: str
     port: int
     base_path: str  # "" or "/prefix" without a trailing slash
-    weight: int = 1  # 1-1000: its share of the upstream's requests
+    weight: int = 1  # 1 to MAX_WEIGHT: its share of the upstream's requests
 
     @property
     def origin(self) -> str:
@@ -159,6 +166,7 @@ class UpstreamTarget:
 
 
 Balance = Literal["round_robin", "least_outstanding"]
+BALANCE_MODES: tuple[Balance, ...] = get_args(Balance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +231,10 @@ class UpstreamTLSConfig:
     verify: bool = True  # false: accept any certificate (logged as a warning at start)
 
 
+UPSTREAM_TIMEOUT = 30.0  # seconds: an upstream's default whole-exchange timeout
+MAX_RETRIES = 10  # an upstream's largest `retries`
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """upstreams.NAME: where proxied requests go, and how long they may take."""
@@ -230,7 +242,7 @@ class UpstreamConfig:
     name: str
     targets: tuple[UpstreamTarget, ...]
     # whole exchange: the wait for a free connection, connect, headers and body
-    timeout: float = 30.0
+    timeout: float = UPSTREAM_TIMEOUT
     connect_timeout: float = 2.0
     first_byte_timeout: float | None = None  # until response headers; None: only `timeout`
     max_connections: int = 100  # pooled keep-alive connections per target
@@ -243,11 +255,14 @@ class UpstreamConfig:
     health_check: HealthCheckConfig | None = None  # None: no active checks
     passive: PassiveConfig = DEFAULT_PASSIVE
     # extra attempts, each on another target, for idempotent bodiless requests
-    # whose connection failed (the request never reached a target); 0-10
+    # whose connection failed (the request never reached a target); 0 to MAX_RETRIES
     retries: int = 2
     retry_budget: RetryBudgetConfig = DEFAULT_RETRY_BUDGET
     tls: UpstreamTLSConfig | None = None  # https:// targets; None: system CAs, full checks
     line: int = 0
+
+
+MAX_ATTEMPTS = 10  # a model's largest `max_attempts`
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +273,7 @@ class ModelConfig:
     usage: str | None = None  # usage reader, e.g. "openai"
     token_limit: RateLimitConfig | None = None
     fallback: tuple[str, ...] = ()  # models tried in turn when this one fails before a byte
-    # calls made in all, this model's included (1-10); 0: one per model in the chain
+    # calls made in all, this model's included (1 to MAX_ATTEMPTS); 0: one per model in the chain
     max_attempts: int = 0
     # seconds from arrival within which a response head must come, across every
     # attempt; None: this model's `timeout`
@@ -329,6 +344,9 @@ class AuditConfig:
 DEFAULT_AUDIT = AuditConfig()
 
 
+DATABASE_TIMEOUT_BOUNDS = (0.1, 60.0)  # seconds: database.timeout's range, ends included
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     """database: how long the gateway waits on its database (read once, at start-up).
@@ -337,7 +355,7 @@ class DatabaseConfig:
     routes.yaml). A call that cannot reach it in time answers 503 database_down.
     """
 
-    # seconds (100ms to 60s) one database call may take, connecting and waiting for
+    # seconds (DATABASE_TIMEOUT_BOUNDS) one database call may take, connecting and waiting for
     # a pooled connection included; also the driver's connect, statement and lock waits
     timeout: float = 5.0
 

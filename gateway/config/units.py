@@ -81,6 +81,14 @@ def parse_duration(text: str | int | float) -> float:
     return seconds
 
 
+def parse_positive_duration(text: str | int | float) -> float:
+    """A duration longer than zero: a timeout, an interval, a backoff."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
 def format_duration(seconds: float) -> str:
     for unit in ("d", "h", "m", "s"):
         size = _DURATION_UNITS[unit]

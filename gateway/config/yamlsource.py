@@ -193,6 +193,17 @@ class Section:
         value = self._entries.get(name)
         return None if value is None or value.is_null() else value
 
+    def subsection(self, name: str) -> Section | None:
+        """Key `name`'s mapping, or None when it is absent or not a mapping (reported)."""
+        value = self.get(name)
+        if value is None:
+            return None
+        try:
+            return value.section(self.problems)
+        except Invalid as exc:
+            self.report(value, str(exc))
+            return None
+
     def field(self, name: str, convert: Callable[[Value], T], default: T) -> T:
         """`convert(value)` of key `name`, or `default`; a bad value is reported."""
         value = self.get(name)

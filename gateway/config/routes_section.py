@@ -1,0 +1,202 @@
+"""routes.yaml's routes entries → `Route`: path, target, methods, auth, roles, rate limit.
+
+Also the parts `models:` entries share (`route_common`, `parse_rate_limit`)
+and the check that no two routes match the same paths.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway.config.auth_section import parse_roles
+from gateway.config.schema import RateLimitConfig, Route
+from gateway.config.units import Rate, parse_duration, parse_rate
+from gateway.config.yamlsource import Invalid, Problems, Section, Value
+from gateway.routing import compile_pattern, literal_prefix
+
+# the keys `route_common` reads: a models: entry takes them too
+ROUTE_KEYS = ("methods", "auth", "roles", "rate_limit", "retry_after_send")
+_METHOD = re.compile(r"^[A-Z]+$")
+_PARAM_NAME = re.compile(r"\{[^/{}]+\}")
+_HEADER = re.compile(r"^[A-Za-z0-9-]+$")
+_OFF = frozenset({"off", "none"})  # rate_limit values that turn a limit off
+_NO_ROLES: tuple[str, ...] = ()  # roles: absent, any valid token will do
+
+
+def parse_route(
+    index: int,
+    value: Value,
+    problems: Problems,
+    handlers: frozenset[str],
+    upstream_refs: list[tuple[str, Value]],
+    role_refs: list[tuple[str, Value]],
+) -> Route | None:
+    """routes[index], or None when it is unusable (every fault reported).
+
+    The upstream and the roles it names go to `upstream_refs` and `role_refs`,
+    checked once every upstream and policies/ are read.
+    """
+    try:
+        sec = value.section(problems)
+    except Invalid as exc:
+        problems.add(value.file, value.line, str(exc))
+        return None
+    path = sec.field("path", lambda v: v.convert_text(compile_pattern), None)
+    handler = sec.field("handler", Value.text, None)
+    upstream = sec.field("upstream", Value.text, None)
+    strip = sec.field("strip_prefix", lambda v: v.convert_text(_strip_prefix), None)
+    common = route_common(sec, problems, role_refs)
+    sec.check_unknown(
+        "path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit, retry_after_send"
+    )
+    where = f"{value.key}"
+    ok = True
+    if sec.get("path") is None:  # absent or empty
+        sec.report(value, f"{where}: needs a path")
+        ok = False
+    upstream_value = sec.get("upstream")
+    if upstream is not None and upstream_value is not None:
+        upstream_refs.append((upstream, upstream_value))
+    if (handler is None) == (upstream is None):
+        sec.report(value, f"{where}: give exactly one of handler or upstream")
+        ok = False
+    if handler is not None and handler not in handlers:
+        known = ", ".join(sorted(handlers)) or "none yet"
+        sec.report(sec.get("handler"), f"{where}.handler: unknown handler {handler!r} ({known})")
+        ok = False
+    if strip is not None and handler is not None:
+        sec.report(sec.get("strip_prefix"), f"{where}.strip_prefix: only applies to upstreams")
+        ok = False
+    if common["retry_after_send"] and handler is not None:
+        sec.report(
+            sec.get("retry_after_send"), f"{where}.retry_after_send: only applies to upstreams"
+        )
+        ok = False
+    if strip is not None and path is not None and not _is_segment_prefix(strip, path):
+        sec.report(
+            sec.get("strip_prefix"),
+            f"{where}.strip_prefix: {strip!r} is not a prefix of the path {path!r}",
+        )
+        ok = False
+    if not ok or path is None:
+        return None
+    return Route(
+        index=index,
+        path=path,
+        handler=handler,
+        upstream=upstream,
+        strip_prefix=strip,
+        source=f"{value.file}:{value.line}",
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def route_common(
+    sec: Section, problems: Problems, role_refs: list[tuple[str, Value]]
+) -> dict[str, object]:
+    """The ROUTE_KEYS fields of a Route, as keyword arguments; roles go to `role_refs`."""
+    methods = sec.field("methods", _methods, None)
+    auth = sec.field("auth", _auth_mode, "required")
+    roles = sec.field("roles", parse_roles, _NO_ROLES)
+    roles_value = sec.get("roles")
+    if roles_value is not None:
+        role_refs.extend((role, roles_value) for role in dict.fromkeys(roles))
+    return {
+        "methods": methods,
+        "auth": auth,
+        "roles": roles,
+        "rate_limit": sec.field("rate_limit", lambda v: parse_rate_limit(v, problems), None),
+        "retry_after_send": sec.field("retry_after_send", Value.boolean, False),
+    }
+
+
+def _methods(value: Value) -> frozenset[str] | None:
+    methods: set[str] = set()
+    for item in value.items():
+        text = item.text().upper()
+        if not _METHOD.match(text):
+            raise Invalid(f"{item.key}: {text!r} is not an HTTP method", item.line)
+        methods.add(text)
+    if not methods:
+        raise Invalid(f"{value.key}: list at least one method, or leave methods out for all")
+    if "GET" in methods:
+        methods.add("HEAD")  # a GET route answers HEAD, as HTTP expects
+    return frozenset(methods)
+
+
+def _auth_mode(value: Value) -> str:
+    text = value.text()
+    if text not in ("none", "required"):
+        raise Invalid(f"{value.key}: must be none or required, not {text!r}")
+    return text
+
+
+def parse_rate_limit(
+    value: Value, problems: Problems, default_key: str = "user"
+) -> RateLimitConfig | None:
+    """`60/min`, {limit: 5, per: 1m, key: ip}, or `off` / `none` for no limit.
+
+    None for `off`, and when a part was already reported.
+    """
+    if not value.is_mapping():
+        if _is_off(value):
+            return None
+        return RateLimitConfig(rate=value.convert(parse_rate), key=default_key)
+    sec = value.section(problems)
+    limit = sec.field("limit", lambda v: v.integer(minimum=1), None)
+    per = sec.field("per", lambda v: v.convert(parse_duration), None)
+    key = sec.field("key", _limit_key, default_key)
+    sec.check_unknown("limit, per, key")
+    if sec.get("limit") is None or sec.get("per") is None:
+        raise Invalid(f"{value.key}: needs limit (a number) and per (a duration)")
+    if per == 0:
+        sec.report(sec.get("per"), f"{value.key}.per: must be longer than zero")
+        return None
+    if limit is None or per is None:
+        return None  # the bad limit or per is reported already
+    return RateLimitConfig(rate=Rate(limit, per), key=key)
+
+
+def _is_off(value: Value) -> bool:
+    """`off` or `none` (PyYAML reads a bare `off`, like `no` and `false`, as false)."""
+    scalar = value.scalar()
+    if scalar is True:
+        raise Invalid(f"{value.key}: give a rate like 60/min, or off for no limit", value.line)
+    return scalar is False or (isinstance(scalar, str) and scalar.strip().lower() in _OFF)
+
+
+def _limit_key(value: Value) -> str:
+    text = value.text()
+    if text in ("user", "ip", "route"):
+        return text
+    if text.startswith("header:") and _HEADER.match(text[7:]):
+        return "header:" + text[7:].lower()
+    raise Invalid(f"{value.key}: must be user, ip, route or header:NAME, not {text!r}")
+
+
+def _strip_prefix(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError("must start with /")
+    return text.rstrip("/") or "/"
+
+
+def _is_segment_prefix(prefix: str, pattern: str) -> bool:
+    static = literal_prefix(pattern)
+    return prefix == "/" or static == prefix or static.startswith(prefix + "/")
+
+
+def check_route_paths(routes: list[Route], problems: Problems, file: str) -> None:
+    """Report each route whose path matches exactly the paths of an earlier one."""
+    seen: dict[str, Route] = {}
+    for route in routes:
+        line = int(route.source.rsplit(":", 1)[1])
+        # /a/{x} and /a/{y} match the same paths: the parameter name does not count.
+        shape = _PARAM_NAME.sub("{}", route.path)
+        previous = seen.get(shape)
+        if previous is not None:
+            problems.add(
+                file,
+                line,
+                f"route path {route.path} is already used by the route at {previous.source}",
+            )
+        seen.setdefault(shape, route)

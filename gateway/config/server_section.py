@@ -1,0 +1,217 @@
+"""routes.yaml's server (listen, TLS, CORS), audit and database sections → their frozen configs.
+
+Each parser reads one top-level section strictly (unknown keys are problems)
+and falls back to the schema's defaults when the section is absent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from gateway.config.schema import (
+    DATABASE_TIMEOUT_BOUNDS,
+    DEFAULT_AUDIT,
+    DEFAULT_DATABASE,
+    DEFAULT_HSTS,
+    AuditConfig,
+    CorsConfig,
+    DatabaseConfig,
+    IPNetwork,
+    ServerConfig,
+    TLSConfig,
+)
+from gateway.config.units import (
+    format_duration,
+    parse_duration,
+    parse_positive_duration,
+    parse_size,
+)
+from gateway.config.yamlsource import Invalid, Problems, Section, Value
+from gateway.tls.files import pair_problem
+
+# A web origin as the Fetch standard serialises it: scheme://host[:port], no path
+_ORIGIN = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:]+\](:[0-9]{1,5})?")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name or method
+
+
+def _positive_duration(value: Value) -> float:
+    return value.convert(parse_positive_duration)
+
+
+def parse_server(top: Section, base_dir: Path) -> ServerConfig:
+    """The `server:` section; the defaults when it is absent or not a mapping."""
+    default = ServerConfig()
+    sec = top.subsection("server")
+    if sec is None:
+        return default
+    host, port = sec.field("listen", lambda v: parse_listen(v), (default.host, default.port))
+    server = ServerConfig(
+        host=host,
+        port=port,
+        tls=sec.field("tls", lambda v: _tls(v, base_dir, top, port), None),
+        trusted_proxies=sec.field("trusted_proxies", _networks, ()),
+        max_body=sec.field("max_body", lambda v: v.convert(parse_size), default.max_body),
+        shutdown_grace=sec.field(
+            "shutdown_grace", lambda v: v.convert(parse_duration), default.shutdown_grace
+        ),
+        redis_failure=sec.field("redis_failure", _failure_mode, default.redis_failure),
+        cors=sec.field("cors", lambda v: _cors(v, sec.problems), None),
+        header_timeout=sec.field("header_timeout", _positive_duration, default.header_timeout),
+        keepalive_timeout=sec.field(
+            "keepalive_timeout", _positive_duration, default.keepalive_timeout
+        ),
+        max_connections=sec.field(
+            "max_connections", lambda v: v.integer(minimum=1), default.max_connections
+        ),
+        body_timeout=sec.field("body_timeout", _positive_duration, default.body_timeout),
+    )
+    sec.check_unknown(
+        "listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors, "
+        "header_timeout, keepalive_timeout, max_connections, body_timeout"
+    )
+    return server
+
+
+def _cors(value: Value, problems: Problems) -> CorsConfig:
+    sec = value.section(problems)
+    default = CorsConfig(origins=frozenset())
+
+    def origins(v: Value) -> frozenset[str]:
+        found = set()
+        for item in v.items():
+            text = item.text().rstrip("/").lower()
+            if text != "*" and not _ORIGIN.fullmatch(text):
+                raise Invalid(
+                    f"{item.key}: {item.text()!r} is not an origin "
+                    "(scheme://host[:port], no path) or *",
+                    item.line,
+                )
+            found.add(text)
+        if not found:
+            raise Invalid(f"{v.key}: name at least one origin", v.line)
+        return frozenset(found)
+
+    def tokens(v: Value) -> tuple[str, ...]:
+        for item in v.items():
+            if not _TOKEN.fullmatch(item.text()):
+                raise Invalid(f"{item.key}: {item.text()!r} is not a header or method name")
+        return tuple(item.text() for item in v.items())
+
+    cors = CorsConfig(
+        origins=sec.field("origins", origins, frozenset()),
+        credentials=sec.field("credentials", Value.boolean, default.credentials),
+        max_age=sec.field("max_age", lambda v: v.convert(parse_duration), default.max_age),
+        headers=sec.field("headers", tokens, default.headers),
+        methods=tuple(m.upper() for m in sec.field("methods", tokens, default.methods)),
+        expose=sec.field("expose", tokens, default.expose),
+    )
+    sec.check_unknown("origins, credentials, max_age, headers, methods, expose")
+    if not cors.origins and sec.get("origins") is None:
+        sec.report(value, f"{value.key}.origins: required (the web origins allowed)")
+    if "*" in cors.origins and cors.credentials:
+        sec.report(
+            value,
+            f"{value.key}: origins * cannot go with credentials: true "
+            "(browsers refuse it); list the origins",
+        )
+    return cors
+
+
+def parse_audit(top: Section, base_dir: Path) -> AuditConfig:
+    """The `audit:` section; relative paths resolve in `base_dir`."""
+    default = AuditConfig(spool=base_dir / DEFAULT_AUDIT.spool)
+    sec = top.subsection("audit")
+    if sec is None:
+        return default
+    audit = AuditConfig(
+        queue_size=sec.field("queue_size", lambda v: v.integer(minimum=1), default.queue_size),
+        batch_size=sec.field("batch_size", lambda v: v.integer(minimum=1), default.batch_size),
+        flush_interval=sec.field("flush_interval", _positive_duration, default.flush_interval),
+        spool=sec.field("spool", lambda v: base_dir / v.text(), default.spool),
+        journal=sec.field("journal", lambda v: base_dir / v.text(), default.journal),
+    )
+    sec.check_unknown("queue_size, batch_size, flush_interval, spool, journal")
+    if audit.batch_size > audit.queue_size:
+        sec.report(
+            sec.get("batch_size"),
+            f"audit.batch_size: {audit.batch_size} is more than audit.queue_size "
+            f"({audit.queue_size}); a batch is taken from the queue",
+        )
+    return audit
+
+
+def parse_database(top: Section) -> DatabaseConfig:
+    """The `database:` section: how long a database call may take."""
+    sec = top.subsection("database")
+    if sec is None:
+        return DEFAULT_DATABASE
+
+    def timeout(v: Value) -> float:
+        seconds = v.convert(parse_duration)
+        low, high = DATABASE_TIMEOUT_BOUNDS
+        if not low <= seconds <= high:
+            raise Invalid(
+                f"{v.key}: must be between {format_duration(low)} and {format_duration(high)}"
+            )
+        return seconds
+
+    database = DatabaseConfig(timeout=sec.field("timeout", timeout, DEFAULT_DATABASE.timeout))
+    sec.check_unknown("timeout")
+    return database
+
+
+def _failure_mode(value: Value) -> Literal["open", "closed"]:
+    text = value.text()
+    if text == "open":
+        return "open"
+    if text == "closed":
+        return "closed"
+    raise Invalid(f"{value.key}: must be open or closed, not {text!r}")
+
+
+def parse_listen(value: Value) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:8443` for IPv6; `:8080` for every interface) → (host, port)."""
+    text = str(value.scalar())
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise Invalid(f"{value.key}: expected HOST:PORT, e.g. 127.0.0.1:8443, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise Invalid(f"{value.key}: port {port} is out of range 0-65535")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, port
+
+
+def _tls(value: Value, base_dir: Path, top: Section, port: int) -> TLSConfig:
+    sec = value.section(top.problems)
+    cert = sec.field("cert", lambda v: base_dir / v.text(), None)
+    key = sec.field("key", lambda v: base_dir / v.text(), None)
+    hsts = sec.field("hsts", lambda v: int(v.convert(parse_duration)), DEFAULT_HSTS)
+    redirect = sec.field("redirect_http", parse_listen, None)
+    sec.check_unknown("cert, key, hsts, redirect_http")
+    if cert is None or key is None:
+        raise Invalid(f"{value.key}: needs both cert and key")
+    problem = pair_problem(cert, key)
+    if problem is not None:
+        which, message = problem
+        sec.report(sec.get(which), f"{value.key}.{which}: {message}")
+    if redirect is not None and redirect[1] == port and port != 0:
+        sec.report(
+            sec.get("redirect_http"),
+            f"{value.key}.redirect_http: port {port} is the TLS listener's own; pick another",
+        )
+    return TLSConfig(cert=cert, key=key, hsts=hsts, redirect_http=redirect)
+
+
+def _networks(value: Value) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for item in value.items():
+        text = item.text()
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise Invalid(f"{item.key}: {text!r} is not an IP address or CIDR", item.line) from None
+    return tuple(networks)
