@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from chain import ensure_tools
 from processes import LOAD_CORE, BenchError, Processes
 from stacks import start_nginx
 
@@ -100,6 +101,7 @@ def main() -> int:
     checkouts = [Path(c).resolve() for c in args.checkouts]
     if len(set(checkouts)) < len(checkouts):
         parser.error("each checkout once (copy a folder to compare a checkout with itself)")
+    ensure_tools(())  # nginx and wrk, from Debian's packages when missing
     procs = Processes()
     servers: list[tuple[Path, subprocess.Popen[str], dict[str, Any]]] = []
     runs: dict[str, dict[str, list[float]]] = {str(c): {"rps": [], "cpu_us": []} for c in checkouts}
