@@ -126,10 +126,7 @@ def _names(value: Value) -> tuple[str, ...]:
 
 
 def _max_attempts(value: Value) -> int:
-    attempts = value.integer(minimum=1)
-    if attempts > MAX_ATTEMPTS:
-        raise Invalid(f"{value.key}: must be at most {MAX_ATTEMPTS}", value.line)
-    return attempts
+    return value.integer(minimum=1, maximum=MAX_ATTEMPTS)
 
 
 def _usage_format(value: Value) -> str:

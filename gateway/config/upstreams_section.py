@@ -161,10 +161,7 @@ def parse_targets(value: Value, problems: Problems) -> tuple[UpstreamTarget, ...
 
 
 def _weight(value: Value) -> int:
-    weight = value.integer(minimum=1)
-    if weight > MAX_WEIGHT:
-        raise Invalid(f"{value.key}: must be at most {MAX_WEIGHT}", value.line)
-    return weight
+    return value.integer(minimum=1, maximum=MAX_WEIGHT)
 
 
 def _balance(value: Value) -> Balance:
@@ -247,10 +244,7 @@ def _retry_budget(value: Value, problems: Problems) -> RetryBudgetConfig:
 
 
 def _retries(value: Value) -> int:
-    retries = value.integer(minimum=0)
-    if retries > MAX_RETRIES:
-        raise Invalid(f"{value.key}: must be at most {MAX_RETRIES}", value.line)
-    return retries
+    return value.integer(minimum=0, maximum=MAX_RETRIES)
 
 
 def _upstream_tls(

@@ -107,7 +107,7 @@ class Value:
             raise Invalid(f"{self.key}: expected true or false", self.line)
         return value
 
-    def integer(self, minimum: int = 0) -> int:
+    def integer(self, minimum: int = 0, maximum: int | None = None) -> int:
         value = self.scalar()
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)  # after ${ENV} expansion numbers arrive as text
@@ -115,6 +115,8 @@ class Value:
             raise Invalid(f"{self.key}: expected a whole number", self.line)
         if value < minimum:
             raise Invalid(f"{self.key}: must be at least {minimum}", self.line)
+        if maximum is not None and value > maximum:
+            raise Invalid(f"{self.key}: must be at most {maximum}", self.line)
         return value
 
     def convert(self, parse: Callable[[str | int | float], T]) -> T:

@@ -253,15 +253,6 @@ class RedisIdentity:
         except (RedisError, OSError) as exc:
             self.health.failed(exc)
 
-    def absorb(
-        self,
-        users: Mapping[str, UserState],
-        revoked: Iterable[tuple[str, float]],
-        read_at: float,
-    ) -> None:
-        """A database snapshot as the local copy (LocalIdentity.absorb)."""
-        self.local.absorb(users, revoked, read_at)
-
     async def write_all(
         self, users: Mapping[str, UserState], revoked: Iterable[tuple[str, float]], since: int
     ) -> int:

@@ -173,7 +173,7 @@ class StateRepair:
             return
         self._marker, self._run_id = marker, run_id(server)
         self._repaired_failures = failures
-        self._identity.absorb(users, revoked, read_at)
+        self._identity.local.absorb(users, revoked, read_at)
         self._refreshed_at = read_at
         self.rebuilds += 1
         health.succeeded()
@@ -194,7 +194,7 @@ class StateRepair:
         read_at = self._refreshed_at = time.monotonic()
         snapshot = await self._read_database()
         if snapshot is not None:
-            self._identity.absorb(*snapshot, read_at)
+            self._identity.local.absorb(*snapshot, read_at)
 
     async def _read_database(
         self,
