@@ -73,7 +73,16 @@ class ProblemRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._tracked is not None and self._guard is not None:
             self._guard.lost(self._tracked)
+        # The guard's entry points back at this handler: without the cut, each closed
+        # connection is a reference cycle that only a full GC pass frees, and after an
+        # idle flood that pass (tens of thousands of connections) stalls the loop.
+        self._tracked = None
+        transport = self.transport
         super().connection_lost(exc)
+        # The same for asyncio's own selector transport before Python 3.12: it holds a
+        # bound method of itself (CPython gh-100348, cleared on close from 3.12 on).
+        if transport is not None and getattr(transport, "_read_ready_cb", None) is not None:
+            transport._read_ready_cb = None  # type: ignore[attr-defined]
 
     def drop(self, answer: bytes | None) -> None:
         """Write `answer` when given, then close (the guard's and the version check's way out)."""
