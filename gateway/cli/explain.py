@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _explain_with(config: Config, args: argparse.Namespace) -> int:
-    from gateway.explain import explain
+    from gateway.pipeline.explain import explain
     from gateway.runtime import Runtime
     from gateway.services import ServiceSettings, open_services
 
