@@ -15,11 +15,11 @@ from textwrap import dedent
 
 import pytest
 
-from gateway import certs
 from gateway.config import ConfigError, ConfigProblem, load_config
 from gateway.config.loader import MODEL_TIMEOUT, UPSTREAM_TIMEOUT
 from gateway.config.schema import DEFAULT_MAX_BODY, Config, RateLimitConfig, TLSConfig
 from gateway.config.units import Rate
+from gateway.security import certs
 from tests.conftest import WriteConfig
 
 REPO = Path(__file__).resolve().parents[1]
