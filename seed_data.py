@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config import Config
-from gateway.connection_errors import database_errors, describe_connection_error, masked_url
 from gateway.services import StartupError, ensure_schema, password_service
+from gateway.store.connection_errors import database_errors, describe_connection_error, masked_url
 from gateway.store.engine import database_url, make_engine, make_sessions
 from models import AuditLog, ReportLog, User
 

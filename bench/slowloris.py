@@ -49,7 +49,7 @@ from processes import LOAD_CORE, BenchError, Processes
 from stacks import ROOT, environment, gateway_folder, serve, start_nginx
 
 sys.path.insert(0, str(ROOT))
-from gateway.connections import ConnectionGuard
+from gateway.server.connections import ConnectionGuard
 from tests.processes import IdleFlood  # the tests' flood: one implementation
 
 LORIS = 500

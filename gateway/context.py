@@ -15,9 +15,9 @@ from gateway.routing import NO_PARAMS
 if TYPE_CHECKING:
     from gateway.audit.rows import AuditRow, ReportRow
     from gateway.config.schema import Route
-    from gateway.gcra import Decision
     from gateway.pipeline.verdict import Principal
     from gateway.runtime import Runtime
+    from gateway.state.gcra import Decision
     from gateway.usage import Usage
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})

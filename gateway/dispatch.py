@@ -17,12 +17,12 @@ from aiohttp.http import HttpVersion11
 from gateway.config.schema import ServerConfig
 from gateway.context import CTX
 from gateway.handlers.jsonio import accepts_json
-from gateway.lowlevel import close_after_response
 from gateway.middleware import Handler
 from gateway.pipeline.stores import Stores
 from gateway.problems import GatewayError
 from gateway.proxy.forward import check_length, forward
 from gateway.proxy.models import forward_model
+from gateway.server.protocol import close_after_response
 
 # Local handlers that answer another media type than JSON, so Accept's JSON
 # check (406) does not apply: Prometheus asks for its text format.

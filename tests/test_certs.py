@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from gateway import certs
 from gateway.cli import main
+from gateway.security import certs
 from gateway.tls.server import server_context
 
 

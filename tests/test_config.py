@@ -15,7 +15,6 @@ from textwrap import dedent
 
 import pytest
 
-from gateway import certs
 from gateway.config import ConfigError, ConfigProblem, load_config
 from gateway.config.models_section import MODEL_TIMEOUT
 from gateway.config.schema import (
@@ -26,6 +25,7 @@ from gateway.config.schema import (
     TLSConfig,
 )
 from gateway.config.units import Rate
+from gateway.security import certs
 from tests.conftest import WriteConfig
 
 REPO = Path(__file__).resolve().parents[1]

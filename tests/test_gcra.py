@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import random
 
-from gateway.gcra import decide
+from gateway.state.gcra import decide
 from gateway.state.limiter import LocalLimiter
 
 

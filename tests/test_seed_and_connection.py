@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 import seed_data
 import test_connection
 from gateway.config import load_config
-from gateway.connection_errors import masked_url
 from gateway.services import ServiceSettings
+from gateway.store.connection_errors import masked_url
 from gateway.store.engine import make_engine, make_sessions
 from models import AuditLog, ReportLog, User
 from tests.conftest import MakeGateway, WriteConfig

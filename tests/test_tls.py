@@ -21,11 +21,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway import certs
 from gateway.app import build_app
 from gateway.cli import main
 from gateway.config import ConfigError, load_config
 from gateway.config.schema import UpstreamTLSConfig
+from gateway.security import certs
 from gateway.services import ServiceSettings
 from gateway.tls.redirect import https_location
 from gateway.tls.server import server_context

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from gateway.cli import main
-from gateway.workers import workers_problem
+from gateway.server.workers import workers_problem
 from tests.conftest import MakeUpstream, WriteConfig
 from tests.processes import free_port, serve_command, wait_for_port
 

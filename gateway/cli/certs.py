@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    from gateway.certs import CertificateError, dev_certs, trust_instructions
+    from gateway.security.certs import CertificateError, dev_certs, trust_instructions
 
     config: Path = args.config
     directory: Path = args.dir

@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from gateway.cli.config_file import config_argument, load_or_report
-from gateway.connection_errors import (
+from gateway.store.connection_errors import (
     DB_CONNECT_TIMEOUT,
     database_errors,
     describe_connection_error,

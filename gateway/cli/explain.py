@@ -8,8 +8,8 @@ import sys
 
 from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config.schema import Config
-from gateway.connection_errors import database_errors, describe_connection_error
 from gateway.security.keys import KeyConfigError
+from gateway.store.connection_errors import database_errors, describe_connection_error
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _explain_with(config: Config, args: argparse.Namespace) -> int:
-    from gateway.explain import explain
+    from gateway.pipeline.explain import explain
     from gateway.runtime import Runtime
     from gateway.services import ServiceSettings, open_services
 

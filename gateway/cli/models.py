@@ -26,7 +26,7 @@ from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config import Config, ConfigError, ConfigProblem, load_config
 from gateway.config.schema import UpstreamTarget
 from gateway.config.units import format_duration
-from gateway.connection_errors import describe_connection_error
+from gateway.store.connection_errors import describe_connection_error
 
 if TYPE_CHECKING:  # model_entry brings ruamel.yaml: imported when `models add` runs
     from gateway.config.model_entry import Placement

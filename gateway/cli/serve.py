@@ -31,14 +31,14 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from gateway.logs import setup_logging
-    from gateway.server import run as run_server
+    from gateway.server.run import run as run_server
 
     setup_logging(args.log_level.upper())
     config = load_or_report(args.config)
     if config is None:
         return 1
     if args.workers > 1:
-        from gateway.workers import serve_workers
+        from gateway.server.workers import serve_workers
 
         return serve_workers(config, args.workers, args.host, args.port, args.log_level)
     return run_server(args.config, args.host, args.port, worker_of=args.worker_of)

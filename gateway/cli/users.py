@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from gateway.cli.config_file import config_argument, load_or_report
-from gateway.connection_errors import (
+from gateway.store.connection_errors import (
     DB_CONNECT_TIMEOUT,
     database_errors,
     describe_connection_error,

@@ -23,7 +23,7 @@ from gateway.config import load_config
 from gateway.config.schema import Config
 from gateway.logs import setup_logging
 from gateway.security.keys import SECRET_ENV
-from gateway.server import run as serve
+from gateway.server.run import run as serve
 
 CREDENTIALS_FILE = ".dev-credentials.json"
 

@@ -15,7 +15,6 @@ from typing import Any
 from aiohttp import web
 
 from gateway.audit.report import summarise
-from gateway.explain import explain
 from gateway.handlers.api import (
     LIST_QUERY,
     Page,
@@ -38,6 +37,7 @@ from gateway.handlers.auth import (
 from gateway.handlers.jsonio import json_response, read_json
 from gateway.handlers.shapes import parse, query_bool, query_int, query_time, spec
 from gateway.handlers.subroutes import SubRoutes
+from gateway.pipeline.explain import explain
 from gateway.problems import GatewayError
 from gateway.runtime import HOLDER, Runtime
 from gateway.services import Services

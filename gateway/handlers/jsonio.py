@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 
 from gateway.context import CTX
-from gateway.lowlevel import close_after_response
 from gateway.problems import GatewayError
+from gateway.server.protocol import close_after_response
 
 _JSON_TYPES = ("application/json", "application/problem+json")
 

@@ -12,10 +12,10 @@ from aiohttp import web
 
 from gateway.config.policies import ADMIN_ROLE
 from gateway.context import CTX
-from gateway.forwarded import is_loopback
 from gateway.handlers.api import Reply, Status, operation
 from gateway.metrics import CONTENT_TYPE
 from gateway.pipeline.authentication import MISSING_TOKEN, Authenticator, bearer_token
+from gateway.pipeline.forwarded import is_loopback
 from gateway.pipeline.policy import admin_roles, decide
 from gateway.pipeline.verdict import Deny
 from gateway.services import SERVICES, STORES

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.context import CTX
-from gateway.forwarded import client_ip
 from gateway.middleware import Handler, Middleware
+from gateway.pipeline.forwarded import client_ip
 from gateway.pipeline.route import find_route, normalise
 from gateway.pipeline.verdict import Deny
 from gateway.runtime import RuntimeHolder

@@ -10,6 +10,8 @@ A request is judged in this order (README "The request path"):
 Each decision reads a `RequestView` (gateway/pipeline/verdict.py) and the
 state handed to it, and answers `Pass` or `Deny(code, status, detail,
 headers)`. The middleware stages (gateway/middleware/) are thin adapters
-around them; `explain`, `/metrics`' access check and the Redis gate ask the
-same functions, so a message, a bucket name or a rule exists once.
+around them; `explain` (gateway/pipeline/explain.py, which replays the
+decisions without proxying), `/metrics`' access check and the Redis gate ask
+the same functions, so a message, a bucket name or a rule exists once. The
+client IP they read comes from gateway/pipeline/forwarded.py.
 """

@@ -20,10 +20,10 @@ from gateway.security.tokens import Claims, TokenError
 
 if TYPE_CHECKING:
     from gateway.config.schema import Route
-    from gateway.gcra import Decision
     from gateway.pipeline.stores import Stores
     from gateway.runtime import Runtime
     from gateway.security.tokens import TokenVerifier
+    from gateway.state.gcra import Decision
     from gateway.state.identity import UserState
 
 MISSING_TOKEN = Deny.of(

@@ -7,7 +7,7 @@ X-Forwarded-For only behind a trusted proxy), the route as a whole, or a
 named header (the client IP when the header is absent). A token quota's key
 is `tokens|MODEL|` and the same counted part. Every response of a limited
 route carries RateLimit-Limit/Remaining/Reset; a 429 adds Retry-After. The
-limiter arithmetic is gateway/gcra.py; counting happens in the Limiter or
+limiter arithmetic is gateway/state/gcra.py; counting happens in the Limiter or
 QuotaStore handed to the stage (gateway/state/interfaces.py).
 """
 
@@ -19,7 +19,7 @@ from gateway.pipeline.verdict import Deny, Pass, RequestView
 
 if TYPE_CHECKING:
     from gateway.config.schema import RateLimitConfig, Route
-    from gateway.gcra import Decision
+    from gateway.state.gcra import Decision
 
 UNREAD = "?"  # the client IP `explain` shows when it was not given
 

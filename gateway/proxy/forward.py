@@ -40,7 +40,7 @@ from multidict import CIMultiDict
 
 from gateway.config.schema import Route, ServerConfig, UpstreamConfig
 from gateway.context import Outcome, RequestContext
-from gateway.forwarded import forwarded_for, is_trusted
+from gateway.pipeline.forwarded import forwarded_for, is_trusted
 from gateway.problems import GatewayError
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers

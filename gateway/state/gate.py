@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from gateway.gcra import Decision
+from gateway.state.gcra import Decision
 from gateway.state.identity import RedisIdentity, UserState
 from gateway.state.limiter import GCRA_FUNCTION, RedisLimiter, decision_of
 from gateway.state.pipelined import PipelinedRedis

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from gateway.gcra import Decision
+    from gateway.state.gcra import Decision
     from gateway.state.identity import UserState
 
 
 class Limiter(Protocol):
-    """Request rate limits: one GCRA bucket per key (gateway/gcra.py)."""
+    """Request rate limits: one GCRA bucket per key (gateway/state/gcra.py)."""
 
     async def hit(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
         """Count `cost` units against the key's bucket; the decision says whether they fit."""

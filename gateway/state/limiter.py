@@ -16,8 +16,8 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.gcra import Decision, decide
 from gateway.problems import GatewayError
+from gateway.state.gcra import Decision, decide
 from gateway.state.redis_health import RedisHealth
 
 log = logging.getLogger("gateway.ratelimit")
@@ -96,7 +96,7 @@ class LocalLimiter:
 
 # gcra(key, limit, period (s), cost) returns {allowed, remaining, seconds to
 # full, seconds to retry} (floats as strings: Redis would truncate them). The
-# same arithmetic as gateway.gcra.decide, on the Redis clock. Shared by
+# same arithmetic as gateway.state.gcra.decide, on the Redis clock. Shared by
 # GCRA_LUA and the gate's script (gateway/state/gate.py).
 GCRA_FUNCTION = """
 local function gcra(key, limit, period, cost)

@@ -1,5 +1,5 @@
 """server.tls.redirect_http: the plain-HTTP listener that sends every request to https with
-a 308 (README, "TLS and certificates"). Imported by gateway/server.py only."""
+a 308 (README, "TLS and certificates"). Imported by gateway/server/run.py only."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 
 from aiohttp import web
 
-from gateway.lowlevel import GatewayRunner
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
+from gateway.server.protocol import GatewayRunner
 
 log = logging.getLogger("gateway.tls")
 

@@ -5,7 +5,7 @@ aiohttp's `RequestHandler.handle_error` renders parse failures as text/plain
 error it makes is RFC 9457 with an `X-Request-Id`, so the server's protocol
 factory hands out this subclass instead. It also:
 
-- reports each connection's moves to the `ConnectionGuard` (gateway/connections.py),
+- reports each connection's moves to the `ConnectionGuard` (gateway/server/connections.py),
   which enforces server.header_timeout, server.keepalive_timeout and
   server.max_connections and closes connections through `drop`;
 - reads the request line before the parser does: a version other than
@@ -30,7 +30,8 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
-from gateway.connections import (
+from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError, render
+from gateway.server.connections import (
     BUSY,
     HEAD,
     LINE_OK,
@@ -41,7 +42,6 @@ from gateway.connections import (
     raw_problem,
     request_line_verdict,
 )
-from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError, render
 
 log = logging.getLogger("gateway.http")
 

@@ -1,4 +1,11 @@
-"""Why a database, Redis or upstream connection failed, in one line and without secrets."""
+"""Why a database, Redis or upstream connection failed, in one line and without secrets.
+
+It lives with the store because most of it is the database's: the connect
+timeout, the errors reaching and migrating one can raise, its masked URL
+(gateway/store/engine.py) and the SQLAlchemy wrapping it unwraps. Redis and an
+upstream (`gateway models list`, test_connection.py) reach it only through the
+plain socket errors.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ With server.tls, a changed cert/key pair is picked up without a restart
 Shutdown order: mark draining (/readyz turns 503), stop accepting, let
 in-flight requests finish within server.shutdown_grace, close upstream pools.
 
-Client connections are watched by one ConnectionGuard (gateway/connections.py):
+Client connections are watched by one ConnectionGuard (gateway/server/connections.py):
 server.header_timeout, server.keepalive_timeout and server.max_connections,
 read from the live config at each sweep. The open-files limit is raised to
 its hard limit at start, so that max_connections can be reached.
@@ -28,15 +28,15 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import load_config
 from gateway.config.schema import Config
-from gateway.connections import ConnectionGuard
-from gateway.lowlevel import GatewayRunner
 from gateway.reload import RELOADER
 from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError
+from gateway.server.connections import ConnectionGuard
+from gateway.server.protocol import GatewayRunner
+from gateway.server.workers import exit_with_parent
 from gateway.services import StartupError
 from gateway.tls.redirect import start_redirect_listener
 from gateway.tls.server import CertificateWatcher, server_context
-from gateway.workers import exit_with_parent
 
 log = logging.getLogger("gateway.server")
 

@@ -79,12 +79,12 @@ def serve_workers(
 
 def _prepare_database(config: Config) -> bool:
     """Migrate SQLite once, here; refuse an old PostgreSQL schema once, not once per worker."""
-    from gateway.connection_errors import (
+    from gateway.services import ServiceSettings, StartupError, ensure_schema
+    from gateway.store.connection_errors import (
         DB_CONNECT_TIMEOUT,
         database_errors,
         describe_connection_error,
     )
-    from gateway.services import ServiceSettings, StartupError, ensure_schema
     from gateway.store.engine import make_engine, safe_url
 
     url = ServiceSettings.from_env(config).database_url
