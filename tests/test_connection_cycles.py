@@ -19,9 +19,9 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import load_config
-from gateway.connections import ConnectionGuard
-from gateway.lowlevel import GatewayRunner, ProblemRequestHandler
 from gateway.runtime import HOLDER
+from gateway.server.connections import ConnectionGuard
+from gateway.server.protocol import GatewayRunner, ProblemRequestHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 50
