@@ -4,7 +4,7 @@
 save, no clean shutdown: what a crash or an OOM kill does); `wait_ready`
 waits until it answers PING (not -LOADING). With `appendonly=True` it keeps
 an append-only file in `folder`, so a restart comes back with the data it
-had; without, a restart comes back empty. Used by tests/test_redis_outage.py
+had; without, a restart comes back empty. Used by tests/state/test_redis_outage.py
 and the chaos bench.
 """
 

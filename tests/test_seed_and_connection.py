@@ -22,10 +22,10 @@ from gateway.services import ServiceSettings
 from gateway.store.connection_errors import masked_url
 from gateway.store.engine import make_engine, make_sessions
 from models import AuditLog, ReportLog, User
+from tests.cli.test_cli_identity import HEAD, REPO, run_python
 from tests.conftest import MakeGateway, WriteConfig
 from tests.identity import bearer, identity_config, login
 from tests.processes import free_port
-from tests.test_cli_identity import HEAD, REPO, run_python
 
 SEED = str(REPO / "seed_data.py")
 REFUSED = "connection refused"

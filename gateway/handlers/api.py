@@ -7,7 +7,7 @@ parameters and its responses. `openapi(runtime)` walks the live route table
 each handler's declaration, so the document describes exactly what this
 gateway serves and cannot drift from the validation: the schemas come from
 the same dataclasses (`shapes.json_schema`). A handler without a declaration
-is a test failure (tests/test_openapi.py).
+is a test failure (tests/handlers/test_openapi.py).
 """
 
 from __future__ import annotations

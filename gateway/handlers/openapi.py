@@ -45,7 +45,7 @@ def operations(runtime: Runtime, handlers: dict[str, Handler]) -> list[tuple[str
 
 
 def _required(op: Operation | None) -> Operation:
-    if op is None:  # a handler added without @operation: caught by tests/test_openapi.py
+    if op is None:  # a handler added without @operation: caught by tests/handlers/test_openapi.py
         raise GatewayError.internal()
     return op
 

@@ -23,7 +23,7 @@ from gateway.runtime import HOLDER
 from gateway.server.connections import ConnectionGuard
 from gateway.server.protocol import GatewayRunner, ProblemRequestHandler
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONNECTIONS = 50
 
 

@@ -21,7 +21,7 @@ from gateway.handlers.registry import BUILTIN, ROUTABLE
 from tests.conftest import MakeGateway
 from tests.identity import Client, identity_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

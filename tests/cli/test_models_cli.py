@@ -27,7 +27,7 @@ from tests.conftest import MakeGateway, MakeUpstream, WriteConfig
 from tests.identity import bearer, identity_config, login, make_user
 from tests.processes import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SMALL = """\
 # the team's gateway

@@ -2,7 +2,7 @@
 
 A process that is gone is played by a Journal closed without deleting its
 files (they stay, unlocked, as a killed process leaves them); the real
-SIGKILL of a real `gateway serve` under load is tests/test_audit_sigkill.py.
+SIGKILL of a real `gateway serve` under load is tests/audit/test_audit_sigkill.py.
 Databases are real (SQLite and PostgreSQL); nothing is mocked.
 """
 
@@ -32,9 +32,9 @@ from gateway.services import SERVICES
 from gateway.store.audit import AuditStore
 from gateway.store.engine import make_engine
 from models import AuditLog, ReportLog
+from tests.audit.test_audit_writer import rename_table
 from tests.conftest import MakeGateway, MakeUpstream, WriteConfig
 from tests.processes import free_port, serve_command
-from tests.test_audit_writer import rename_table
 
 
 def row(

@@ -21,7 +21,7 @@ from gateway.config.policies import Policy, load_policies
 from gateway.config.yamlsource import Problems
 from tests.conftest import WriteConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CHAIN = """\
 roles:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.processes import free_port, wait_for_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MARK = "=====next====="
 
 

@@ -27,7 +27,7 @@ from tests.processes import (
     wait_for_port,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "dashboard admin password 0123"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import WriteConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROBLEM_LINE = re.compile(r"^(?P<file>/.+):(?P<line>\d+): (?P<message>.+)$")
 
 GOOD = """\

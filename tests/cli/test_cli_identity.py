@@ -23,7 +23,7 @@ from tests.conftest import MakeGateway, WriteConfig, postgres_admin
 from tests.identity import PASSWORD, bearer, identity_config, login
 from tests.processes import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEAD = head_revision()
 CREATED = re.compile(
     r"^created user '(?P<name>[^']+)': id (?P<id>[0-9a-f]{32}), role (?P<role>\S+)$"

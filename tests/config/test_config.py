@@ -28,7 +28,7 @@ from gateway.config.units import Rate
 from gateway.security import certs
 from tests.conftest import WriteConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HANDLERS = ("auth.login", "auth.register", "admin", "users")
 
 UPSTREAM = """\
