@@ -29,12 +29,13 @@ run: venv
 	$(PY) seed_data.py --config $(CONFIG)
 	$(PY) -m gateway.demo.launch $(CONFIG)
 
-## lint: ruff, formatting, mypy, and no import circles in gateway/ (tools/import_cycles.py)
+## lint: ruff, formatting, mypy, no import circles in gateway/ and its layering (tools/)
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway
 	$(PY) tools/import_cycles.py
+	$(PY) -m tools.import_rules
 
 ## check: validate the shipped routes.yaml and policies/
 check: venv

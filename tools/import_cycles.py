@@ -45,11 +45,11 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
 
 def imported_modules(tree: ast.AST, package: str, modules: Collection[str]) -> Iterator[str]:
     """The modules among `modules` that the imports in `tree` (a module of `package`) run."""
-    for node in _run_nodes(tree):
+    for node in run_nodes(tree):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names if alias.name in modules)
         elif isinstance(node, ast.ImportFrom):
-            base = _absolute(node, package)
+            base = absolute(node, package)
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
                 if submodule in modules:
@@ -58,7 +58,7 @@ def imported_modules(tree: ast.AST, package: str, modules: Collection[str]) -> I
                     yield base
 
 
-def _run_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+def run_nodes(tree: ast.AST) -> Iterator[ast.AST]:
     """Every node of `tree` except the bodies of `if TYPE_CHECKING:` (their `else:` runs)."""
     pending: list[ast.AST] = [tree]
     while pending:
@@ -77,7 +77,7 @@ def _is_type_checking(test: ast.expr) -> bool:
     return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
 
 
-def _absolute(node: ast.ImportFrom, package: str) -> str:
+def absolute(node: ast.ImportFrom, package: str) -> str:
     """The module a `from ... import` names: `.` is `package`, `..` its parent, and so on."""
     if node.level == 0:
         return node.module or ""
