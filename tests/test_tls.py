@@ -25,7 +25,7 @@ from gateway import certs
 from gateway.app import build_app
 from gateway.cli import main
 from gateway.config import ConfigError, load_config
-from gateway.config.schema import UpstreamTLSConfig
+from gateway.config.schema.upstreams import UpstreamTLSConfig
 from gateway.services import ServiceSettings
 from gateway.tls.redirect import https_location
 from gateway.tls.server import server_context

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.config.schema import Config
+from gateway.config.schema.top import Config
 from gateway.explain import explain
 from gateway.gcra import Decision
 from gateway.pipeline import authentication, policy, rate_limit
