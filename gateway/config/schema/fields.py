@@ -30,7 +30,8 @@ class KeyDoc:
     maximum: int | float | None = None  # largest allowed, included
     above: int | float | None = None  # the value must be more than this (not equal)
     choices: tuple[str, ...] = ()  # the values allowed, in the order messages list them
-    default_text: str | None = None  # the default as the reference shows it; None: rendered
+    # the default as the reference shows it; None: rendered from the field's; "": none
+    default_text: str | None = None
 
 
 def doc(

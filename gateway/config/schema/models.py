@@ -29,7 +29,6 @@ class ModelConfig:
         default=0,
         minimum=1,
         maximum=10,
-        default_text="0",
     )
     fallback_budget: float | None = doc(
         "time from arrival for a response head, across attempts; absent: timeout",

@@ -36,7 +36,9 @@ class Route:
         "pattern: literal segments, {name} for one segment, trailing **", kind="pattern"
     )
     methods: frozenset[str] | None = doc(
-        "HTTP methods matched (GET admits HEAD); absent: every method", kind="list of methods"
+        "HTTP methods matched (GET admits HEAD); absent: every method",
+        kind="list of methods",
+        default_text="",
     )
     handler: str | None = doc("local endpoint to answer; give this or upstream", default=None)
     upstream: str | None = doc("upstream to proxy to; give this or handler", default=None)

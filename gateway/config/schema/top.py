@@ -27,17 +27,21 @@ class Config:
     path: Path = doc("routes.yaml itself", key=None)
     base_dir: Path = doc("its folder: relative paths resolve here", key=None)
     file_hash: str = doc("sha256 of routes.yaml as read", key=None)
-    server: ServerConfig = doc("how the gateway listens")
-    auth: AuthConfig = doc("the tokens the gateway issues and accepts")
+    server: ServerConfig = doc("how the gateway listens", default_text="{}")
+    auth: AuthConfig = doc("the tokens the gateway issues and accepts", default_text="{}")
     policies_dir: Path = doc("folder of role definitions", key="policies", default_text="policies")
     upstreams: MappingProxyType[str, UpstreamConfig] = doc(
-        "where proxied requests go, by NAME", kind="mapping"
+        "where proxied requests go, by NAME", kind="mapping", default_text="{}"
     )
     models: MappingProxyType[str, ModelConfig] = doc(
-        "AI models by NAME: an upstream and a route each", kind="mapping"
+        "AI models by NAME: an upstream and a route each",
+        kind="mapping",
+        default_text="{}",
     )
     routes: tuple[Route, ...] = doc(
-        "path patterns and where they go, first match wins", kind="list of routes"
+        "path patterns and where they go, first match wins",
+        kind="list of routes",
+        default_text="[]",
     )
     # every role a route or auth.default_role names is defined in it (empty when
     # the folder is missing and nothing names a role)
