@@ -173,7 +173,7 @@ def _limit_key(value: Value) -> str:
     text = value.text()
     if text.startswith("header:") and _HEADER.match(text[7:]):
         return "header:" + text[7:].lower()
-    *named, header = key_doc(RateLimitConfig, "key").choices  # header: header:NAME
+    *named, header = key_doc(RateLimitConfig, "key").choices  # the last, header:NAME, is a pattern
     if text in named:
         return text
     raise Invalid(f"{value.key}: must be {', '.join(named)} or {header}, not {text!r}")

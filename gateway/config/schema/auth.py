@@ -83,6 +83,8 @@ class AuthConfig:
         default=DEFAULT_HASHING,
         key="password_hashing",
     )
+    # for browser frontends: the refresh token never travels in a body JavaScript can
+    # read; the CSRF check is a double submit (X-CSRF-Token)
     refresh_cookie: bool = doc(
         "browser mode: refresh token in an HttpOnly cookie, with a CSRF check", default=False
     )

@@ -31,10 +31,12 @@ class AuditConfig:
         "rows per INSERT; a full batch is written at once", default=200, minimum=1
     )
     flush_interval: float = doc("how long a partial batch may wait", default=0.1, above=0)
+    # relative paths resolve beside routes.yaml: the loader makes this absolute
     spool: Path = doc(
         "JSON-lines file rows go to while the database is down (beside routes.yaml)",
         default=Path("audit.spool"),
     )
+    # the folder is made mode 0700, its files 0600; relative paths resolve beside routes.yaml
     journal: Path | None = doc(
         "folder of the write-ahead journal files; absent: audit.journal beside the spool",
         default=None,

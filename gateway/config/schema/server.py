@@ -89,7 +89,7 @@ class ServerConfig:
         "certificate and key to serve HTTPS; absent: plain HTTP", default=None
     )
     trusted_proxies: tuple[IPNetwork, ...] = doc(
-        "peers whose X-Forwarded-For and X-Forwarded-Proto are believed",
+        "peers whose X-Forwarded-* headers are believed",
         default=(),
         kind="list of IPs or CIDRs",
     )
@@ -107,14 +107,17 @@ class ServerConfig:
     cors: CorsConfig | None = doc(
         "origins allowed to call from a browser; absent: no CORS headers", default=None
     )
+    # a client that sent part of a head gets 408 before the connection closes
     header_timeout: float = doc(
-        "time for a complete request head from connect; then 408 and closed",
+        "time for a whole request head, from connect or its first byte; then closed",
         default=10.0,
         above=0,
     )
     keepalive_timeout: float = doc(
         "how long an idle keep-alive connection stays open", default=75.0, above=0
     )
+    # at the cap a new connection replaces the one idle (or reading its head) longest,
+    # and is refused only when all are busy
     max_connections: int = doc(
         "open client connections per process; at the cap the idlest is replaced",
         default=10_000,

@@ -117,7 +117,7 @@ class UpstreamConfig:
     )
     max_connections: int = doc("pooled keep-alive connections per target", default=100, minimum=1)
     max_pending: int = doc(
-        "requests that may wait for a connection; more get 503 upstream_busy",
+        "requests waiting for a connection, all targets together; more: 503 upstream_busy",
         default=100,
         minimum=0,
     )
