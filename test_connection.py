@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config import Config
-from gateway.config.schema import UpstreamTarget
+from gateway.config.schema.upstreams import UpstreamTarget
 from gateway.services import ServiceSettings
 from gateway.store.connection_errors import database_errors, describe_connection_error, masked_url
 from gateway.store.engine import is_sqlite, make_engine

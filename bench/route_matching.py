@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.config.schema import Route
+from gateway.config.schema.routes import Route
 from gateway.problems import GatewayError
 from gateway.routing import CACHE_SIZE, RouteTable, compile_pattern
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
-from gateway.config.schema import Config
+from gateway.config.schema.top import Config
 from gateway.dispatch import defer_expect, dispatcher
 from gateway.handlers.registry import BUILTIN, ROUTABLE
 from gateway.middleware import Handler, Middleware

@@ -14,7 +14,7 @@ from gateway.routing import NO_PARAMS
 
 if TYPE_CHECKING:
     from gateway.audit.rows import AuditRow, ReportRow
-    from gateway.config.schema import Route
+    from gateway.config.schema.routes import Route
     from gateway.pipeline.verdict import Principal
     from gateway.runtime import Runtime
     from gateway.state.gcra import Decision

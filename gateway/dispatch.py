@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
-from gateway.config.schema import ServerConfig
+from gateway.config.schema.server import ServerConfig
 from gateway.context import CTX
 from gateway.handlers.jsonio import accepts_json
 from gateway.middleware import Handler

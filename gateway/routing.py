@@ -17,7 +17,7 @@ from gateway.problems import GatewayError
 if TYPE_CHECKING:
     # Annotations only: a runtime import would run gateway.config's __init__,
     # whose loader imports this module back (a cycle when routing loads first).
-    from gateway.config.schema import Route
+    from gateway.config.schema.routes import Route
 
 # RFC 3986: unreserved characters are the only ones whose percent-encoding is
 # decoded; everything else stays encoded (so %2F never becomes a separator).

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.config.schema import Config, Route, UpstreamConfig
+from gateway.config.schema.routes import Route
+from gateway.config.schema.top import Config
+from gateway.config.schema.upstreams import UpstreamConfig
 from gateway.pipeline.policy import allowed_roles, encode
 from gateway.proxy.pool import UpstreamPool, make_pools
 from gateway.routing import RouteTable

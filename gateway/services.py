@@ -18,7 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.writer import AuditWriter
-from gateway.config.schema import AuthConfig, Config
+from gateway.config.schema.auth import AuthConfig
+from gateway.config.schema.top import Config
 from gateway.metrics import Metrics
 from gateway.pipeline.stores import Stores
 from gateway.security.hashpool import HashPool

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
-from gateway.config.schema import Route
+from gateway.config.schema.routes import Route
 from gateway.problems import GatewayError
 from gateway.routing import (
     CACHE_SIZE,

@@ -37,7 +37,7 @@ from gateway.audit.journal import (
 )
 from gateway.audit.rows import ReportRow, Row, from_spool, to_spool
 from gateway.audit.spool import Spool
-from gateway.config.schema import AuditConfig
+from gateway.config.schema.database import AuditConfig
 from gateway.store.audit import AuditStore
 
 log = logging.getLogger("gateway.audit")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gateway.config import ConfigError, load_config
-from gateway.config.schema import Config
+from gateway.config.schema.top import Config
 
 
 def config_argument(parser: argparse.ArgumentParser) -> None:

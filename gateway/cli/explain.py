@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from gateway.cli.config_file import config_argument, load_or_report
-from gateway.config.schema import Config
+from gateway.config.schema.top import Config
 from gateway.security.keys import KeyConfigError
 from gateway.store.connection_errors import database_errors, describe_connection_error
 

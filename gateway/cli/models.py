@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config import Config, ConfigError, ConfigProblem, load_config
-from gateway.config.schema import UpstreamTarget
+from gateway.config.schema.upstreams import UpstreamTarget
 from gateway.config.units import format_duration
 from gateway.store.connection_errors import describe_connection_error
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.config.schema import Config, Route, UpstreamConfig
+from gateway.config.schema.routes import Route
+from gateway.config.schema.top import Config
+from gateway.config.schema.upstreams import UpstreamConfig
 from gateway.config.units import format_duration
 
 RouteKey = tuple[str, str]  # (methods, path)

@@ -17,7 +17,10 @@ from gateway.config.auth_section import parse_auth
 from gateway.config.models_section import parse_model
 from gateway.config.policies import Policy, load_policies
 from gateway.config.routes_section import check_route_paths, parse_route
-from gateway.config.schema import Config, ModelConfig, Route, UpstreamConfig
+from gateway.config.schema.models import ModelConfig
+from gateway.config.schema.routes import Route
+from gateway.config.schema.top import Config
+from gateway.config.schema.upstreams import UpstreamConfig
 from gateway.config.server_section import parse_audit, parse_database, parse_server
 from gateway.config.upstreams_section import parse_upstream
 from gateway.config.yamlsource import Invalid, Problems, Value, read_yaml

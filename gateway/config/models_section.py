@@ -7,16 +7,13 @@ reading, token limits and fallbacks.
 
 from __future__ import annotations
 
+from gateway.config.bounded import duration, whole_number
 from gateway.config.routes_section import ROUTE_KEYS, parse_rate_limit, route_common
-from gateway.config.schema import (
-    MAX_ATTEMPTS,
-    ModelConfig,
-    RateLimitConfig,
-    Route,
-    UpstreamConfig,
-    UpstreamTarget,
-)
-from gateway.config.units import Rate, parse_positive_duration
+from gateway.config.schema.fields import key_doc
+from gateway.config.schema.models import ModelConfig
+from gateway.config.schema.routes import RateLimitConfig, Route
+from gateway.config.schema.upstreams import UpstreamConfig, UpstreamTarget
+from gateway.config.units import Rate
 from gateway.config.upstreams_section import (
     UPSTREAM_KEYS,
     UPSTREAM_NAME,
@@ -30,7 +27,6 @@ MODEL_TIMEOUT = 300.0  # models answer slowly: a long default whole-response tim
 MODEL_CONNECT_TIMEOUT = 5.0
 # models cost per call: 60/min per user unless the entry says otherwise (`rate_limit: off`)
 MODEL_RATE_LIMIT = RateLimitConfig(rate=Rate(60, 60.0), key="user")
-USAGE_FORMATS = ("openai",)
 _MODEL_KEYS = ("usage", "token_limit", "fallback", "max_attempts", "fallback_budget")
 _NO_FALLBACK: tuple[str, ...] = ()
 
@@ -91,10 +87,8 @@ def parse_model(
                 sec.report(item, f"{item.key}: a model cannot fall back to itself")
             else:
                 fallback_refs.append((other, item))
-    max_attempts = sec.field("max_attempts", _max_attempts, 0)
-    fallback_budget = sec.field(
-        "fallback_budget", lambda v: v.convert(parse_positive_duration), None
-    )
+    max_attempts = sec.field("max_attempts", whole_number(ModelConfig, "max_attempts"), 0)
+    fallback_budget = sec.field("fallback_budget", duration(ModelConfig, "fallback_budget"), None)
     sec.check_unknown(", ".join(("url", *UPSTREAM_KEYS, *ROUTE_KEYS, *_MODEL_KEYS)))
     if not targets:
         return
@@ -125,12 +119,9 @@ def _names(value: Value) -> tuple[str, ...]:
     return tuple(item.text() for item in value.items())
 
 
-def _max_attempts(value: Value) -> int:
-    return value.integer(minimum=1, maximum=MAX_ATTEMPTS)
-
-
 def _usage_format(value: Value) -> str:
     text = value.text()
-    if text not in USAGE_FORMATS:
-        raise Invalid(f"{value.key}: unknown usage format {text!r} ({', '.join(USAGE_FORMATS)})")
+    formats = key_doc(ModelConfig, "usage").choices
+    if text not in formats:
+        raise Invalid(f"{value.key}: unknown usage format {text!r} ({', '.join(formats)})")
     return text

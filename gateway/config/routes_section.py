@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 
 from gateway.config.auth_section import parse_roles
-from gateway.config.schema import RateLimitConfig, Route
+from gateway.config.bounded import integer_within
+from gateway.config.schema.fields import key_doc
+from gateway.config.schema.routes import RateLimitConfig, Route
 from gateway.config.units import Rate, parse_duration, parse_rate
 from gateway.config.yamlsource import Invalid, Problems, Section, Value
 from gateway.routing import compile_pattern, literal_prefix
@@ -126,8 +128,9 @@ def _methods(value: Value) -> frozenset[str] | None:
 
 def _auth_mode(value: Value) -> str:
     text = value.text()
-    if text not in ("none", "required"):
-        raise Invalid(f"{value.key}: must be none or required, not {text!r}")
+    modes = key_doc(Route, "auth").choices
+    if text not in modes:
+        raise Invalid(f"{value.key}: must be {' or '.join(modes)}, not {text!r}")
     return text
 
 
@@ -143,7 +146,8 @@ def parse_rate_limit(
             return None
         return RateLimitConfig(rate=value.convert(parse_rate), key=default_key)
     sec = value.section(problems)
-    limit = sec.field("limit", lambda v: v.integer(minimum=1), None)
+    limit_bounds = key_doc(RateLimitConfig, "rate")  # the limit's; `per` is a duration
+    limit = sec.field("limit", lambda v: integer_within(v, limit_bounds), None)
     per = sec.field("per", lambda v: v.convert(parse_duration), None)
     key = sec.field("key", _limit_key, default_key)
     sec.check_unknown("limit, per, key")
@@ -167,11 +171,12 @@ def _is_off(value: Value) -> bool:
 
 def _limit_key(value: Value) -> str:
     text = value.text()
-    if text in ("user", "ip", "route"):
-        return text
     if text.startswith("header:") and _HEADER.match(text[7:]):
         return "header:" + text[7:].lower()
-    raise Invalid(f"{value.key}: must be user, ip, route or header:NAME, not {text!r}")
+    *named, header = key_doc(RateLimitConfig, "key").choices  # the last, header:NAME, is a pattern
+    if text in named:
+        return text
+    raise Invalid(f"{value.key}: must be {', '.join(named)} or {header}, not {text!r}")
 
 
 def _strip_prefix(text: str) -> str:

@@ -9,36 +9,31 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
+from typing import cast
 
-from gateway.config.schema import (
-    DATABASE_TIMEOUT_BOUNDS,
+from gateway.config.bounded import duration, whole_number, whole_range
+from gateway.config.schema.database import (
     DEFAULT_AUDIT,
     DEFAULT_DATABASE,
-    DEFAULT_HSTS,
     AuditConfig,
-    CorsConfig,
     DatabaseConfig,
+)
+from gateway.config.schema.fields import key_doc
+from gateway.config.schema.server import (
+    DEFAULT_HSTS,
+    CorsConfig,
     IPNetwork,
+    RedisFailure,
     ServerConfig,
     TLSConfig,
 )
-from gateway.config.units import (
-    format_duration,
-    parse_duration,
-    parse_positive_duration,
-    parse_size,
-)
+from gateway.config.units import parse_size
 from gateway.config.yamlsource import Invalid, Problems, Section, Value
 from gateway.tls.files import pair_problem
 
 # A web origin as the Fetch standard serialises it: scheme://host[:port], no path
 _ORIGIN = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:]+\](:[0-9]{1,5})?")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name or method
-
-
-def _positive_duration(value: Value) -> float:
-    return value.convert(parse_positive_duration)
 
 
 def parse_server(top: Section, base_dir: Path) -> ServerConfig:
@@ -55,18 +50,26 @@ def parse_server(top: Section, base_dir: Path) -> ServerConfig:
         trusted_proxies=sec.field("trusted_proxies", _networks, ()),
         max_body=sec.field("max_body", lambda v: v.convert(parse_size), default.max_body),
         shutdown_grace=sec.field(
-            "shutdown_grace", lambda v: v.convert(parse_duration), default.shutdown_grace
+            "shutdown_grace", duration(ServerConfig, "shutdown_grace"), default.shutdown_grace
         ),
         redis_failure=sec.field("redis_failure", _failure_mode, default.redis_failure),
         cors=sec.field("cors", lambda v: _cors(v, sec.problems), None),
-        header_timeout=sec.field("header_timeout", _positive_duration, default.header_timeout),
+        header_timeout=sec.field(
+            "header_timeout", duration(ServerConfig, "header_timeout"), default.header_timeout
+        ),
         keepalive_timeout=sec.field(
-            "keepalive_timeout", _positive_duration, default.keepalive_timeout
+            "keepalive_timeout",
+            duration(ServerConfig, "keepalive_timeout"),
+            default.keepalive_timeout,
         ),
         max_connections=sec.field(
-            "max_connections", lambda v: v.integer(minimum=1), default.max_connections
+            "max_connections",
+            whole_number(ServerConfig, "max_connections"),
+            default.max_connections,
         ),
-        body_timeout=sec.field("body_timeout", _positive_duration, default.body_timeout),
+        body_timeout=sec.field(
+            "body_timeout", duration(ServerConfig, "body_timeout"), default.body_timeout
+        ),
     )
     sec.check_unknown(
         "listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors, "
@@ -103,7 +106,7 @@ def _cors(value: Value, problems: Problems) -> CorsConfig:
     cors = CorsConfig(
         origins=sec.field("origins", origins, frozenset()),
         credentials=sec.field("credentials", Value.boolean, default.credentials),
-        max_age=sec.field("max_age", lambda v: v.convert(parse_duration), default.max_age),
+        max_age=sec.field("max_age", duration(CorsConfig, "max_age"), default.max_age),
         headers=sec.field("headers", tokens, default.headers),
         methods=tuple(m.upper() for m in sec.field("methods", tokens, default.methods)),
         expose=sec.field("expose", tokens, default.expose),
@@ -127,9 +130,15 @@ def parse_audit(top: Section, base_dir: Path) -> AuditConfig:
     if sec is None:
         return default
     audit = AuditConfig(
-        queue_size=sec.field("queue_size", lambda v: v.integer(minimum=1), default.queue_size),
-        batch_size=sec.field("batch_size", lambda v: v.integer(minimum=1), default.batch_size),
-        flush_interval=sec.field("flush_interval", _positive_duration, default.flush_interval),
+        queue_size=sec.field(
+            "queue_size", whole_number(AuditConfig, "queue_size"), default.queue_size
+        ),
+        batch_size=sec.field(
+            "batch_size", whole_number(AuditConfig, "batch_size"), default.batch_size
+        ),
+        flush_interval=sec.field(
+            "flush_interval", duration(AuditConfig, "flush_interval"), default.flush_interval
+        ),
         spool=sec.field("spool", lambda v: base_dir / v.text(), default.spool),
         journal=sec.field("journal", lambda v: base_dir / v.text(), default.journal),
     )
@@ -148,28 +157,18 @@ def parse_database(top: Section) -> DatabaseConfig:
     sec = top.subsection("database")
     if sec is None:
         return DEFAULT_DATABASE
-
-    def timeout(v: Value) -> float:
-        seconds = v.convert(parse_duration)
-        low, high = DATABASE_TIMEOUT_BOUNDS
-        if not low <= seconds <= high:
-            raise Invalid(
-                f"{v.key}: must be between {format_duration(low)} and {format_duration(high)}"
-            )
-        return seconds
-
+    timeout = duration(DatabaseConfig, "timeout")
     database = DatabaseConfig(timeout=sec.field("timeout", timeout, DEFAULT_DATABASE.timeout))
     sec.check_unknown("timeout")
     return database
 
 
-def _failure_mode(value: Value) -> Literal["open", "closed"]:
+def _failure_mode(value: Value) -> RedisFailure:
     text = value.text()
-    if text == "open":
-        return "open"
-    if text == "closed":
-        return "closed"
-    raise Invalid(f"{value.key}: must be open or closed, not {text!r}")
+    modes = key_doc(ServerConfig, "redis_failure").choices
+    if text in modes:
+        return cast(RedisFailure, text)
+    raise Invalid(f"{value.key}: must be {' or '.join(modes)}, not {text!r}")
 
 
 def parse_listen(value: Value) -> tuple[str, int]:
@@ -179,8 +178,9 @@ def parse_listen(value: Value) -> tuple[str, int]:
     if not sep or not port_text.isdigit():
         raise Invalid(f"{value.key}: expected HOST:PORT, e.g. 127.0.0.1:8443, got {text!r}")
     port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise Invalid(f"{value.key}: port {port} is out of range 0-65535")
+    low, high = whole_range(ServerConfig, "port")
+    if not low <= port <= high:
+        raise Invalid(f"{value.key}: port {port} is out of range {low}-{high}")
     host = host.strip("[]") or "0.0.0.0"
     return host, port
 
@@ -189,7 +189,7 @@ def _tls(value: Value, base_dir: Path, top: Section, port: int) -> TLSConfig:
     sec = value.section(top.problems)
     cert = sec.field("cert", lambda v: base_dir / v.text(), None)
     key = sec.field("key", lambda v: base_dir / v.text(), None)
-    hsts = sec.field("hsts", lambda v: int(v.convert(parse_duration)), DEFAULT_HSTS)
+    hsts = sec.field("hsts", lambda v: int(duration(TLSConfig, "hsts")(v)), DEFAULT_HSTS)
     redirect = sec.field("redirect_http", parse_listen, None)
     sec.check_unknown("cert, key, hsts, redirect_http")
     if cert is None or key is None:

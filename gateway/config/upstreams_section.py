@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
-from gateway.config.schema import (
-    BALANCE_MODES,
+from gateway.config.bounded import duration, number_range, whole_number
+from gateway.config.schema.fields import key_doc
+from gateway.config.schema.upstreams import (
     DEFAULT_PASSIVE,
     DEFAULT_RETRY_BUDGET,
-    MAX_RETRIES,
-    MAX_WEIGHT,
     Balance,
     HealthCheckConfig,
     PassiveConfig,
@@ -24,7 +24,7 @@ from gateway.config.schema import (
     UpstreamTarget,
     UpstreamTLSConfig,
 )
-from gateway.config.units import format_duration, parse_duration, parse_positive_duration
+from gateway.config.units import format_duration
 from gateway.config.yamlsource import Invalid, Problems, Section, Value
 from gateway.tls.files import ca_problem, pair_problem
 
@@ -46,10 +46,6 @@ UPSTREAM_KEYS = (
     "retry_budget",
     "tls",
 )
-
-
-def _positive_duration(value: Value) -> float:
-    return value.convert(parse_positive_duration)
 
 
 def parse_upstream(
@@ -77,21 +73,27 @@ def parse_upstream(
 
 def upstream_fields(sec: Section, defaults: UpstreamConfig) -> UpstreamConfig:
     """`defaults` (name, targets, line and the defaults) with the keys `sec` writes."""
-
-    def duration(v: Value) -> float:
-        return v.convert(parse_duration)
-
     targets = defaults.targets
     return UpstreamConfig(
         name=defaults.name,
         targets=targets,
-        timeout=sec.field("timeout", duration, defaults.timeout),
-        connect_timeout=sec.field("connect_timeout", duration, defaults.connect_timeout),
-        first_byte_timeout=sec.field("first_byte_timeout", duration, defaults.first_byte_timeout),
-        max_connections=sec.field(
-            "max_connections", lambda v: v.integer(minimum=1), defaults.max_connections
+        timeout=sec.field("timeout", duration(UpstreamConfig, "timeout"), defaults.timeout),
+        connect_timeout=sec.field(
+            "connect_timeout", duration(UpstreamConfig, "connect_timeout"), defaults.connect_timeout
         ),
-        max_pending=sec.field("max_pending", lambda v: v.integer(minimum=0), defaults.max_pending),
+        first_byte_timeout=sec.field(
+            "first_byte_timeout",
+            duration(UpstreamConfig, "first_byte_timeout"),
+            defaults.first_byte_timeout,
+        ),
+        max_connections=sec.field(
+            "max_connections",
+            whole_number(UpstreamConfig, "max_connections"),
+            defaults.max_connections,
+        ),
+        max_pending=sec.field(
+            "max_pending", whole_number(UpstreamConfig, "max_pending"), defaults.max_pending
+        ),
         forward_authorization=sec.field(
             "forward_authorization", Value.boolean, defaults.forward_authorization
         ),
@@ -101,7 +103,7 @@ def upstream_fields(sec: Section, defaults: UpstreamConfig) -> UpstreamConfig:
             "health_check", lambda v: _health_check(v, sec.problems), defaults.health_check
         ),
         passive=sec.field("passive", lambda v: _passive(v, sec.problems), defaults.passive),
-        retries=sec.field("retries", _retries, defaults.retries),
+        retries=sec.field("retries", whole_number(UpstreamConfig, "retries"), defaults.retries),
         retry_budget=sec.field(
             "retry_budget", lambda v: _retry_budget(v, sec.problems), defaults.retry_budget
         ),
@@ -145,7 +147,7 @@ def parse_targets(value: Value, problems: Problems) -> tuple[UpstreamTarget, ...
         if item.is_mapping():
             sec = item.section(problems)
             url = sec.get("url")
-            weight = sec.field("weight", _weight, 1)
+            weight = sec.field("weight", whole_number(UpstreamTarget, "weight"), 1)
             sec.check_unknown("url, weight")
             if url is None:
                 raise Invalid(f"{item.key}: needs a url", item.line)
@@ -160,16 +162,12 @@ def parse_targets(value: Value, problems: Problems) -> tuple[UpstreamTarget, ...
     return tuple(targets)
 
 
-def _weight(value: Value) -> int:
-    return value.integer(minimum=1, maximum=MAX_WEIGHT)
-
-
 def _balance(value: Value) -> Balance:
     text = value.text()
-    for mode in BALANCE_MODES:
-        if text == mode:
-            return mode
-    raise Invalid(f"{value.key}: must be one of {', '.join(BALANCE_MODES)}, not {text!r}")
+    modes = key_doc(UpstreamConfig, "balance").choices
+    if text in modes:
+        return cast(Balance, text)
+    raise Invalid(f"{value.key}: must be one of {', '.join(modes)}, not {text!r}")
 
 
 def _health_check(value: Value, problems: Problems) -> HealthCheckConfig:
@@ -184,10 +182,12 @@ def _health_check(value: Value, problems: Problems) -> HealthCheckConfig:
 
     check = HealthCheckConfig(
         path=sec.field("path", path, default.path),
-        interval=sec.field("interval", _positive_duration, default.interval),
-        timeout=sec.field("timeout", _positive_duration, default.timeout),
-        healthy=sec.field("healthy", lambda v: v.integer(minimum=1), default.healthy),
-        unhealthy=sec.field("unhealthy", lambda v: v.integer(minimum=1), default.unhealthy),
+        interval=sec.field("interval", duration(HealthCheckConfig, "interval"), default.interval),
+        timeout=sec.field("timeout", duration(HealthCheckConfig, "timeout"), default.timeout),
+        healthy=sec.field("healthy", whole_number(HealthCheckConfig, "healthy"), default.healthy),
+        unhealthy=sec.field(
+            "unhealthy", whole_number(HealthCheckConfig, "unhealthy"), default.unhealthy
+        ),
     )
     sec.check_unknown("path, interval, timeout, healthy, unhealthy")
     return check
@@ -197,9 +197,11 @@ def _passive(value: Value, problems: Problems) -> PassiveConfig:
     sec = value.section(problems)
     default = DEFAULT_PASSIVE
     passive = PassiveConfig(
-        failures=sec.field("failures", lambda v: v.integer(minimum=1), default.failures),
-        backoff=sec.field("backoff", _positive_duration, default.backoff),
-        max_backoff=sec.field("max_backoff", _positive_duration, default.max_backoff),
+        failures=sec.field("failures", whole_number(PassiveConfig, "failures"), default.failures),
+        backoff=sec.field("backoff", duration(PassiveConfig, "backoff"), default.backoff),
+        max_backoff=sec.field(
+            "max_backoff", duration(PassiveConfig, "max_backoff"), default.max_backoff
+        ),
     )
     sec.check_unknown("failures, backoff, max_backoff")
     if passive.max_backoff < passive.backoff:
@@ -223,8 +225,9 @@ def _ratio(value: Value) -> float:
         raise Invalid(
             f"{value.key}: expected a percentage like 20% (or a fraction like 0.2)", value.line
         ) from None
-    if not 0 <= ratio <= 1:
-        raise Invalid(f"{value.key}: must be between 0% and 100%", value.line)
+    low, high = number_range(RetryBudgetConfig, "ratio")
+    if not low <= ratio <= high:
+        raise Invalid(f"{value.key}: must be between {low:.0%} and {high:.0%}", value.line)
     return ratio
 
 
@@ -236,15 +239,13 @@ def _retry_budget(value: Value, problems: Problems) -> RetryBudgetConfig:
     budget = RetryBudgetConfig(
         ratio=sec.field("ratio", _ratio, default.ratio),
         min_per_second=sec.field(
-            "min_per_second", lambda v: v.integer(minimum=0), default.min_per_second
+            "min_per_second",
+            whole_number(RetryBudgetConfig, "min_per_second"),
+            default.min_per_second,
         ),
     )
     sec.check_unknown("ratio, min_per_second")
     return budget
-
-
-def _retries(value: Value) -> int:
-    return value.integer(minimum=0, maximum=MAX_RETRIES)
 
 
 def _upstream_tls(

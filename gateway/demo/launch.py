@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.config.schema import Config
+from gateway.config.schema.top import Config
 from gateway.logs import setup_logging
 from gateway.security.keys import SECRET_ENV
 from gateway.server.run import run as serve

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway.config.schema import Route
+from gateway.config.schema.routes import Route
 from gateway.context import CTX
 from gateway.middleware import Handler
 from gateway.routing import RouteTable, compile_pattern

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.config.schema import CorsConfig
+from gateway.config.schema.server import CorsConfig
 from gateway.context import CTX
 from gateway.middleware import Handler, Middleware
 from gateway.problems import GatewayError

@@ -19,7 +19,7 @@ from gateway.problems import GatewayError
 from gateway.security.tokens import Claims, TokenError
 
 if TYPE_CHECKING:
-    from gateway.config.schema import Route
+    from gateway.config.schema.routes import Route
     from gateway.pipeline.stores import Stores
     from gateway.runtime import Runtime
     from gateway.security.tokens import TokenVerifier

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from gateway.config.schema import Route
+from gateway.config.schema.routes import Route
 from gateway.pipeline import policy, rate_limit
 from gateway.pipeline.authentication import MISSING_TOKEN, describe, judge_account, verify
 from gateway.pipeline.rate_limit import UNREAD, bucket

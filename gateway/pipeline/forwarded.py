@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Sequence
 from functools import lru_cache
 
-from gateway.config.schema import IPNetwork
+from gateway.config.schema.server import IPNetwork
 
 
 @lru_cache(maxsize=4096)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from gateway.pipeline.verdict import Deny, Pass, RequestView
 
 if TYPE_CHECKING:
-    from gateway.config.schema import RateLimitConfig, Route
+    from gateway.config.schema.routes import RateLimitConfig, Route
     from gateway.state.gcra import Decision
 
 UNREAD = "?"  # the client IP `explain` shows when it was not given

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.config.schema import HealthCheckConfig, RetryBudgetConfig, UpstreamConfig
+from gateway.config.schema.upstreams import HealthCheckConfig, RetryBudgetConfig, UpstreamConfig
 
 Clock = Callable[[], float]
 

@@ -38,7 +38,9 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.config.schema import Route, ServerConfig, UpstreamConfig
+from gateway.config.schema.routes import Route
+from gateway.config.schema.server import ServerConfig
+from gateway.config.schema.upstreams import UpstreamConfig
 from gateway.context import Outcome, RequestContext
 from gateway.pipeline.forwarded import forwarded_for, is_trusted
 from gateway.problems import GatewayError

@@ -15,7 +15,7 @@ import os
 
 import aiohttp
 
-from gateway.config.schema import HealthCheckConfig
+from gateway.config.schema.upstreams import HealthCheckConfig
 from gateway.proxy.balancer import Balancer, TargetState, check_passed
 from gateway.proxy.lean import TargetUnreachable
 

@@ -63,7 +63,7 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config.schema import UpstreamTarget
+from gateway.config.schema.upstreams import UpstreamTarget
 
 KEEPALIVE = 30.0  # seconds an idle upstream connection is kept
 INLINE_BODY = 64 * 1024  # bodies up to this are written with the head; larger ones by a task

@@ -30,7 +30,9 @@ import time
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.config.schema import ModelConfig, RateLimitConfig, Route, ServerConfig
+from gateway.config.schema.models import ModelConfig
+from gateway.config.schema.routes import RateLimitConfig, Route
+from gateway.config.schema.server import ServerConfig
 from gateway.context import Outcome, RequestContext
 from gateway.pipeline.rate_limit import decide_quota, quota_key
 from gateway.pipeline.verdict import Deny

@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 
 import aiohttp
 
-from gateway.config.schema import UpstreamConfig
+from gateway.config.schema.upstreams import UpstreamConfig
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
 from gateway.proxy.health import HealthChecker
 from gateway.proxy.lean import LeanClient

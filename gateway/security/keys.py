@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from gateway.config.schema import AuthConfig, KeyConfig
+from gateway.config.schema.auth import AuthConfig, KeyConfig
 
 SECRET_ENV = "GATEWAY_JWT_SECRET"  # noqa: S105 -- the variable's name, not a secret
 MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key as long as the hash output

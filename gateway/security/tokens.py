@@ -20,7 +20,7 @@ from typing import Any, Literal
 import jwt
 from jwt.types import Options
 
-from gateway.config.schema import AuthConfig
+from gateway.config.schema.auth import AuthConfig
 from gateway.security.keys import KeySet
 
 ACCESS = "access"  # the `typ` claim of access tokens; refresh tokens never pass as one

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import load_config
-from gateway.config.schema import Config
+from gateway.config.schema.top import Config
 from gateway.reload import RELOADER
 from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from gateway.config.schema import Config
+from gateway.config.schema.top import Config
 
 log = logging.getLogger("gateway.workers")
 

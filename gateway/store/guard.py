@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
-from gateway.config.schema import DEFAULT_DATABASE
+from gateway.config.schema.database import DEFAULT_DATABASE
 from gateway.problems import GatewayError
 
 log = logging.getLogger("gateway.store")

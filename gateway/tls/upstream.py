@@ -11,7 +11,7 @@ from gateway.tls.files import load_pair
 from gateway.tls.server import ALPN
 
 if TYPE_CHECKING:  # the config loader imports gateway.tls.files: no runtime import back
-    from gateway.config.schema import UpstreamConfig
+    from gateway.config.schema.upstreams import UpstreamConfig
 
 log = logging.getLogger("gateway.tls")
 

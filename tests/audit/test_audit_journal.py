@@ -27,7 +27,7 @@ from gateway.audit.journal import INTERRUPTED, SUFFIX, Journal
 from gateway.audit.rows import AuditRow, audit_row, from_journal, report_row, to_spool
 from gateway.audit.writer import AuditWriter
 from gateway.config import load_config
-from gateway.config.schema import AuditConfig
+from gateway.config.schema.database import AuditConfig
 from gateway.services import SERVICES
 from gateway.store.audit import AuditStore
 from gateway.store.engine import make_engine

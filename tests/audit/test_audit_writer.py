@@ -29,7 +29,7 @@ from gateway.audit.report import percentile, summarise
 from gateway.audit.rows import AuditRow, audit_row, from_spool, report_row, to_spool
 from gateway.audit.writer import AuditWriter
 from gateway.config import ConfigError, load_config
-from gateway.config.schema import AuditConfig
+from gateway.config.schema.database import AuditConfig
 from gateway.services import SERVICES
 from gateway.store.audit import AuditStore, _SqliteTime
 from gateway.store.engine import make_engine

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from gateway.config import ConfigError, load_config
 from gateway.config.model_entry import PlacementError, entry_fields, place_entry
 from gateway.config.models_section import MODEL_RATE_LIMIT
-from gateway.config.schema import RateLimitConfig
+from gateway.config.schema.routes import RateLimitConfig
 from gateway.config.units import Rate
 from tests.conftest import MakeGateway, MakeUpstream, WriteConfig
 from tests.identity import bearer, identity_config, login, make_user

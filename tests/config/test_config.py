@@ -17,13 +17,10 @@ import pytest
 
 from gateway.config import ConfigError, ConfigProblem, load_config
 from gateway.config.models_section import MODEL_TIMEOUT
-from gateway.config.schema import (
-    DEFAULT_MAX_BODY,
-    UPSTREAM_TIMEOUT,
-    Config,
-    RateLimitConfig,
-    TLSConfig,
-)
+from gateway.config.schema.routes import RateLimitConfig
+from gateway.config.schema.server import DEFAULT_MAX_BODY, TLSConfig
+from gateway.config.schema.top import Config
+from gateway.config.schema.upstreams import UPSTREAM_TIMEOUT
 from gateway.config.units import Rate
 from gateway.security import certs
 from tests.conftest import WriteConfig

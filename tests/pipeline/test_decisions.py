@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.config.schema import Config
+from gateway.config.schema.top import Config
 from gateway.pipeline import authentication, policy, rate_limit
 from gateway.pipeline.authentication import Authenticator, bearer_token, judge_account, verify
 from gateway.pipeline.explain import explain

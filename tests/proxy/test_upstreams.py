@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.config.schema import (
+from gateway.config.schema.upstreams import (
     HealthCheckConfig,
     PassiveConfig,
     RetryBudgetConfig,

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway.config.schema import AuthConfig, KeyConfig
+from gateway.config.schema.auth import AuthConfig, KeyConfig
 from gateway.security.keys import KeyConfigError, KeySet, hmac_kid
 
 SECRET = "an-hs256-secret-of-forty-bytes-or-more!!"

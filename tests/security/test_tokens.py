@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway.config.schema import AuthConfig, KeyConfig
+from gateway.config.schema.auth import AuthConfig, KeyConfig
 from gateway.security.keys import KeySet, hmac_kid
 from gateway.security.tokens import Claims, TokenError, TokenIssuer, TokenVerifier
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.app import build_app
 from gateway.cli import main
 from gateway.config import ConfigError, load_config
-from gateway.config.schema import UpstreamTLSConfig
+from gateway.config.schema.upstreams import UpstreamTLSConfig
 from gateway.security import certs
 from gateway.services import ServiceSettings
 from gateway.tls.redirect import https_location

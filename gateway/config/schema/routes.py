@@ -1,0 +1,66 @@
+"""routes.yaml's routes entries and the rate limits routes and models take."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from gateway.config.schema.fields import config_dataclass, doc
+from gateway.config.units import Rate
+
+AuthMode = Literal["required", "none"]
+
+
+@config_dataclass
+class RateLimitConfig:
+    """rate_limit: `60/min`, `{limit: 5, per: 1m, key: ip}`, or `off` for no limit."""
+
+    rate: Rate = doc(
+        "requests allowed per period: `60/min`, or limit (a whole number) per a duration",
+        key="limit, per",
+        kind="rate",
+        minimum=1,
+    )
+    key: str = doc(
+        "what is counted apart: each user, client IP, route, or value of header NAME",
+        default="user",
+        choices=("user", "ip", "route", "header:NAME"),
+    )
+
+
+@config_dataclass
+class Route:
+    """routes[]: a path pattern sent to a local handler or an upstream; first match wins."""
+
+    index: int = doc("position in first-match order", key=None)
+    path: str = doc(
+        "pattern: literal segments, {name} for one segment, trailing **", kind="pattern"
+    )
+    methods: frozenset[str] | None = doc(
+        "HTTP methods matched (GET admits HEAD); absent: every method",
+        kind="list of methods",
+        default_text="",
+    )
+    handler: str | None = doc("local endpoint to answer; give this or upstream", default=None)
+    upstream: str | None = doc("upstream to proxy to; give this or handler", default=None)
+    strip_prefix: str | None = doc(
+        "path prefix removed before proxying (/analytics: /analytics/x → /x)", default=None
+    )
+    auth: AuthMode = doc(
+        "whether a valid token is needed", default="required", choices=("none", "required")
+    )
+    roles: tuple[str, ...] = doc(
+        "roles that may use the route (any one); absent: any valid token",
+        default=(),
+        kind="list of roles",
+    )
+    rate_limit: RateLimitConfig | None = doc("requests allowed per key and period", default=None)
+    model: str | None = doc("the model a models: entry made this route for", default=None, key=None)
+    retry_after_send: bool = doc(
+        "resend a bodiless idempotent request whose connection broke after sending",
+        default=False,
+    )
+    source: str = doc("FILE:LINE of the entry, for messages", default="", key=None)
+
+    @property
+    def target(self) -> str:
+        return f"upstream {self.upstream}" if self.upstream else f"handler {self.handler}"
