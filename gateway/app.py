@@ -32,10 +32,10 @@ from gateway.middleware.rate_limit import RateLimitStageConfig, rate_limit
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
 from gateway.middleware.route import RouteStageConfig, route
 from gateway.pipeline.authentication import Authenticator
-from gateway.pipeline.stores import Stores
 from gateway.reload import RELOADER, Reloader
 from gateway.runtime import HOLDER, Runtime, RuntimeHolder
 from gateway.services import SERVICES, STORES, ServiceSettings, open_services
+from gateway.state.stores import Stores
 
 
 def chain(holder: RuntimeHolder, stores: Stores) -> list[Middleware]:

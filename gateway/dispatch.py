@@ -18,11 +18,11 @@ from gateway.config.schema.server import ServerConfig
 from gateway.context import CTX
 from gateway.handlers.jsonio import accepts_json
 from gateway.middleware import Handler
-from gateway.pipeline.stores import Stores
 from gateway.problems import GatewayError
 from gateway.proxy.forward import check_length, forward
 from gateway.proxy.models import forward_model
 from gateway.server.protocol import close_after_response
+from gateway.state.stores import Stores
 
 # Local handlers that answer another media type than JSON, so Accept's JSON
 # check (406) does not apply: Prometheus asks for its text format.

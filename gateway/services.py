@@ -21,7 +21,6 @@ from gateway.audit.writer import AuditWriter
 from gateway.config.schema.auth import AuthConfig
 from gateway.config.schema.top import Config
 from gateway.metrics import Metrics
-from gateway.pipeline.stores import Stores
 from gateway.security.hashpool import HashPool
 from gateway.security.passwords import PasswordService
 from gateway.state.gate import RedisGate
@@ -30,6 +29,7 @@ from gateway.state.interfaces import IdentityStore, Limiter, QuotaStore
 from gateway.state.limiter import LocalLimiter, RedisLimiter
 from gateway.state.pipelined import PipelinedRedis
 from gateway.state.repair import StateRepair
+from gateway.state.stores import Stores
 from gateway.state.throttle import LocalThrottle, LoginThrottle, RedisThrottle
 from gateway.store.audit import AuditStore
 from gateway.store.engine import database_url, is_sqlite, make_engine, make_sessions, safe_url

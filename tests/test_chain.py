@@ -10,9 +10,9 @@ from gateway.config import load_config
 from gateway.config.loader import KNOWN_HANDLERS
 from gateway.handlers.registry import ROUTABLE
 from gateway.middleware.request_id import new_request_id
-from gateway.pipeline.stores import Stores
 from gateway.runtime import HOLDER, Runtime, RuntimeHolder
 from gateway.services import STORES
+from gateway.state.stores import Stores
 
 ROOT = Path(__file__).resolve().parent.parent
 

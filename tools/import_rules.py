@@ -4,8 +4,9 @@ The README's "Layout" describes these habits; `make lint` runs this script and
 fails on any import that breaks one (module-level or inside a function;
 `if TYPE_CHECKING:` imports are not run, so they are not counted):
 
-- the decisions (gateway/pipeline/) import no server or HTTP library and no SQL:
-  they judge plain values, so `explain`, tests and any server can call them;
+- the decisions (gateway/pipeline/) import no server or HTTP library and no SQL,
+  not even through the modules they import: they judge plain values, so
+  `explain`, tests and any server (the lean one too) can call them;
 - handlers never import the proxy (they ask the runtime for upstream status);
 - the proxy never reaches the store, the services or the handlers (what it needs,
   such as the token quota store, is handed to it);
@@ -19,25 +20,28 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tools.import_cycles import GATEWAY, absolute, module_files, run_nodes
 
-# (importing modules, forbidden imports, why): a name stands for itself and what is under it
-RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+# (importing modules, forbidden imports, why, whether what they import counts too): a
+# name stands for itself and what is under it
+RULES: tuple[tuple[str, tuple[str, ...], str, bool], ...] = (
     (
         "gateway.pipeline",
         ("aiohttp", "sqlalchemy", "gateway.store", "gateway.services", "gateway.handlers"),
         "decisions judge plain values",
+        True,
     ),
-    ("gateway.handlers", ("gateway.proxy",), "handlers ask the runtime, not the proxy"),
+    ("gateway.handlers", ("gateway.proxy",), "handlers ask the runtime, not the proxy", False),
     (
         "gateway.proxy",
         ("gateway.store", "gateway.services", "gateway.handlers", "gateway.middleware"),
         "the proxy is handed what it needs",
+        False,
     ),
-    ("gateway.middleware", ("gateway.handlers",), "stages do not call handlers"),
+    ("gateway.middleware", ("gateway.handlers",), "stages do not call handlers", False),
 )
 
 
@@ -58,19 +62,54 @@ def imports(tree: ast.AST, package: str) -> Iterator[tuple[str, int]]:
 
 
 def broken(package_dir: Path) -> list[str]:
-    """One line per import that breaks a rule: FILE:LINE: MODULE imports NAME (why)."""
-    found = []
-    for name, (path, is_package) in module_files(package_dir).items():
+    """One line per import that breaks a rule: FILE:LINE: MODULE imports NAME (why), with
+    the way through other modules when the rule counts what they import."""
+    modules = module_files(package_dir)
+    direct: dict[str, list[tuple[str, int]]] = {}
+    for name, (path, is_package) in modules.items():
         package = name if is_package else name.rpartition(".")[0]
         tree = ast.parse(path.read_bytes(), filename=str(path))
-        for importer, forbidden, why in RULES:
+        direct[name] = list(imports(tree, package))
+    found = []
+    for name in modules:
+        for importer, forbidden, why, transitive in RULES:
             if not under(name, importer):
                 continue
-            for imported, line in imports(tree, package):
-                for prefix in forbidden:
-                    if under(imported, prefix):
-                        found.append(f"{path}:{line}: {name} imports {imported} ({why})")
+            for via, imported, line in _reached(name, direct, modules, transitive):
+                if any(under(imported, prefix) for prefix in forbidden):
+                    path = modules[via[-1]][0]
+                    way = f" (through {' -> '.join(via)})" if len(via) > 1 else ""
+                    found.append(f"{path}:{line}: {name} imports {imported}{way} ({why})")
     return found
+
+
+def _reached(
+    start: str,
+    direct: dict[str, list[tuple[str, int]]],
+    modules: Mapping[str, object],
+    transitive: bool,
+) -> Iterator[tuple[list[str], str, int]]:
+    """(the modules on the way, an imported name, its line) for `start`'s imports, and
+    when `transitive`, those of every module of the package it reaches (first way found)."""
+    ways = {start: [start]}
+    pending = [start]
+    while pending:
+        module = pending.pop(0)
+        for imported, line in direct[module]:
+            yield ways[module], imported, line
+            if not transitive:
+                continue
+            reached = _module_of(imported, modules)
+            if reached is not None and reached not in ways:
+                ways[reached] = [*ways[module], reached]
+                pending.append(reached)
+
+
+def _module_of(name: str, modules: Mapping[str, object]) -> str | None:
+    """The package's module an imported name lives in (`a.b.c` → `a.b` when c is a name)."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

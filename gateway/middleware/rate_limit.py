@@ -14,8 +14,8 @@ from aiohttp import web
 from gateway.context import CTX
 from gateway.middleware import Handler, Middleware
 from gateway.pipeline.rate_limit import bucket, decide
-from gateway.pipeline.stores import Stores
 from gateway.pipeline.verdict import Deny
+from gateway.state.stores import Stores
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,17 +14,18 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from gateway.pipeline.rate_limit import bucket
 from gateway.pipeline.verdict import Deny, Principal, RequestView
 from gateway.problems import GatewayError
 from gateway.security.tokens import Claims, TokenError
 
 if TYPE_CHECKING:
     from gateway.config.schema.routes import Route
-    from gateway.pipeline.stores import Stores
     from gateway.runtime import Runtime
     from gateway.security.tokens import TokenVerifier
     from gateway.state.gcra import Decision
     from gateway.state.identity import UserState
+    from gateway.state.stores import Stores
 
 MISSING_TOKEN = Deny.of(
     GatewayError.unauthorized("missing_token", "this route needs a bearer token", False)
@@ -92,9 +93,6 @@ class Authenticator:
         stores = self._stores
         gate = stores.gate
         if gate is not None and route is not None and route.rate_limit is not None:
-            # imported here: the rate-limit decision module imports this one
-            from gateway.pipeline.rate_limit import bucket
-
             limit = route.rate_limit
             answer = await gate.check(
                 claims.jti,

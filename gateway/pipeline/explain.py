@@ -11,7 +11,7 @@ state; `gateway explain` runs it on routes.yaml and the database.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.config.schema.routes import Route
 from gateway.pipeline import policy, rate_limit
@@ -19,8 +19,10 @@ from gateway.pipeline.authentication import MISSING_TOKEN, describe, judge_accou
 from gateway.pipeline.rate_limit import UNREAD, bucket
 from gateway.pipeline.route import find_route, normalise
 from gateway.pipeline.verdict import Deny, PlainView, Principal
-from gateway.runtime import Runtime
-from gateway.state.interfaces import IdentityStore, Limiter
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+    from gateway.state.interfaces import IdentityStore, Limiter
 
 Outcome = Literal["pass", "deny", "skip"]
 

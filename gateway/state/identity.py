@@ -18,12 +18,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.state.redis_health import RedisHealth
-from gateway.store.users import UserRecord
+
+if TYPE_CHECKING:
+    from gateway.store.users import UserRecord
 
 UserLoader = Callable[[str], Awaitable["UserState | None"]]
 PURGE_EVERY = 1024  # revocations between sweeps of expired entries

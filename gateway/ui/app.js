@@ -11,7 +11,11 @@ async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers });
   if (response.status === 401 && state.token) { signOut(); throw new Error("signed out"); }
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.detail || `${response.status}`);
+  if (!response.ok) {
+    const error = new Error(body.detail || `${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
   return body;
 }
 
@@ -178,7 +182,9 @@ $("signin-form").addEventListener("submit", async (event) => {
       await api("/admin/config");
     } catch (refused) {
       signOut();
-      $("signin-error").textContent = `an admin account is needed (${refused.message})`;
+      // 403: the policy says no; anything else (503 database_down, ...) is not about the role
+      $("signin-error").textContent =
+        refused.status === 403 ? `an admin account is needed (${refused.message})` : refused.message;
       return;
     }
     showDashboard(me.username);

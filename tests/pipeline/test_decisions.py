@@ -14,7 +14,6 @@ from gateway.pipeline import authentication, policy, rate_limit
 from gateway.pipeline.authentication import Authenticator, bearer_token, judge_account, verify
 from gateway.pipeline.explain import explain
 from gateway.pipeline.route import find_route, normalise
-from gateway.pipeline.stores import Stores
 from gateway.pipeline.verdict import PASS, Deny, Pass, PlainView, Principal
 from gateway.routing import RouteMatch
 from gateway.runtime import Runtime
@@ -22,6 +21,7 @@ from gateway.security.tokens import Claims
 from gateway.state.gcra import Decision
 from gateway.state.identity import LocalIdentity, UserState
 from gateway.state.limiter import LocalLimiter
+from gateway.state.stores import Stores
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTES = """

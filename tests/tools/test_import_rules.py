@@ -47,3 +47,21 @@ def test_a_handler_importing_the_proxy_and_a_decision_importing_aiohttp_are_repo
         )
         for line in found
     )
+
+
+def test_a_decision_reaching_aiohttp_through_another_module_is_reported(tmp_path: Path) -> None:
+    package = write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "runtime.py": "import aiohttp\n",
+            "pipeline/__init__.py": "",
+            "pipeline/explain.py": "from gateway.runtime import thing\n",
+        },
+    )
+    found = broken(package)
+    assert len(found) == 1, found
+    assert found[0].endswith(
+        "gateway.pipeline.explain imports aiohttp (through gateway.pipeline.explain -> "
+        "gateway.runtime) (decisions judge plain values)"
+    )

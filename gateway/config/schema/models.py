@@ -25,8 +25,9 @@ class ModelConfig:
         "models tried in turn when this one fails before a byte", default=(), kind="list of models"
     )
     max_attempts: int = doc(
-        "calls made in all, this model's included; 0: one per model in the chain",
-        default=0,
+        "calls made in all, this model's included; absent: one per model in the chain",
+        default=0,  # stands for absent
+        default_text="",
         minimum=1,
         maximum=10,
     )

@@ -15,7 +15,8 @@ class RateLimitConfig:
     """rate_limit: `60/min`, `{limit: 5, per: 1m, key: ip}`, or `off` for no limit."""
 
     rate: Rate = doc(
-        "requests allowed per period: `60/min`, or limit (a whole number) per a duration",
+        "requests allowed per period: `60/min`, or limit (a whole number, at least 1) per "
+        "a duration longer than zero",
         key="limit, per",
         kind="rate",
         minimum=1,

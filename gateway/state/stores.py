@@ -4,8 +4,8 @@
 that need it; at start-up, once the database and Redis are open
 (gateway/services.py), `bind` puts the real stores in. Until then the
 in-process ones stand in (nothing is served before start-up ends). The
-proxy and the handlers never see this object's insides beyond what they
-are given.
+proxy is handed only the token quota store from it (by dispatch); /metrics
+authenticates through an Authenticator over it, as the chain does.
 """
 
 from __future__ import annotations
