@@ -1,16 +1,19 @@
-"""The gateway against nginx, a bare aiohttp proxy and Flask, and what each stage costs.
+"""The gateway against nginx, a bare aiohttp proxy, Flask and LiteLLM, and what each stage costs.
 
-Run from the repository root: `.venv/bin/python bench/chain.py` (about 2.5 minutes).
+Run from the repository root: `.venv/bin/python bench/chain.py` (about 3 minutes).
 Starts nginx on core 0 answering `{"ok":true}`, then, on core 1, each proxy under
 test: nginx as a reverse proxy, a bare aiohttp proxy (bench/bare_proxy.py), Flask
 with PyJWT and requests under gunicorn (bench/flask_stack.py, sync and gthread), and
-one `gateway serve` per row with the chain switched on stage by stage. The same wrk
-load, from core 0 and with the same bearer token, drives each row in turn for
+one `gateway serve` per row with the chain switched on stage by stage; then the full
+chain on Redis with `--workers 2` on both cores, and a small chat completion (POST)
+through a `models:` entry and through LiteLLM's proxy (bench/model_path.py). The same
+wrk load, from core 0 and with the same bearer token, drives each row in turn for
 several short rounds, so a slow spell of a shared machine hits every row alike; each
 row's best round is reported. Then the bare proxy and the full chain run at a fixed
 rate, half the full chain's peak, for their p99 latency. Prints one table (req/s,
-p50, p99, peak RSS, ratios to nginx, the bare proxy and Flask), the fixed-rate
-figures and the targets of the issue, and writes them to bench/results/chain.json.
+p50, p99, peak RSS, ratios to nginx, the bare proxy and Flask), the model and workers
+comparisons, the fixed-rate figures and the targets of the issue, and writes them to
+bench/results/chain.json.
 
 Every row is checked before each round (one request must get nginx's 200 through the
 proxy); non-2xx answers, socket errors, log warnings or missing audit rows are shown
@@ -37,10 +40,30 @@ from typing import Any
 
 import psutil
 from loadgen import RATE_SCRIPT, THREADS, run_wrk
-from processes import LOAD_CORE, PROXY_CORE, BenchError, Processes, Usage, UsageSampler, tail
+from model_path import (
+    CHAT_PATH,
+    CHAT_REQUEST,
+    CHAT_SCRIPT,
+    LITELLM_KEY,
+    MODEL,
+    completion_ok,
+    metered_calls,
+    script_matches,
+)
+from processes import (
+    BOTH_CORES,
+    LOAD_CORE,
+    PROXY_CORE,
+    BenchError,
+    Processes,
+    Usage,
+    UsageSampler,
+    tail,
+)
 from report import (
     FULL,
     RESULTS,
+    comparisons,
     gateway_source,
     machine,
     rate_table,
@@ -56,6 +79,7 @@ from stacks import (
     Server,
     audit_rows,
     forget_redis_keys,
+    litellm_missing,
     log_lines,
     log_problems,
     make_identity,
@@ -65,6 +89,7 @@ from stacks import (
     start_bare,
     start_flask,
     start_gateway,
+    start_litellm,
     start_nginx,
     tool_path,
 )
@@ -81,14 +106,21 @@ FULL_CHAIN = f"roles: [user], {RATE_LIMIT}"
 class Row:
     key: str  # for --rows
     name: str
-    kind: str  # "none" (wrk straight at the upstream), "nginx", "bare", "flask" or "gateway"
-    options: str = ""  # gateway: the /bench/** route's options; flask: gunicorn's worker class
+    # "none" (wrk straight at the upstream), "nginx", "bare", "flask", "gateway" or "litellm"
+    kind: str
+    # gateway: the /bench/** route's options (the models: entry's, for a model row);
+    # flask: gunicorn's worker class
+    options: str = ""
     redis: bool = False
+    model: bool = False  # a chat completion POST to a model (bench/model_path.py), not a GET
+    workers: int = 1  # gateway: `serve --workers N`, on both cores when N > 1
 
     @property
     def checks_token(self) -> bool:
         """Whether the row refuses a request without the bearer token."""
-        return self.kind == "flask" or (self.kind == "gateway" and "auth: none" not in self.options)
+        if self.kind in ("flask", "litellm"):
+            return True
+        return self.kind == "gateway" and "auth: none" not in self.options
 
 
 ROWS = (
@@ -102,6 +134,9 @@ ROWS = (
     Row("policy", "+ policy", "gateway", "roles: [user]"),
     Row(FULL, "+ rate limit = full chain", "gateway", FULL_CHAIN),
     Row("redis", "full chain on Redis", "gateway", FULL_CHAIN, redis=True),
+    Row("workers", "full chain on Redis, 2 workers", "gateway", FULL_CHAIN, True, workers=2),
+    Row("model", "gateway, model path", "gateway", FULL_CHAIN, model=True),
+    Row("litellm", "LiteLLM proxy", "litellm", model=True),
 )
 
 
@@ -121,7 +156,9 @@ class Target:
     rate_runs: list[dict[str, Any]] = field(default_factory=list)  # fixed rate, warm-up first
     rate_usage: list[Usage] = field(default_factory=list)
     log_problems: dict[str, int] = field(default_factory=dict)
+    log_offset: int = 0  # LiteLLM: its log's size once started; only what follows counts
     audit_rows: int | None = None  # in the gateway's audit_logs after it stopped
+    metered: dict[str, int] | None = None  # model row: its report_logs after it stopped
 
 
 # --- tools ------------------------------------------------------------------------
@@ -148,6 +185,8 @@ def ensure_tools(rows: Sequence[Row]) -> dict[str, str]:
             raise BenchError("apt-get installed nginx and wrk, but they are still not found")
     if shutil.which("taskset") is None:
         raise BenchError("taskset not found: apt-get install -y util-linux")
+    if any(row.model for row in rows) and not script_matches():
+        raise BenchError(f"{CHAT_SCRIPT.name} does not send model_path.CHAT_REQUEST")
     if any(row.kind == "flask" for row in rows):
         absent = [name for name in ("flask", "gunicorn", "requests") if not installed(name)]
         if absent:
@@ -179,39 +218,65 @@ def prepare(
         server = start_bare(procs, work, upstream)
     elif row.kind == "flask":
         server = start_flask(procs, work, upstream, row.options)
+    elif row.kind == "litellm":
+        server = start_litellm(procs, work, upstream_port)
     else:
         redis_prefix = prefix if row.redis else None
+        options, model_options = ("", row.options) if row.model else (row.options, None)
         server = start_gateway(
-            procs, work, row.key, upstream_port, row.options, identity, redis_prefix
+            procs,
+            work,
+            row.key,
+            upstream_port,
+            options,
+            identity,
+            redis_prefix,
+            model_options=model_options,
+            workers=row.workers,
         )
+    path = PATH
+    if row.model:
+        path = CHAT_PATH if row.kind == "litellm" else f"/models/{MODEL}{CHAT_PATH}"
+    token = LITELLM_KEY if row.kind == "litellm" else identity.token
     if server is None:
-        target = Target(row, upstream + PATH, identity.token)
+        target = Target(row, upstream + path, token)
     else:
-        url = f"http://127.0.0.1:{server.port}{PATH}"
-        target = Target(row, url, identity.token, server.process, server.log)
+        url = f"http://127.0.0.1:{server.port}{path}"
+        target = Target(row, url, token, server.process, server.log)
     check(target)
     if row.checks_token:
         refuses(target)
+    if row.kind == "litellm" and target.log is not None:
+        # Its start-up lines and the refusal's traceback (see `refuses`) are not problems.
+        target.log_offset = target.log.stat().st_size
     return target
 
 
 def check(target: Target) -> None:
-    """One request through the proxy must get nginx's 200 and body."""
+    """One request through the proxy must get nginx's 200 and body (for a model row, the
+    chat completion's: its answer and usage)."""
     target.checks += 1
+    model = target.row.model
     try:
-        status, body = send(target.url, target.token)
-        if status != 200 or body != BODY:
-            raise BenchError(f"{target.url} answered {status} {body[:200]!r}, not 200 {BODY!r}")
+        status, body = send(target.url, target.token, CHAT_REQUEST if model else None)
+        if status != 200 or not (completion_ok(body) if model else body == BODY):
+            expected = "the completion" if model else repr(BODY)
+            raise BenchError(f"{target.url} answered {status} {body[:200]!r}, not 200 {expected}")
     except BenchError as exc:
         raise failed(target, exc) from None
 
 
 def refuses(target: Target) -> None:
-    """One request without the token must get a 401: the row really checks it."""
+    """One request without the token must get a 401: the row really checks it.
+
+    LiteLLM without a database refuses it with a 500 (it looks for its prisma client,
+    which litellm[proxy] does not bring, and logs the traceback); any 4xx or 5xx will do.
+    """
     target.checks += 1
     try:
-        status, body = send(target.url)
-        if status != 401:
+        status, body = send(target.url, data=CHAT_REQUEST if target.row.model else None)
+        refused = status >= 400 if target.row.kind == "litellm" else status == 401
+        if not refused:
             raise BenchError(f"{target.url} without a token: {status} {body[:200]!r}, not 401")
     except BenchError as exc:
         raise failed(target, exc) from None
@@ -235,8 +300,9 @@ def measure(
     sampler = UsageSampler(pid, load)
     sampler.start()
     try:
+        script = CHAT_SCRIPT if target.row.model else None
         figures = run_wrk(
-            args.tools["wrk"], target.url, args.connections, seconds, target.token, rate
+            args.tools["wrk"], target.url, args.connections, seconds, target.token, rate, script
         )
     except BenchError as exc:
         raise failed(target, exc) from None
@@ -252,9 +318,12 @@ def finish(target: Target, procs: Processes) -> None:
     procs.stop(target.process)  # a gateway writes out its audit queue as it stops
     if target.row.kind == "gateway":
         target.log_problems = dict(log_problems(target.log))
-        target.audit_rows = audit_rows(target.log.parent / "gateway.db")
+        prefix = f"/models/{MODEL}/" if target.row.model else "/bench/"
+        target.audit_rows = audit_rows(target.log.parent / "gateway.db", prefix)
+        if target.row.model:
+            target.metered = metered_calls(target.log.parent / "gateway.db")
     else:
-        target.log_problems = dict(log_lines(target.log))
+        target.log_problems = dict(log_lines(target.log, target.log_offset))
 
 
 @contextlib.contextmanager
@@ -275,7 +344,21 @@ def run_rows(args: argparse.Namespace, procs: Processes, work: Path) -> list[Tar
         args.redis_pid = redis_pid() if any(row.redis for row in args.rows) else None
         identity = make_identity(procs, work, upstream.port)
         for row in args.rows:
-            if row.redis and (why := redis_reachable()):
+            why = redis_reachable() if row.redis else None
+            if row.kind == "litellm":
+                why = why or litellm_missing()
+            if why is None and row.kind == "litellm":
+                # LiteLLM is the one proxy here that may not start offline: skip, not stop.
+                started = list(procs.running)
+                try:
+                    targets.append(prepare(row, procs, work, upstream.port, identity, ""))
+                except BenchError as exc:
+                    why = f"LiteLLM's proxy did not start or answer here: {exc}"
+                    for process in [p for p in procs.running if p not in started]:
+                        procs.stop(process)
+                else:
+                    continue
+            if why:
                 args.skipped.append({"row": row.name, "why": why})
                 print(f"  {row.name}: skipped, {why}", flush=True)
                 continue
@@ -391,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"wrk -t{THREADS} -c{args.connections}, {args.rounds} x {seconds} s per row after "
         f"{WARMUP} s of warm-up; nginx and wrk on core {LOAD_CORE}, the proxy on core "
-        f"{PROXY_CORE}; audit stage in the chain: {'yes' if source['audit_in_chain'] else 'no'}",
+        f"{PROXY_CORE} (2 workers: both); audit stage in the chain: "
+        f"{'yes' if source['audit_in_chain'] else 'no'}",
         flush=True,
     )
     procs = Processes()
@@ -428,8 +512,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds_per_round": seconds,
             "warmup_s": WARMUP,
             "path": PATH,
-            "token": "one bearer token, the gateway's, on every request of every row",
-            "cores": {"nginx_upstream_and_wrk": LOAD_CORE, "proxy": PROXY_CORE},
+            "model_rows": {
+                "request": f"POST {CHAT_PATH} (the gateway's under /models/{MODEL}), "
+                f"wrk -s bench/{CHAT_SCRIPT.name}",
+                "body": CHAT_REQUEST,
+            },
+            "token": "one bearer token, the gateway's, on every request of every row "
+            "(LiteLLM: its master key)",
+            "cores": {
+                "nginx_upstream_and_wrk": LOAD_CORE,
+                "proxy": PROXY_CORE,
+                "gateway_workers": BOTH_CORES,
+            },
         },
         "units": {
             "rps": "requests per second, the row's best round (p50_ms, p99_ms: that round's)",
@@ -448,6 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds_per_round": args.rate_seconds,
             "results": rate_rows,
         },
+        "comparisons": comparisons(rows),
         "targets": checks,
         "skipped": args.skipped,
         "upstream_log_problems": args.upstream_log_problems,

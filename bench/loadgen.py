@@ -26,17 +26,24 @@ def run_wrk(
     seconds: int,
     token: str | None,
     rate: float | None = None,
+    script: Path | None = None,
 ) -> dict[str, Any]:
     """One wrk run against `url`: its req/s, latency percentiles and errors.
 
     `rate`: requests per second in all, spread over the threads; None runs closed loop.
+    `script`: a wrk script that shapes the request (bench/chat_completion.lua), closed loop
+    only: wrk runs one script, and the fixed rate is one.
     """
     argv = ["taskset", "-c", LOAD_CORE, wrk, f"-t{THREADS}", f"-c{connections}"]
     argv += [f"-d{seconds}s", "--latency"]
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
+    if rate is not None and script is not None:
+        raise BenchError("wrk runs one script: a fixed rate or a request script, not both")
     if rate is not None:
         argv += ["-s", str(RATE_SCRIPT), url, "--", f"{rate / THREADS:.3f}"]
+    elif script is not None:
+        argv += ["-s", str(script), url]
     else:
         argv.append(url)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)

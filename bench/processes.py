@@ -21,6 +21,7 @@ import psutil
 
 LOAD_CORE = "0"  # the upstream nginx and wrk share one core ...
 PROXY_CORE = "1"  # ... so the proxy under test has the other to itself
+BOTH_CORES = f"{LOAD_CORE},{PROXY_CORE}"  # `gateway serve --workers 2`: shares core 0 with the load
 RSS_INTERVAL = 0.05  # seconds between RSS samples
 START_TIMEOUT = 15  # seconds a server has to listen on its port
 
@@ -56,8 +57,10 @@ class Processes:
         env: dict[str, str],
         port: int,
         cwd: Path | None = None,
+        timeout: float = START_TIMEOUT,
     ) -> subprocess.Popen[bytes]:
-        """`argv` pinned to `core`, its stderr in `log`; returns once it listens on `port`."""
+        """`argv` pinned to `core` (one, or a taskset list), its stderr in `log`; returns once
+        it listens on `port`, within `timeout` seconds."""
         with log.open("ab") as stderr:
             process = subprocess.Popen(
                 ["taskset", "-c", core, *argv],  # taskset execs argv: the pid is the server's
@@ -68,14 +71,14 @@ class Processes:
                 start_new_session=True,  # Ctrl-C reaches the bench, which stops them in order
             )
         self.running.append(process)
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise BenchError(f"{argv[0]} exited with {process.returncode}:\n{tail(log)}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 return process
             time.sleep(0.05)
-        raise BenchError(f"nothing listened on port {port} within {START_TIMEOUT} s:\n{tail(log)}")
+        raise BenchError(f"nothing listened on port {port} within {timeout:.0f} s:\n{tail(log)}")
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
         if process.poll() is None:

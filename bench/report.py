@@ -47,12 +47,17 @@ def table(targets: Sequence[Target]) -> list[dict[str, Any]]:
     for target in targets:
         key = target.row.key
         rps = best[key]["rps"]
-        # With the proxy's core saturated, 1e6/rps is its CPU µs per request.
+        # With the proxy's core saturated, 1e6/rps is its CPU µs per request. The stages
+        # are the one-process GET rows, each against the one above; the model row is
+        # against the full chain (its model path's own work and the POST body); the
+        # workers row, on two cores, against none.
+        stage = target.row.kind == "gateway" and target.row.workers == 1
+        base = (FULL if FULL in best else None) if target.row.model else above
         added = added_median = None
-        if target.row.kind == "gateway" and above is not None:
-            added = round(1e6 / rps - 1e6 / best[above]["rps"], 1)
-            added_median = round(1e6 / median[key] - 1e6 / median[above], 1)
-        if target.row.kind == "gateway":
+        if stage and base is not None:
+            added = round(1e6 / rps - 1e6 / best[base]["rps"], 1)
+            added_median = round(1e6 / median[key] - 1e6 / median[base], 1)
+        if stage and not target.row.model:
             above = key
         runs = [target.warmup, *target.rounds, *target.rate_runs]
         non_2xx = sum(r["non_2xx"] for r in runs)
@@ -69,6 +74,13 @@ def table(targets: Sequence[Target]) -> list[dict[str, Any]]:
         # Requests wrk cut off as it stopped may add rows (client_gone), never take any away.
         if target.audit_rows is not None and target.audit_rows < answered:
             errors.append(f"audit {answered - target.audit_rows} rows missing")
+        # Every answered call of the model row must have a report row with its usage read.
+        metered = target.metered
+        if target.row.model and target.row.kind == "gateway":
+            if metered is None:
+                errors.append("usage: no report_logs")
+            elif metered["metered"] < answered:
+                errors.append(f"usage {answered - metered['metered']} calls unmetered")
         measured = sum(r["requests"] or 0 for r in target.rounds)
         usage = target.usage
         proxy = bool(usage) and target.process is not None  # direct: no proxy to sample
@@ -91,7 +103,7 @@ def table(targets: Sequence[Target]) -> list[dict[str, Any]]:
                 "peak_rss_mib": round(max(u.rss_peak for u in usage) / MIB, 1) if proxy else None,
                 "rss_first_round_start_mib": round(usage[0].rss_start / MIB, 1) if proxy else None,
                 "rss_last_round_end_mib": round(usage[-1].rss_end / MIB, 1) if proxy else None,
-                **shares(usage, proxy),
+                **shares(usage, proxy, both_cores=target.row.workers > 1),
                 "cpu_us_per_request": round(cpu * 1e6 / measured, 1)
                 if proxy and measured
                 else None,
@@ -104,14 +116,18 @@ def table(targets: Sequence[Target]) -> list[dict[str, Any]]:
                 "socket_errors": dict(socket_errors),
                 "log_problems": target.log_problems,
                 "audit_rows": target.audit_rows,
+                "report_rows": metered["report_rows"] if metered else None,
+                "metered_calls": metered["metered"] if metered else None,
+                "metered_tokens": metered["tokens"] if metered else None,
                 "errors": "; ".join(errors),
             }
         )
     return rows
 
 
-def shares(usage: Sequence[Usage], proxy: bool) -> dict[str, int | None]:
-    """Who used the two cores during a row's runs, in percent of one core."""
+def shares(usage: Sequence[Usage], proxy: bool, both_cores: bool = False) -> dict[str, int | None]:
+    """Who used the two cores during a row's runs, in percent of one core. `both_cores`:
+    the proxy ran on both (the workers row), so only the two cores' sum tells "other"."""
     wall = sum(u.wall_seconds for u in usage)
     if not wall:
         return dict.fromkeys(("cpu_percent", "load_core_percent", "other_percent"))
@@ -124,6 +140,17 @@ def shares(usage: Sequence[Usage], proxy: bool) -> dict[str, int | None]:
     # bench on theirs: a shared machine's other work, which makes a row suspect.
     other_proxy_core = sum(u.proxy_core.busy for u in usage) - cpu if proxy else 0.0
     other_load_core = sum(u.load_core.busy - u.load_cpu_seconds for u in usage)
+    steal = percent(sum(u.proxy_core.steal + u.load_core.steal for u in usage))
+    if both_cores:
+        other = other_proxy_core + other_load_core  # the proxy's time counted once, off both
+        return {
+            "cpu_percent": percent(cpu),
+            "load_core_percent": percent(sum(u.load_core.busy for u in usage)),
+            "other_percent": percent(max(other, 0)),
+            "other_percent_proxy_core": None,
+            "other_percent_load_core": None,
+            "steal_percent": steal,
+        }
     return {
         # The proxy's CPU time: near 100 when the proxy is the bottleneck. Near 100 for
         # core 0: the upstream and wrk are.
@@ -132,7 +159,7 @@ def shares(usage: Sequence[Usage], proxy: bool) -> dict[str, int | None]:
         "other_percent": percent(max(other_proxy_core, 0) + max(other_load_core, 0)),
         "other_percent_proxy_core": percent(other_proxy_core) if proxy else None,
         "other_percent_load_core": percent(other_load_core),
-        "steal_percent": percent(sum(u.proxy_core.steal + u.load_core.steal for u in usage)),
+        "steal_percent": steal,
     }
 
 
@@ -169,6 +196,27 @@ def rate_table(targets: Sequence[Target], rate: int | None) -> list[dict[str, An
             }
         )
     return rows
+
+
+# The issue's baselines for later work, req/s against req/s (best rounds): (what, row,
+# reference row). Figures only, no target yet.
+COMPARISONS = (
+    ("gateway model path / bare aiohttp proxy", "model", "bare"),
+    ("gateway model path / LiteLLM proxy", "model", "litellm"),
+    ("full chain on Redis, 2 workers / 1 worker", "workers", "redis"),
+)
+
+
+def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each comparison with its ratio (None when either row was not measured)."""
+    by_key = {row["key"]: row for row in rows}
+    found = []
+    for what, key, reference in COMPARISONS:
+        ratio = None
+        if key in by_key and reference in by_key:
+            ratio = round(by_key[key]["rps"] / by_key[reference]["rps"], 3)
+        found.append({"comparison": what, "row": key, "reference": reference, "ratio": ratio})
+    return found
 
 
 # The issue's targets: (what, row, reference row, target ratio, "min" or "max").
@@ -309,7 +357,17 @@ def versions(tools: dict[str, str]) -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             return None
 
-    packages = ("aiohttp", "uvloop", "flask", "werkzeug", "gunicorn", "requests", "PyJWT")
+    packages = (
+        "aiohttp",
+        "uvloop",
+        "flask",
+        "werkzeug",
+        "gunicorn",
+        "requests",
+        "PyJWT",
+        "litellm",
+        "uvicorn",
+    )
     return {
         "python": sys.version.split()[0],
         **{package.lower(): version(package) for package in packages},
@@ -338,7 +396,8 @@ def gateway_source() -> dict[str, Any]:
 def report(
     args: argparse.Namespace, rows: list[dict[str, Any]], rate_rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Print the table, the fixed-rate figures and the targets; returns the targets."""
+    """Print the table, the comparisons, the fixed-rate figures and the targets; returns
+    the targets."""
     seconds = args.duration // args.rounds
     print()
     print(
@@ -348,6 +407,7 @@ def report(
     print_table(COLUMNS, rows)
     for note in args.skipped:
         print(f"skipped {note['row']}: {note['why']}")
+    print_comparisons(rows)
     if rate_rows:
         full = next(row for row in rows if row["key"] == FULL)
         print()
@@ -370,6 +430,27 @@ def report(
         ratio = f"{check['ratio']:.2f}x" if check["ratio"] is not None else "-"
         print(f"  {check['target']:<{width}}  {ratio:>6}  {check['verdict']}")
     return checks
+
+
+def print_comparisons(rows: Sequence[dict[str, Any]]) -> None:
+    """The model and workers rows against their references, and what the model row metered."""
+    found = [c for c in comparisons(rows) if any(row["key"] == c["row"] for row in rows)]
+    if not found:
+        return
+    print()
+    print("baselines, req/s over req/s (best rounds):")
+    width = max(len(c["comparison"]) for c in found)
+    for c in found:
+        ratio = f"{c['ratio']:.2f}x" if c["ratio"] is not None else "-"
+        shown = ratio if c["ratio"] is not None else f"- (no {c['reference']} row)"
+        print(f"  {c['comparison']:<{width}}  {shown:>6}")
+    for row in rows:
+        if row["report_rows"] is not None:
+            print(
+                f"  {row['row']} metered: {row['report_rows']:,} report rows, "
+                f"{row['metered_calls']:,} with usage read ({row['metered_tokens']:,} tokens), "
+                f"for {row['requests_answered']:,} answered calls"
+            )
 
 
 def warn_about_cores(rows: Sequence[dict[str, Any]], rate_rows: Sequence[dict[str, Any]]) -> None:

@@ -1,12 +1,14 @@
 """What answers wrk in each row of bench/chain.py: how each server is configured and started.
 
 The upstream nginx runs on LOAD_CORE; every proxy under test (nginx, the bare aiohttp
-proxy, Flask under gunicorn, `gateway serve`) on PROXY_CORE, each in its own folder.
+proxy, Flask under gunicorn, LiteLLM's proxy, `gateway serve`) on PROXY_CORE, each in its
+own folder; `gateway serve --workers 2` on both cores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -21,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from processes import PROXY_CORE, BenchError, Processes, free_port, tail
+from model_path import (
+    CHAT_PATH,
+    COMPLETION,
+    LITELLM_DROPPED,
+    LITELLM_ENVIRONMENT,
+    model_entry,
+    write_litellm_config,
+)
+from processes import BOTH_CORES, PROXY_CORE, BenchError, Processes, free_port, tail
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -29,6 +39,7 @@ JWT_SECRET = "bench-only-jwt-secret-never-use-it-00000"  # 40 characters, a test
 PASSWORD = "bench-password-0123"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DATABASE = "gateway.db"  # the gateway's SQLite file, beside its routes.yaml
+LITELLM = Path(sys.executable).with_name("litellm")  # litellm[proxy]'s command, in this venv
 
 NGINX_CONF = """\
 daemon off;
@@ -50,10 +61,12 @@ http {{
 }}
 """
 
+# `{"ok":true}` for any request; the model rows' fake OpenAI completion for their POST.
 UPSTREAM_SERVER = """\
     server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 '{{"ok":true}}'; }}
+        location = {chat_path} {{ return 200 '{completion}'; }}
     }}"""
 
 # nginx as a reverse proxy, as one would set it up: keep-alive connections to the upstream.
@@ -72,7 +85,8 @@ PROXY_SERVER = """\
         }}
     }}"""
 
-# Every gateway row runs this file; only the options of the /bench/** route change.
+# Every gateway row runs this file; only the options of the /bench/** route change, and the
+# model row adds its models: section.
 GATEWAY_CONF = """\
 server:
   listen: 127.0.0.1:{port}
@@ -87,7 +101,7 @@ upstreams:
 routes:
   - {{path: /auth/login, methods: [POST], handler: auth.login, auth: none}}
   - {{path: /bench/**, upstream: bench{options}}}
-"""
+{models}"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +125,7 @@ def environment(redis_prefix: str | None = None) -> dict[str, str]:
 
 
 def send(
-    url: str, token: str | None = None, data: dict[str, str] | None = None
+    url: str, token: str | None = None, data: dict[str, Any] | None = None
 ) -> tuple[int, bytes]:
     """One request: its status and body (a refused connection is a BenchError)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -129,7 +143,7 @@ def send(
         raise BenchError(f"{url}: {exc}") from None
 
 
-def http(url: str, token: str | None = None, data: dict[str, str] | None = None) -> bytes:
+def http(url: str, token: str | None = None, data: dict[str, Any] | None = None) -> bytes:
     """One request that must get a 200; its body."""
     status, body = send(url, token, data)
     if status != 200:
@@ -148,7 +162,7 @@ def start_nginx(
     folder.mkdir()
     port = free_port()
     if upstream_port is None:
-        server = UPSTREAM_SERVER.format(port=port)
+        server = UPSTREAM_SERVER.format(port=port, chat_path=CHAT_PATH, completion=COMPLETION)
     else:
         server = PROXY_SERVER.format(port=port, upstream_port=upstream_port)
     conf = folder / "nginx.conf"
@@ -186,23 +200,35 @@ def start_flask(procs: Processes, work: Path, upstream: str, worker: str) -> Ser
 # --- the gateway ------------------------------------------------------------------
 
 
-def gateway_folder(work: Path, name: str, upstream_port: int, options: str) -> tuple[Path, int]:
-    """A folder with a routes.yaml (the /bench/** route with `options`) and policies/."""
+def gateway_folder(
+    work: Path, name: str, upstream_port: int, options: str, models: str = ""
+) -> tuple[Path, int]:
+    """A folder with a routes.yaml (the /bench/** route with `options`, then the `models:`
+    section given, if any) and policies/."""
     folder = work / name
     shutil.copytree(ROOT / "policies", folder / "policies")
     port = free_port()
     options = f", {options}" if options else ""
-    text = GATEWAY_CONF.format(port=port, upstream_port=upstream_port, options=options)
+    text = GATEWAY_CONF.format(
+        port=port, upstream_port=upstream_port, options=options, models=models
+    )
     (folder / "routes.yaml").write_text(text)
     return folder, port
 
 
-def serve(procs: Processes, folder: Path, port: int, env: dict[str, str]) -> Server:
-    """`gateway serve` on PROXY_CORE with the folder's routes.yaml."""
+def serve(
+    procs: Processes, folder: Path, port: int, env: dict[str, str], workers: int = 1
+) -> Server:
+    """`gateway serve` on PROXY_CORE with the folder's routes.yaml; with `workers` > 1,
+    `--workers N` on both cores (the parent and the workers it starts inherit the pinning)."""
     log = folder / "gateway.log"
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(folder / "routes.yaml")]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
-    return Server(procs.start(argv, PROXY_CORE, log, env, port), port, log)
+    core = PROXY_CORE
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+        core = BOTH_CORES
+    return Server(procs.start(argv, core, log, env, port), port, log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,12 +285,44 @@ def start_gateway(
     options: str,
     identity: Identity,
     redis_prefix: str | None,
+    *,
+    model_options: str | None = None,
+    workers: int = 1,
 ) -> Server:
-    """`gateway serve` with its own folder and a copy of the identity's database."""
-    folder, port = gateway_folder(work, name, upstream_port, options)
+    """`gateway serve` with its own folder and a copy of the identity's database; given
+    `model_options`, with the model rows' models: entry, those being its route options."""
+    models = "" if model_options is None else model_entry(upstream_port, model_options)
+    folder, port = gateway_folder(work, name, upstream_port, options, models)
     for part in identity.database.parent.glob(DATABASE + "*"):  # with -wal/-shm, if any
         shutil.copy2(part, folder / part.name)
-    return serve(procs, folder, port, environment(redis_prefix))
+    return serve(procs, folder, port, environment(redis_prefix), workers)
+
+
+# --- LiteLLM ----------------------------------------------------------------------
+
+LITELLM_START_TIMEOUT = 60  # seconds: LiteLLM imports for about 8 s on an idle core
+
+
+def litellm_missing() -> str | None:
+    """None when LiteLLM's proxy can be started here, else why not."""
+    if importlib.util.find_spec("litellm") is None or not LITELLM.exists():
+        return "litellm[proxy] not installed: pip install -e '.[bench]' (make bench does)"
+    return None
+
+
+def start_litellm(procs: Processes, work: Path, upstream_port: int) -> Server:
+    """LiteLLM's proxy, 1 uvicorn worker, with the master key and no database, in front of
+    the upstream's fake completion as an `openai/` model (bench/model_path.py)."""
+    config, logging = write_litellm_config(work / "litellm", upstream_port)
+    port, log = free_port(), config.parent / "litellm.log"
+    argv = [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--num_workers", "1", "--log_config", str(logging)]
+    env = {k: v for k, v in environment().items() if not k.startswith("LITELLM_")}
+    for name in LITELLM_DROPPED:
+        env.pop(name, None)
+    env.update(LITELLM_ENVIRONMENT)
+    process = procs.start(argv, PROXY_CORE, log, env, port, timeout=LITELLM_START_TIMEOUT)
+    return Server(process, port, log)
 
 
 def log_problems(log: Path) -> Counter[str]:
@@ -281,21 +339,26 @@ def log_problems(log: Path) -> Counter[str]:
     return found
 
 
-def log_lines(log: Path) -> Counter[str]:
-    """Anything nginx (at warn), gunicorn (at warning) or the bare proxy wrote to its log."""
+def log_lines(log: Path, offset: int = 0) -> Counter[str]:
+    """Anything nginx (at warn), gunicorn (at warning) or the bare proxy wrote to its log;
+    for LiteLLM, anything past `offset`, the log's size once it had started."""
     found: Counter[str] = Counter()
-    for line in log.read_text(errors="replace").splitlines():
+    with log.open("rb") as file:
+        file.seek(offset)
+        text = file.read().decode(errors="replace")
+    for line in text.splitlines():
         if line.strip():
             found[line[:160]] += 1
     return found
 
 
-def audit_rows(database: Path) -> int | None:
-    """Audit rows of /bench/ requests in a stopped gateway's SQLite database (None: no table)."""
+def audit_rows(database: Path, prefix: str = "/bench/") -> int | None:
+    """Audit rows of requests under `prefix` in a stopped gateway's SQLite database (None: no
+    table)."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-            query = "SELECT count(*) FROM audit_logs WHERE path LIKE '/bench/%'"
-            return int(db.execute(query).fetchone()[0])
+            query = "SELECT count(*) FROM audit_logs WHERE path LIKE ?"
+            return int(db.execute(query, (prefix + "%",)).fetchone()[0])
     except sqlite3.Error:
         return None
 
