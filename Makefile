@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,fast]'
 	@touch $(STAMP)
 
-# The bench extra (Flask, gunicorn, requests: the stack bench/chain.py compares with).
+# The bench extra (Flask, gunicorn, requests and LiteLLM: the stacks bench/chain.py compares with).
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,fast,bench]'
 	@touch $(BENCH_STAMP)
