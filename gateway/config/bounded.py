@@ -31,7 +31,7 @@ def number_range(cls: type[Any], name: str) -> tuple[float, float]:
     """Field `name`'s minimum and maximum, both of which it must state."""
     bounds = key_doc(cls, name)
     if bounds.minimum is None or bounds.maximum is None:
-        raise NotImplementedError(f"{cls.__name__}.{name}: states no range")
+        raise TypeError(f"{cls.__name__}.{name}: its doc() states no range")
     return bounds.minimum, bounds.maximum
 
 
@@ -46,7 +46,7 @@ def duration(cls: type[Any], name: str) -> Callable[[Value], float]:
     bounds = key_doc(cls, name)
     low, high = bounds.minimum, bounds.maximum
     if bounds.above not in (None, 0) or (low is None) != (high is None):
-        raise NotImplementedError(f"{cls.__name__}.{name}: a duration is above 0, or between two")
+        raise TypeError(f"{cls.__name__}.{name}: a duration's doc() says above=0, or both bounds")
 
     def convert(value: Value) -> float:
         if bounds.above is not None:
