@@ -46,7 +46,7 @@ def chain(holder: RuntimeHolder, stores: Stores) -> list[Middleware]:
     return [
         request_id(RequestIdConfig()),
         errors(ErrorsConfig()),
-        audit(AuditStageConfig()),
+        audit(AuditStageConfig(stores)),
         cors(CorsStageConfig(holder)),
         route(RouteStageConfig(holder)),
         authentication(AuthenticationConfig(Authenticator(stores))),
@@ -78,7 +78,7 @@ def build_app(
     app.router.add_route(
         "*", "/{tail:.*}", dispatcher(registry, stores), expect_handler=defer_expect
     )
-    app.on_response_prepare.append(stamp_headers)
+    app.on_response_prepare.append(stamp_headers(stores))
 
     reloader = Reloader(holder, extra_handlers=handlers or ())
     app[RELOADER] = reloader
@@ -87,7 +87,12 @@ def build_app(
         services = await open_services(config, settings or ServiceSettings.from_env(config))
         app[SERVICES] = services
         stores.bind(
-            services.identity, services.limiter, services.quotas, services.gate, services.metrics
+            services.identity,
+            services.limiter,
+            services.quotas,
+            services.gate,
+            services.metrics,
+            services.audit,
         )
         yield
         await services.close()

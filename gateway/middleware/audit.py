@@ -26,17 +26,18 @@ from aiohttp import web
 
 from gateway.audit.journal import INTERRUPTED
 from gateway.audit.rows import AuditRow, audit_row, report_row
+from gateway.audit.writer import AuditWriter
 from gateway.context import CTX, Outcome, RequestContext
 from gateway.metrics import NO_ROUTE
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.errors import from_http_exception
 from gateway.problems import GatewayError, render
-from gateway.services import SERVICES
+from gateway.state.stores import Stores
 
 
 @dataclass(frozen=True, slots=True)
 class AuditStageConfig:
-    pass
+    stores: Stores  # its audit writer (rows, journal) and metrics, bound at start-up
 
 
 def _bytes_out(request: web.Request, response: web.StreamResponse) -> int:
@@ -87,6 +88,7 @@ def _row(
 
 
 def _record(
+    stores: Stores,
     request: web.Request,
     ctx: RequestContext,
     status: int,
@@ -94,8 +96,9 @@ def _record(
     reason: str | None,
     model_call: bool,
 ) -> None:
-    services = request.app[SERVICES]
-    writer = services.audit
+    writer, metrics = stores.audit, stores.metrics
+    assert writer is not None  # both bound at start-up, before the first request
+    assert metrics is not None
     journal = writer.journal
     streamed = ctx.journal_id  # set: a provisional record went out with the head
     journal_id = streamed or journal.new_id()
@@ -116,7 +119,6 @@ def _record(
     else:  # journal_response writes it as the response head is prepared
         ctx.journal_id = journal_id
         ctx.journal_rows = (row, report)
-    metrics = services.metrics
     metrics.request(route.path if route is not None else NO_ROUTE, status, row.latency_ms / 1000)
     upstream = row.upstream
     if (
@@ -127,46 +129,50 @@ def _record(
         metrics.upstream_error(upstream, reason)  # upstream_unreachable, _timeout, _reset, …
 
 
-def _record_error(request: web.Request, ctx: RequestContext, error: GatewayError) -> None:
+def _record_error(
+    stores: Stores, request: web.Request, ctx: RequestContext, error: GatewayError
+) -> None:
     # The errors stage renders exactly this body; its length is the bytes out.
     # A 5xx on a model route is a failed model call; a 4xx is a refusal
     # (token, role, limit, body) that never reached the model.
     size = len(render(error, ctx.request_id))
-    _record(request, ctx, error.status, size, error.code, error.status >= 500)
+    _record(stores, request, ctx, error.status, size, error.code, error.status >= 500)
 
 
 def audit(cfg: AuditStageConfig) -> Middleware:
+    stores = cfg.stores
+
     @web.middleware
     async def audit_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
         ctx = request[CTX]
         try:
             response = await handler(request)
         except GatewayError as exc:
-            _record_error(request, ctx, exc)
+            _record_error(stores, request, ctx, exc)
             raise
         except web.HTTPException as exc:
             if exc.status >= 400:
-                _record_error(request, ctx, from_http_exception(exc))
+                _record_error(stores, request, ctx, from_http_exception(exc))
             else:  # a redirect raised by a handler is an answer
-                _record(request, ctx, exc.status, 0, None, True)
+                _record(stores, request, ctx, exc.status, 0, None, True)
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             # 499: nginx's "client closed request"
-            _record(request, ctx, 499, 0, Outcome.CLIENT_GONE.value, True)
+            _record(stores, request, ctx, 499, 0, Outcome.CLIENT_GONE.value, True)
             raise
         except Exception:
-            _record_error(request, ctx, GatewayError.internal())
+            _record_error(stores, request, ctx, GatewayError.internal())
             raise
         # ctx.outcome: why a proxied response ended early (client_gone, upstream_reset)
         reason = ctx.outcome.value or None
-        _record(request, ctx, response.status, _bytes_out(request, response), reason, True)
+        _record(stores, request, ctx, response.status, _bytes_out(request, response), reason, True)
         return response
 
     return audit_stage
 
 
 def journal_prepared(
-    request: web.BaseRequest, ctx: RequestContext, response: web.StreamResponse
+    writer: AuditWriter, request: web.BaseRequest, ctx: RequestContext, response: web.StreamResponse
 ) -> None:
     """Called as the response head is prepared (the request-id stage's on_response_prepare
     hook): the request's audit record reaches the journal before any byte of it leaves."""
@@ -175,12 +181,9 @@ def journal_prepared(
     rows = ctx.journal_rows
     if rows is not None:  # made by the audit stage already: the final record
         ctx.journal_rows = None
-        request.app[SERVICES].audit.journal.record(*rows)
+        writer.journal.record(*rows)
     elif not ctx.journal_id:
-        services = request.app.get(SERVICES)
-        if services is None:  # an app without the audit stage (the TLS redirect listener)
-            return
-        journal = services.audit.journal
+        journal = writer.journal
         ctx.journal_id = journal_id = journal.new_id()
         body = response.body if type(response) is web.Response else None
         if type(body) is bytes:

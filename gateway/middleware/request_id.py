@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from gateway.context import CTX, RequestContext
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.audit import journal_prepared
 from gateway.runtime import HOLDER
+from gateway.state.stores import Stores
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # hex digit → the RFC 9562 variant digit (10xx) carrying its two low bits
@@ -45,25 +47,33 @@ def request_id(cfg: RequestIdConfig) -> Middleware:
     return request_id_stage
 
 
-async def stamp_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: runs for streamed, local and error responses alike."""
-    ctx = request.get(CTX)
-    if ctx is not None:
-        headers = response.headers
-        headers["X-Request-Id"] = ctx.request_id
-        for name, value in ctx.rate_headers:
-            headers[name] = value
-        for name, value in ctx.cors_headers:
-            if name == "Vary" and "Vary" in headers:
-                headers["Vary"] = f"{headers['Vary']}, {value}"
-            else:
+def stamp_headers(
+    stores: Stores,
+) -> Callable[[web.BaseRequest, web.StreamResponse], Awaitable[None]]:
+    """The app's on_response_prepare hook, for streamed, local and error responses alike;
+    each request's audit record goes to `stores.audit`'s journal (none without one)."""
+
+    async def stamp(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        ctx = request.get(CTX)
+        if ctx is not None:
+            headers = response.headers
+            headers["X-Request-Id"] = ctx.request_id
+            for name, value in ctx.rate_headers:
                 headers[name] = value
-        # The audit journal gets the request's record before a byte of the head leaves.
-        journal_prepared(request, ctx, response)
-    if request.scheme == "https":  # the connection itself is TLS (never X-Forwarded-Proto)
-        max_age = _hsts_max_age(request, ctx)
-        if max_age:
-            response.headers["Strict-Transport-Security"] = f"max-age={max_age}"
+            for name, value in ctx.cors_headers:
+                if name == "Vary" and "Vary" in headers:
+                    headers["Vary"] = f"{headers['Vary']}, {value}"
+                else:
+                    headers[name] = value
+            # The audit journal gets the request's record before a byte of the head leaves.
+            if stores.audit is not None:
+                journal_prepared(stores.audit, request, ctx, response)
+        if request.scheme == "https":  # the connection itself is TLS (never X-Forwarded-Proto)
+            max_age = _hsts_max_age(request, ctx)
+            if max_age:
+                response.headers["Strict-Transport-Security"] = f"max-age={max_age}"
+
+    return stamp
 
 
 def _hsts_max_age(request: web.BaseRequest, ctx: RequestContext | None) -> int:

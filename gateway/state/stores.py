@@ -1,4 +1,5 @@
-"""The state the decisions read, handed to the chain's stages when the chain is built.
+"""What the chain's stages read and write, handed to them when the chain is built: the
+state the decisions read, and the audit writer and metrics the audit stage records to.
 
 `build_app` (gateway/app.py) makes one `Stores` and gives it to the stages
 that need it; at start-up, once the database and Redis are open
@@ -17,6 +18,7 @@ from gateway.state.identity import LocalIdentity
 from gateway.state.limiter import LocalLimiter
 
 if TYPE_CHECKING:
+    from gateway.audit.writer import AuditWriter
     from gateway.metrics import Metrics
     from gateway.state.gate import RedisGate
     from gateway.state.interfaces import IdentityStore, Limiter, QuotaStore
@@ -29,7 +31,8 @@ class Stores:
     quotas: QuotaStore = field(default_factory=LocalLimiter)
     # identity, role and rate limit in one Redis call (None without Redis)
     gate: RedisGate | None = None
-    metrics: Metrics | None = None  # counts refusals by route
+    metrics: Metrics | None = None  # counts requests and refusals
+    audit: AuditWriter | None = None  # the audit rows and their journal (None: no audit)
 
     def bind(
         self,
@@ -38,7 +41,8 @@ class Stores:
         quotas: QuotaStore,
         gate: RedisGate | None,
         metrics: Metrics,
+        audit: AuditWriter,
     ) -> None:
         """The open services' stores, for every request from now on."""
         self.identity, self.limiter, self.quotas = identity, limiter, quotas
-        self.gate, self.metrics = gate, metrics
+        self.gate, self.metrics, self.audit = gate, metrics, audit

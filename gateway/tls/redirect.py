@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
 from gateway.server.protocol import GatewayRunner
+from gateway.state.stores import Stores
 
 log = logging.getLogger("gateway.tls")
 
@@ -55,7 +56,7 @@ def redirect_app(https_port: int) -> web.Application:
     # Not the gateway's chain: no route, no auth, nothing proxied; only the request id.
     app = web.Application(middlewares=[request_id(RequestIdConfig())])
     app.router.add_route("*", "/{tail:.*}", to_https)
-    app.on_response_prepare.append(stamp_headers)
+    app.on_response_prepare.append(stamp_headers(Stores()))  # no audit here
     return app
 
 
