@@ -59,7 +59,6 @@ class Pass:
     """The request may go on; `headers` go on whatever response it gets (RateLimit-*)."""
 
     headers: tuple[tuple[str, str], ...] = ()
-    detail: str = ""  # what was found, for `explain`
 
 
 PASS = Pass()
@@ -81,6 +80,3 @@ class Deny:
     @classmethod
     def of(cls, error: GatewayError) -> Deny:
         return cls(error.code, error.status, error.detail, tuple(error.headers.items()))
-
-
-Verdict = Pass | Deny
