@@ -244,3 +244,38 @@ class GatewayRunner(web.AppRunner):
         assert isinstance(server, ProblemServer)
         server.guard = self._guard
         return server
+
+
+class GatewaySite(web.TCPSite):
+    """A TCPSite whose TLS handshakes must finish within `handshake_timeout` seconds.
+
+    aiohttp's TCPSite leaves the event loop's default (60 s), so a client that
+    opens a TLS connection and stalls its handshake held it that long, outside
+    the connection guard (which meets a TLS connection only once its handshake
+    is done). The gateway gives a handshake server.header_timeout, as it gives
+    a request head (README "Limits and failure behaviour")."""
+
+    __slots__ = ("_handshake_timeout",)
+
+    def __init__(
+        self, runner: web.BaseRunner, *args: Any, handshake_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(runner, *args, **kwargs)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # TCPSite.start, with the handshake timeout passed on
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

@@ -32,7 +32,7 @@ from gateway.reload import RELOADER
 from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError
 from gateway.server.connections import ConnectionGuard
-from gateway.server.protocol import GatewayRunner
+from gateway.server.protocol import GatewayRunner, GatewaySite
 from gateway.server.workers import exit_with_parent
 from gateway.services import StartupError
 from gateway.tls.redirect import start_redirect_listener
@@ -95,10 +95,12 @@ async def serve(
         return 1
     listen_host = host or server.host
     listen_port = server.port if port is None else port
-    site = web.TCPSite(
+    site = GatewaySite(
         runner,
         listen_host,
         listen_port,
+        # read at start: a reload does not change it for the listening socket
+        handshake_timeout=server.header_timeout,
         ssl_context=context,
         backlog=LISTEN_BACKLOG,
         reuse_port=worker_of is not None,  # --workers: the kernel spreads connections

@@ -533,3 +533,41 @@ def test_upstream_tls_problems(write_config: WriteConfig, pki: Pki) -> None:
         (14, f"upstreams.c.tls.key: {key} is not the private key of {cert}"),
         (15, "upstreams.c.tls.verify: expected true or false"),
     ]
+
+
+def test_a_stalled_tls_handshake_is_closed_after_header_timeout(
+    write_config: WriteConfig, pki: Pki, tmp_path: Path
+) -> None:
+    """The event loop's default would hold a silent TLS connection 60 s; the gateway gives
+    a handshake server.header_timeout, as it gives a request head."""
+    port = free_port()
+    config = write_config(
+        """\
+        server:
+          header_timeout: 1s
+          tls: {cert: certs/server.crt, key: certs/server.key}
+        routes:
+          - {path: /auth/login, methods: [POST], handler: auth.login, auth: none}
+        """
+    )
+    process = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        outcomes = []
+        for opening in (b"", b"\x16\x03\x01\x00"):  # nothing, then half a ClientHello record
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(opening)
+                sock.settimeout(5.0)  # 5x the timeout, far below the default 60 s: no hang
+                try:
+                    outcomes.append(sock.recv(1024))  # b"": the gateway closed it
+                except ConnectionResetError:
+                    outcomes.append(b"")
+                except TimeoutError:
+                    outcomes.append(b"still open")
+        assert outcomes == [b"", b""]
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,  # still serving
+            pki.client().wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert tls.version() is not None
+    finally:
+        stop(process)
