@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config.bounded import duration, whole_number
+from gateway.config.bounded import read_duration, read_whole
 from gateway.config.policies import ROLE_NAME
 from gateway.config.schema.auth import AuthConfig, HashingConfig, KeyConfig
 from gateway.config.schema.fields import key_doc
@@ -37,26 +37,18 @@ def parse_auth(top: Section, base_dir: Path, role_refs: list[tuple[str, Value]])
     auth = AuthConfig(
         issuer=sec.field("issuer", Value.text, default.issuer),
         algorithm=sec.field("algorithm", algorithm, default.algorithm),
-        access_ttl=sec.field("access_ttl", duration(AuthConfig, "access_ttl"), default.access_ttl),
-        refresh_ttl=sec.field(
-            "refresh_ttl", duration(AuthConfig, "refresh_ttl"), default.refresh_ttl
-        ),
+        access_ttl=read_duration(sec, default, "access_ttl"),
+        refresh_ttl=read_duration(sec, default, "refresh_ttl"),
         allow_registration=sec.field("allow_registration", Value.boolean, False),
         default_role=default_role or default.default_role,
         audience=sec.field("audience", Value.text, None),
-        leeway=sec.field("leeway", duration(AuthConfig, "leeway"), default.leeway),
+        leeway=read_duration(sec, default, "leeway"),
         keys=sec.field("keys", lambda v: _keys(v, top.problems, base_dir), ()),
-        password_min_length=sec.field(
-            "password_min_length",
-            whole_number(AuthConfig, "password_min_length"),
-            default.password_min_length,
-        ),
+        password_min_length=read_whole(sec, default, "password_min_length"),
         login_failures=sec.field(
             "login_failures", lambda v: v.convert(parse_rate), default.login_failures
         ),
-        token_cache=sec.field(
-            "token_cache", whole_number(AuthConfig, "token_cache"), default.token_cache
-        ),
+        token_cache=read_whole(sec, default, "token_cache"),
         hashing=sec.field("password_hashing", lambda v: _hashing(v, top.problems), default.hashing),
         refresh_cookie=sec.field("refresh_cookie", Value.boolean, default.refresh_cookie),
     )
@@ -124,15 +116,11 @@ def _hashing(value: Value, problems: Problems) -> HashingConfig:
     sec = value.section(problems)
     default = HashingConfig()
     hashing = HashingConfig(
-        time_cost=sec.field(
-            "time_cost", whole_number(HashingConfig, "time_cost"), default.time_cost
-        ),
+        time_cost=read_whole(sec, default, "time_cost"),
         memory_cost=sec.field("memory_cost", lambda v: v.convert(parse_size), default.memory_cost),
-        parallelism=sec.field(
-            "parallelism", whole_number(HashingConfig, "parallelism"), default.parallelism
-        ),
-        workers=sec.field("workers", whole_number(HashingConfig, "workers"), default.workers),
-        queue=sec.field("queue", whole_number(HashingConfig, "queue"), default.queue),
+        parallelism=read_whole(sec, default, "parallelism"),
+        workers=read_whole(sec, default, "workers"),
+        queue=read_whole(sec, default, "queue"),
     )
     sec.check_unknown("time_cost, memory_cost, parallelism, workers, queue")
     if hashing.memory_cost < 8 * 1024 * hashing.parallelism:

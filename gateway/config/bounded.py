@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.config.schema.fields import KeyDoc, key_doc
 from gateway.config.units import format_duration, parse_duration, parse_positive_duration
-from gateway.config.yamlsource import Invalid, Value
+from gateway.config.yamlsource import Invalid, Section, Value
 
 
 def whole_number(cls: type[Any], name: str) -> Callable[[Value], int]:
@@ -61,3 +61,16 @@ def duration(cls: type[Any], name: str) -> Callable[[Value], float]:
         return seconds
 
     return convert
+
+
+def read_duration(sec: Section, defaults: Any, name: str) -> float:
+    """Key `name` of `sec` as a duration within the bounds its field in `defaults`' class
+    states; `defaults`' own value when the key is absent or wrong (and reported)."""
+    value: float = sec.field(name, duration(type(defaults), name), getattr(defaults, name))
+    return value
+
+
+def read_whole(sec: Section, defaults: Any, name: str) -> int:
+    """Key `name` of `sec` as a whole number within its field's bounds (as read_duration)."""
+    value: int = sec.field(name, whole_number(type(defaults), name), getattr(defaults, name))
+    return value

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import cast
 
-from gateway.config.bounded import duration, whole_number, whole_range
+from gateway.config.bounded import duration, read_duration, read_whole, whole_range
 from gateway.config.schema.database import (
     DEFAULT_AUDIT,
     DEFAULT_DATABASE,
@@ -49,27 +49,13 @@ def parse_server(top: Section, base_dir: Path) -> ServerConfig:
         tls=sec.field("tls", lambda v: _tls(v, base_dir, top, port), None),
         trusted_proxies=sec.field("trusted_proxies", _networks, ()),
         max_body=sec.field("max_body", lambda v: v.convert(parse_size), default.max_body),
-        shutdown_grace=sec.field(
-            "shutdown_grace", duration(ServerConfig, "shutdown_grace"), default.shutdown_grace
-        ),
+        shutdown_grace=read_duration(sec, default, "shutdown_grace"),
         redis_failure=sec.field("redis_failure", _failure_mode, default.redis_failure),
         cors=sec.field("cors", lambda v: _cors(v, sec.problems), None),
-        header_timeout=sec.field(
-            "header_timeout", duration(ServerConfig, "header_timeout"), default.header_timeout
-        ),
-        keepalive_timeout=sec.field(
-            "keepalive_timeout",
-            duration(ServerConfig, "keepalive_timeout"),
-            default.keepalive_timeout,
-        ),
-        max_connections=sec.field(
-            "max_connections",
-            whole_number(ServerConfig, "max_connections"),
-            default.max_connections,
-        ),
-        body_timeout=sec.field(
-            "body_timeout", duration(ServerConfig, "body_timeout"), default.body_timeout
-        ),
+        header_timeout=read_duration(sec, default, "header_timeout"),
+        keepalive_timeout=read_duration(sec, default, "keepalive_timeout"),
+        max_connections=read_whole(sec, default, "max_connections"),
+        body_timeout=read_duration(sec, default, "body_timeout"),
     )
     sec.check_unknown(
         "listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors, "
@@ -106,7 +92,7 @@ def _cors(value: Value, problems: Problems) -> CorsConfig:
     cors = CorsConfig(
         origins=sec.field("origins", origins, frozenset()),
         credentials=sec.field("credentials", Value.boolean, default.credentials),
-        max_age=sec.field("max_age", duration(CorsConfig, "max_age"), default.max_age),
+        max_age=read_duration(sec, default, "max_age"),
         headers=sec.field("headers", tokens, default.headers),
         methods=tuple(m.upper() for m in sec.field("methods", tokens, default.methods)),
         expose=sec.field("expose", tokens, default.expose),
@@ -130,15 +116,9 @@ def parse_audit(top: Section, base_dir: Path) -> AuditConfig:
     if sec is None:
         return default
     audit = AuditConfig(
-        queue_size=sec.field(
-            "queue_size", whole_number(AuditConfig, "queue_size"), default.queue_size
-        ),
-        batch_size=sec.field(
-            "batch_size", whole_number(AuditConfig, "batch_size"), default.batch_size
-        ),
-        flush_interval=sec.field(
-            "flush_interval", duration(AuditConfig, "flush_interval"), default.flush_interval
-        ),
+        queue_size=read_whole(sec, default, "queue_size"),
+        batch_size=read_whole(sec, default, "batch_size"),
+        flush_interval=read_duration(sec, default, "flush_interval"),
         spool=sec.field("spool", lambda v: base_dir / v.text(), default.spool),
         journal=sec.field("journal", lambda v: base_dir / v.text(), default.journal),
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
-from gateway.config.bounded import duration, number_range, whole_number
+from gateway.config.bounded import number_range, read_duration, read_whole, whole_number
 from gateway.config.schema.fields import key_doc
 from gateway.config.schema.upstreams import (
     DEFAULT_PASSIVE,
@@ -77,23 +77,11 @@ def upstream_fields(sec: Section, defaults: UpstreamConfig) -> UpstreamConfig:
     return UpstreamConfig(
         name=defaults.name,
         targets=targets,
-        timeout=sec.field("timeout", duration(UpstreamConfig, "timeout"), defaults.timeout),
-        connect_timeout=sec.field(
-            "connect_timeout", duration(UpstreamConfig, "connect_timeout"), defaults.connect_timeout
-        ),
-        first_byte_timeout=sec.field(
-            "first_byte_timeout",
-            duration(UpstreamConfig, "first_byte_timeout"),
-            defaults.first_byte_timeout,
-        ),
-        max_connections=sec.field(
-            "max_connections",
-            whole_number(UpstreamConfig, "max_connections"),
-            defaults.max_connections,
-        ),
-        max_pending=sec.field(
-            "max_pending", whole_number(UpstreamConfig, "max_pending"), defaults.max_pending
-        ),
+        timeout=read_duration(sec, defaults, "timeout"),
+        connect_timeout=read_duration(sec, defaults, "connect_timeout"),
+        first_byte_timeout=read_duration(sec, defaults, "first_byte_timeout"),
+        max_connections=read_whole(sec, defaults, "max_connections"),
+        max_pending=read_whole(sec, defaults, "max_pending"),
         forward_authorization=sec.field(
             "forward_authorization", Value.boolean, defaults.forward_authorization
         ),
@@ -103,7 +91,7 @@ def upstream_fields(sec: Section, defaults: UpstreamConfig) -> UpstreamConfig:
             "health_check", lambda v: _health_check(v, sec.problems), defaults.health_check
         ),
         passive=sec.field("passive", lambda v: _passive(v, sec.problems), defaults.passive),
-        retries=sec.field("retries", whole_number(UpstreamConfig, "retries"), defaults.retries),
+        retries=read_whole(sec, defaults, "retries"),
         retry_budget=sec.field(
             "retry_budget", lambda v: _retry_budget(v, sec.problems), defaults.retry_budget
         ),
@@ -182,12 +170,10 @@ def _health_check(value: Value, problems: Problems) -> HealthCheckConfig:
 
     check = HealthCheckConfig(
         path=sec.field("path", path, default.path),
-        interval=sec.field("interval", duration(HealthCheckConfig, "interval"), default.interval),
-        timeout=sec.field("timeout", duration(HealthCheckConfig, "timeout"), default.timeout),
-        healthy=sec.field("healthy", whole_number(HealthCheckConfig, "healthy"), default.healthy),
-        unhealthy=sec.field(
-            "unhealthy", whole_number(HealthCheckConfig, "unhealthy"), default.unhealthy
-        ),
+        interval=read_duration(sec, default, "interval"),
+        timeout=read_duration(sec, default, "timeout"),
+        healthy=read_whole(sec, default, "healthy"),
+        unhealthy=read_whole(sec, default, "unhealthy"),
     )
     sec.check_unknown("path, interval, timeout, healthy, unhealthy")
     return check
@@ -197,11 +183,9 @@ def _passive(value: Value, problems: Problems) -> PassiveConfig:
     sec = value.section(problems)
     default = DEFAULT_PASSIVE
     passive = PassiveConfig(
-        failures=sec.field("failures", whole_number(PassiveConfig, "failures"), default.failures),
-        backoff=sec.field("backoff", duration(PassiveConfig, "backoff"), default.backoff),
-        max_backoff=sec.field(
-            "max_backoff", duration(PassiveConfig, "max_backoff"), default.max_backoff
-        ),
+        failures=read_whole(sec, default, "failures"),
+        backoff=read_duration(sec, default, "backoff"),
+        max_backoff=read_duration(sec, default, "max_backoff"),
     )
     sec.check_unknown("failures, backoff, max_backoff")
     if passive.max_backoff < passive.backoff:
@@ -238,11 +222,7 @@ def _retry_budget(value: Value, problems: Problems) -> RetryBudgetConfig:
     sec = value.section(problems)
     budget = RetryBudgetConfig(
         ratio=sec.field("ratio", _ratio, default.ratio),
-        min_per_second=sec.field(
-            "min_per_second",
-            whole_number(RetryBudgetConfig, "min_per_second"),
-            default.min_per_second,
-        ),
+        min_per_second=read_whole(sec, default, "min_per_second"),
     )
     sec.check_unknown("ratio, min_per_second")
     return budget
