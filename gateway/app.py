@@ -31,7 +31,7 @@ from gateway.middleware.policy import PolicyConfig, policy
 from gateway.middleware.rate_limit import RateLimitStageConfig, rate_limit
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
 from gateway.middleware.route import RouteStageConfig, route
-from gateway.pipeline.authentication import Authenticator
+from gateway.pipeline.admission import Admission
 from gateway.reload import RELOADER, Reloader
 from gateway.runtime import HOLDER, Runtime, RuntimeHolder
 from gateway.services import SERVICES, STORES, ServiceSettings, open_services
@@ -43,15 +43,16 @@ def chain(holder: RuntimeHolder, stores: Stores) -> list[Middleware]:
 
     Each stage gets what it decides with here: the live config's holder, and
     the stores (identity, limiter) bound once the services are open."""
+    admission = Admission(stores)
     return [
         request_id(RequestIdConfig()),
         errors(ErrorsConfig()),
         audit(AuditStageConfig(stores)),
         cors(CorsStageConfig(holder)),
         route(RouteStageConfig(holder)),
-        authentication(AuthenticationConfig(Authenticator(stores))),
+        authentication(AuthenticationConfig(admission)),
         policy(PolicyConfig()),
-        rate_limit(RateLimitStageConfig(stores)),
+        rate_limit(RateLimitStageConfig(admission)),
     ]
 
 

@@ -8,8 +8,7 @@ from aiohttp import web
 
 from gateway.context import CTX
 from gateway.middleware import Handler, Middleware
-from gateway.pipeline.policy import decide
-from gateway.pipeline.verdict import Deny
+from gateway.pipeline.admission import Admission
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,15 +17,11 @@ class PolicyConfig:
 
 
 def policy(cfg: PolicyConfig) -> Middleware:
+    authorize = Admission.authorize
+
     @web.middleware
     async def policy_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
-        ctx = request[CTX]
-        route, user, runtime = ctx.route, ctx.user, ctx.runtime
-        if route is None or user is None or runtime is None:
-            return await handler(request)  # auth: none routes have no caller to judge
-        verdict = decide(user.role, runtime.allowed.get(route.index), route.path, route.roles)
-        if isinstance(verdict, Deny):
-            raise verdict.error()
+        authorize(request[CTX])
         return await handler(request)
 
     return policy_stage

@@ -67,7 +67,7 @@ def stamp_headers(
                     headers[name] = value
             # The audit journal gets the request's record before a byte of the head leaves.
             if stores.audit is not None:
-                journal_prepared(stores.audit, request, ctx, response)
+                journal_prepared(stores, request, ctx, response)
         if request.scheme == "https":  # the connection itself is TLS (never X-Forwarded-Proto)
             max_age = _hsts_max_age(request, ctx)
             if max_age:
