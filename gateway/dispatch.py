@@ -19,6 +19,7 @@ from gateway.context import CTX
 from gateway.handlers.jsonio import accepts_json
 from gateway.middleware import Handler
 from gateway.problems import GatewayError
+from gateway.proxy.exchange import WebOutgoing
 from gateway.proxy.forward import check_length, forward
 from gateway.proxy.models import forward_model
 from gateway.server.protocol import close_after_response
@@ -83,13 +84,17 @@ def dispatcher(handlers: Mapping[str, Handler], stores: Stores) -> Handler:
         expect = request.headers.get(hdrs.EXPECT)
         if expect is not None:
             await answer_expect(request, expect, runtime.config.server)
-        if route.model is not None:
-            return await forward_model(
-                request, ctx, route, runtime, runtime.config.server, stores.quotas
-            )
-        if route.upstream is not None:
-            pool = runtime.pools[route.upstream]
-            return await forward(request, ctx, route, pool, runtime.config.server)
+        if route.model is not None or route.upstream is not None:
+            # Served here when the app runs on aiohttp's own server; the gateway's
+            # listener serves upstream routes on its lean path (gateway/server/lean.py).
+            out = WebOutgoing(request)
+            server = runtime.config.server
+            if route.model is not None:
+                await forward_model(request, out, ctx, route, runtime, server, stores.quotas)
+            elif route.upstream is not None:
+                await forward(request, ctx, route, runtime.pools[route.upstream], server, out)
+            assert out.response is not None  # the proxy answers, or raises a problem
+            return out.response
         assert handler is not None
         return await handler(request)
 

@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config.schema.routes import Route
@@ -45,6 +44,7 @@ from gateway.context import Outcome, RequestContext
 from gateway.pipeline.forwarded import forwarded_for, is_trusted
 from gateway.problems import GatewayError
 from gateway.proxy.balancer import Attempt, Balancer, TargetState
+from gateway.proxy.exchange import Incoming, Outgoing
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
 from gateway.proxy.health import failure_text
 from gateway.proxy.lean import (
@@ -103,7 +103,7 @@ def upstream_path(ctx: RequestContext, route: Route) -> str:
 
 
 def request_headers(
-    request: web.Request, ctx: RequestContext, upstream: UpstreamConfig, server: ServerConfig
+    request: Incoming, ctx: RequestContext, upstream: UpstreamConfig, server: ServerConfig
 ) -> CIMultiDict[str]:
     """The headers sent to `upstream`: the client's end-to-end ones, then the gateway's."""
     incoming = request.headers
@@ -136,7 +136,7 @@ def request_headers(
     return headers
 
 
-def streamed_body(request: web.Request, ctx: RequestContext, max_body: int) -> object:
+def streamed_body(request: Incoming, ctx: RequestContext, max_body: int) -> object:
     """The request body to stream upstream (None: no body)."""
     if not request.body_exists:
         return None
@@ -147,25 +147,27 @@ def streamed_body(request: web.Request, ctx: RequestContext, max_body: int) -> o
     return limited(request.content, max_body, ctx)
 
 
-def check_length(request: web.Request, server: ServerConfig) -> None:
+def check_length(request: Incoming, server: ServerConfig) -> None:
     length = request.content_length
     if length is not None and length > server.max_body:
         raise GatewayError.too_large(server.max_body)
 
 
 async def forward(
-    request: web.Request,
+    request: Incoming,
     ctx: RequestContext,
     route: Route,
     pool: UpstreamPool,
     server: ServerConfig,
-) -> web.StreamResponse:
-    """Proxy a request to the route's upstream (model routes: gateway/proxy/models.py)."""
+    out: Outgoing,
+) -> None:
+    """Proxy a request to the route's upstream, answering through `out` (model routes:
+    gateway/proxy/models.py)."""
     check_length(request, server)
     path = upstream_path(ctx, route) + ("?" + ctx.query if ctx.query else "")
     headers = request_headers(request, ctx, pool.config, server)
     body = streamed_body(request, ctx, server.max_body)
-    return await attempts(request, ctx, pool, server, path, headers, body)
+    await attempts(request, out, ctx, pool, server, path, headers, body)
 
 
 class FellThrough(Exception):
@@ -178,7 +180,8 @@ class FellThrough(Exception):
 
 
 async def attempts(
-    request: web.Request,
+    request: Incoming,
+    out: Outgoing,
     ctx: RequestContext,
     pool: UpstreamPool,
     server: ServerConfig,
@@ -187,7 +190,7 @@ async def attempts(
     body: object,
     meter: Meter | None = None,
     fallback: Fallback | None = None,
-) -> web.StreamResponse:
+) -> None:
     """Send on a picked target, retrying on another where that cannot do harm.
 
     With a `fallback` (a model call that has somewhere else to go), a failure
@@ -220,7 +223,7 @@ async def attempts(
         target = pool.base_paths[attempt.target.index] + path
         try:
             return await _exchange(
-                request, ctx, pool, attempt, target, headers, body, meter, fallback
+                request, out, ctx, pool, attempt, target, headers, body, meter, fallback
             )
         except _SendFailed as failed:
             exc = failed.cause
@@ -281,7 +284,8 @@ def _lost_after_send(exc: BaseException) -> bool:
 
 
 async def _exchange(
-    request: web.Request,
+    request: Incoming,
+    out: Outgoing,
     ctx: RequestContext,
     pool: UpstreamPool,
     attempt: Attempt,
@@ -290,7 +294,7 @@ async def _exchange(
     body: object,
     meter: Meter | None = None,
     fallback: Fallback | None = None,
-) -> web.StreamResponse:
+) -> None:
     """One attempt on one target: send, report the outcome, relay the response."""
     upstream = pool.config
     balancer = pool.balancer
@@ -329,7 +333,7 @@ async def _exchange(
             )
         ctx.ttfb = time.monotonic() - ctx.started
         try:
-            return await _relay(request, ctx, response, upstream.name, attempt.target.url, meter)
+            await _relay(request, out, ctx, response, upstream.name, attempt.target.url, meter)
         finally:
             if ctx.outcome in (Outcome.UPSTREAM_RESET, Outcome.UPSTREAM_TIMEOUT):
                 _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
@@ -398,12 +402,12 @@ def _send_failure(
 
 
 async def _relay_small(
-    request: web.Request,
+    out: Outgoing,
     ctx: RequestContext,
     upstream_response: LeanResponse,
     upstream_name: str,
     headers: CIMultiDict[str],
-) -> web.Response:
+) -> None:
     """A small body of declared length, read whole and sent with the head in one write.
 
     (A streamed response writes its head and its first chunk separately: one
@@ -423,27 +427,18 @@ async def _relay_small(
             f"upstream {upstream_name} closed the connection mid-response", code="upstream_reset"
         ) from None
     upstream_response.release()
-    response = web.Response(
-        status=upstream_response.status,
-        reason=upstream_response.reason,
-        headers=headers,
-        body=body,
-    )
-    # Sent here, as a streamed one is, so the audit counts what was written (head
-    # included); a Response keeps its head until the body goes with it.
-    await response.prepare(request)
-    await response.write_eof()
-    return response
+    await out.whole(upstream_response.status, upstream_response.reason, headers, body)
 
 
 async def _relay(
-    request: web.Request,
+    request: Incoming,
+    out: Outgoing,
     ctx: RequestContext,
     upstream_response: LeanResponse,
     upstream_name: str,
     target: str,
     meter: Meter | None = None,
-) -> web.StreamResponse:
+) -> None:
     headers = downstream_response_headers(
         upstream_response.headers.items(), upstream_response.headers.get("Connection")
     )
@@ -457,31 +452,28 @@ async def _relay(
         and request.method != "HEAD"
         and upstream_response.status not in NO_BODY_STATUSES
     ):
-        return await _relay_small(request, ctx, upstream_response, upstream_name, headers)
-    response = web.StreamResponse(
-        status=upstream_response.status, reason=upstream_response.reason, headers=headers
-    )
+        await _relay_small(out, ctx, upstream_response, upstream_name, headers)
+        return
     if meter is not None and meter.start(upstream_response.headers.get("Content-Type", "")):
         declared = None  # an event may be stripped: the length is no longer the upstream's
-    if declared is not None:
-        response.content_length = declared
     try:
-        await response.prepare(request)
+        await out.start(upstream_response.status, upstream_response.reason, headers, declared)
         if meter is None:
             async for chunk in upstream_response.content.iter_chunked(READ_CHUNK):
-                await response.write(chunk)
+                await out.write(chunk)
         else:
             async for chunk in upstream_response.content.iter_chunked(READ_CHUNK):
-                out = meter.feed(chunk)  # the same bytes, at once, but an injected usage event
-                if out:
-                    await response.write(out)
+                fed = meter.feed(chunk)  # the same bytes, at once, but an injected usage event
+                if fed:
+                    await out.write(fed)
             rest = meter.finish()
             ctx.usage = meter.usage
             if rest:
-                await response.write(rest)
+                await out.write(rest)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-        if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError) and (
-            request.transport is None or request.transport.is_closing()
+        if (
+            isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError)
+            and out.client_gone()
         ):
             # The client went away (499 in the log); the upstream connection
             # cannot be reused mid-body.
@@ -500,12 +492,10 @@ async def _relay(
                 },
             )
         upstream_response.close()
-        if request.transport is not None:
-            request.transport.abort()
-        return response
+        out.cut()
+        return
     except BaseException:
         upstream_response.close()
         raise
     upstream_response.release()
-    await response.write_eof()
-    return response
+    await out.finish()

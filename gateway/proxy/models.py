@@ -27,7 +27,6 @@ import logging
 import math
 import time
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config.schema.models import ModelConfig
@@ -37,6 +36,7 @@ from gateway.context import Outcome, RequestContext
 from gateway.pipeline.rate_limit import decide_quota, quota_key
 from gateway.pipeline.verdict import Deny
 from gateway.problems import GatewayError
+from gateway.proxy.exchange import Incoming, Outgoing
 from gateway.proxy.forward import (
     FellThrough,
     attempts,
@@ -88,13 +88,14 @@ class _Chain:
 
 
 async def forward_model(
-    request: web.Request,
+    request: Incoming,
+    out: Outgoing,
     ctx: RequestContext,
     route: Route,
     runtime: Runtime,
     server: ServerConfig,
     quotas: QuotaStore,
-) -> web.StreamResponse:
+) -> None:
     check_length(request, server)
     assert route.model is not None
     primary = runtime.config.models[route.model]
@@ -135,7 +136,7 @@ async def forward_model(
         if state is not None:
             state.made += 1
         try:
-            response = await attempts(request, ctx, pool, server, path, headers, body, meter, state)
+            await attempts(request, out, ctx, pool, server, path, headers, body, meter, state)
         except FellThrough as failed:
             if quota is not None:
                 await quota.settle(-quota.reserved)
@@ -163,7 +164,7 @@ async def forward_model(
             usage = ctx.usage
             total = usage.total_tokens if usage is not None else None
             await quota.settle(0 if total is None else total - quota.reserved)
-        return response
+        return
     # Every model failed and nothing else may be tried: the last failure answers.
     assert error is not None
     raise error
@@ -186,12 +187,12 @@ def _usable_chain(primary: ModelConfig, ctx: RequestContext, runtime: Runtime) -
     return chain
 
 
-def _small(request: web.Request) -> bool:
+def _small(request: Incoming) -> bool:
     length = request.content_length
     return length is not None and length <= MAX_PARSE
 
 
-async def _read_body(request: web.Request, ctx: RequestContext, max_body: int) -> bytes:
+async def _read_body(request: Incoming, ctx: RequestContext, max_body: int) -> bytes:
     """The whole request body (a chunked one counted against max_body as it comes)."""
     if request.content_length is not None:
         raw = await request.read()
@@ -207,7 +208,7 @@ def _plan(
     stream: object,
     reader: UsageReader | None,
     headers: CIMultiDict[str],
-    request: web.Request,
+    request: Incoming,
 ) -> tuple[object, Meter | None]:
     """The body to send to one model, and the meter reading its usage."""
     if raw is None:
