@@ -22,6 +22,7 @@ from gateway.problems import GatewayError
 from gateway.proxy.exchange import WebOutgoing
 from gateway.proxy.forward import check_length, forward
 from gateway.proxy.models import forward_model
+from gateway.server.lean import CONTINUE
 from gateway.server.protocol import close_after_response
 from gateway.state.stores import Stores
 
@@ -31,7 +32,6 @@ NOT_JSON = frozenset({"builtin.metrics", "builtin.ui"})
 # (handler, path, format=) of local exports a client asks for by query: their
 # Accept (e.g. text/csv) is not held against them. Errors stay problem+json.
 EXPORTS = frozenset({("admin", "/admin/usage", "csv")})
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def is_export(request: web.Request, handler: str | None, path: str) -> bool:

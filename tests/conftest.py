@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import build_app
 from gateway.config import load_config
 from gateway.middleware import Handler
+from gateway.server.protocol import GatewayRunner
 from gateway.services import ServiceSettings
 from gateway.store.migrate import upgrade_sync
 
@@ -192,6 +193,15 @@ async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Make
     return start
 
 
+class GatewayTestServer(TestServer):
+    """The app on the gateway's own server, as `gateway serve` runs it: GatewayRunner's
+    connections (problems for malformed HTTP, the lean path for upstream routes)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        kwargs.setdefault("access_log", None)  # as gateway serve: the audit log is the record
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def gateway(
     write_config: WriteConfig,
@@ -219,7 +229,8 @@ async def gateway(
             redis_url=redis_url,
             redis_prefix=redis_prefix,
         )
-        return await aiohttp_client(build_app(config, handlers=handlers, settings=settings))
+        app = build_app(config, handlers=handlers, settings=settings)
+        return await aiohttp_client(GatewayTestServer(app))
 
     return make
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.context import CTX
+from gateway.context import CTX, RequestContext
 from gateway.middleware import Handler, Middleware
 from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError, render
 
@@ -48,6 +48,40 @@ def from_http_exception(exc: web.HTTPException) -> GatewayError:
 DENIALS = frozenset({401, 403, 404, 405, 429})
 
 
+def log_unhandled(ctx: RequestContext | None, method: str) -> None:
+    """The log line of a failure that became a 500: its traceback, never in the body."""
+    log.exception(
+        "unhandled error",
+        extra={
+            "request_id": ctx.request_id if ctx else None,
+            "method": method,
+            "path": ctx.path if ctx else None,
+        },
+    )
+
+
+def log_denial(error: GatewayError, ctx: RequestContext | None, method: str) -> None:
+    """One line per refusal (a status in DENIALS), at INFO."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    # The reason code of a denial is the problem's `code`, the audit row's
+    # `reason` and this line's `code`: one name to grep for everywhere.
+    route = ctx.route if ctx else None
+    user = ctx.user if ctx else None
+    log.info(
+        "denied",
+        extra={
+            "request_id": ctx.request_id if ctx else None,
+            "status": error.status,
+            "code": error.code,
+            "method": method,
+            "path": ctx.path if ctx else None,
+            "route": route.path if route else None,
+            "user": user.username if user else None,
+        },
+    )
+
+
 def errors(cfg: ErrorsConfig) -> Middleware:
     @web.middleware
     async def errors_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -62,34 +96,10 @@ def errors(cfg: ErrorsConfig) -> Middleware:
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
-            ctx = request.get(CTX)
-            log.exception(
-                "unhandled error",
-                extra={
-                    "request_id": ctx.request_id if ctx else None,
-                    "method": request.method,
-                    "path": ctx.path if ctx else None,
-                },
-            )
+            log_unhandled(request.get(CTX), request.method)
             error = GatewayError.internal()
-        if error.status in DENIALS and log.isEnabledFor(logging.INFO):
-            # The reason code of a denial is the problem's `code`, the audit row's
-            # `reason` and this line's `code`: one name to grep for everywhere.
-            ctx = request.get(CTX)
-            route = ctx.route if ctx else None
-            user = ctx.user if ctx else None
-            log.info(
-                "denied",
-                extra={
-                    "request_id": ctx.request_id if ctx else None,
-                    "status": error.status,
-                    "code": error.code,
-                    "method": request.method,
-                    "path": ctx.path if ctx else None,
-                    "route": route.path if route else None,
-                    "user": user.username if user else None,
-                },
-            )
+        if error.status in DENIALS:
+            log_denial(error, request.get(CTX), request.method)
         if request.writer.output_size > 0 and request.transport is not None:
             # A response head is already on the wire: a problem body would be
             # spliced into it. Cutting the connection is the only honest answer.

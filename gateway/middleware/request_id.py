@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.context import CTX, RequestContext
 from gateway.middleware import Handler, Middleware
@@ -27,6 +28,12 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
+def sane_request_id(sent: str) -> bool:
+    """Whether a client's X-Request-Id is kept (README "The request path"): one id then
+    follows a call through every hop."""
+    return _SANE_ID.fullmatch(sent) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class RequestIdConfig:
     header: str = "X-Request-Id"
@@ -38,13 +45,23 @@ def request_id(cfg: RequestIdConfig) -> Middleware:
     @web.middleware
     async def request_id_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
         sent = request.headers.get(header)
-        # Keep the client's id when it is sane (README "The request path"), so one id
-        # follows a call through every hop; otherwise make one.
-        rid = sent if sent is not None and _SANE_ID.fullmatch(sent) else new_request_id()
+        rid = sent if sent is not None and sane_request_id(sent) else new_request_id()
         request[CTX] = RequestContext(rid, time.monotonic(), request.method, request.headers)
         return await handler(request)
 
     return request_id_stage
+
+
+def stamp_context(headers: CIMultiDict[str], ctx: RequestContext) -> None:
+    """The request's id, and its RateLimit-* and CORS headers, on its response."""
+    headers["X-Request-Id"] = ctx.request_id
+    for name, value in ctx.rate_headers:
+        headers[name] = value
+    for name, value in ctx.cors_headers:
+        if name == "Vary" and "Vary" in headers:
+            headers["Vary"] = f"{headers['Vary']}, {value}"
+        else:
+            headers[name] = value
 
 
 def stamp_headers(
@@ -56,15 +73,7 @@ def stamp_headers(
     async def stamp(request: web.BaseRequest, response: web.StreamResponse) -> None:
         ctx = request.get(CTX)
         if ctx is not None:
-            headers = response.headers
-            headers["X-Request-Id"] = ctx.request_id
-            for name, value in ctx.rate_headers:
-                headers[name] = value
-            for name, value in ctx.cors_headers:
-                if name == "Vary" and "Vary" in headers:
-                    headers["Vary"] = f"{headers['Vary']}, {value}"
-                else:
-                    headers[name] = value
+            stamp_context(response.headers, ctx)
             # The audit journal gets the request's record before a byte of the head leaves.
             if stores.audit is not None:
                 journal_prepared(stores, request, ctx, response)

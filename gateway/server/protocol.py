@@ -21,16 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo, _RequestFactory
 from aiohttp.web_request import BaseRequest
 
 from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError, render
+from gateway.runtime import HOLDER
 from gateway.server.connections import (
     BUSY,
     HEAD,
@@ -42,6 +46,8 @@ from gateway.server.connections import (
     raw_problem,
     request_line_verdict,
 )
+from gateway.server.lean import LeanPath, LeanRequest
+from gateway.services import STORES
 
 log = logging.getLogger("gateway.http")
 
@@ -129,6 +135,10 @@ class ProblemRequestHandler(RequestHandler):
         # the one place that knows a request is over.
         if self._logging_enabled:
             super().log_access(request, response, time)
+        self._answered(request.content)
+
+    def _answered(self, payload: StreamReader) -> None:
+        """A response is written whole (`payload`: its request's body, read or not)."""
         if self._close_after:
             self.force_close()  # the written response is flushed first
             return
@@ -136,10 +146,36 @@ class ProblemRequestHandler(RequestHandler):
         if tracked is None or self._guard is None or self._messages:
             return  # unguarded, or pipelined requests already queued: still busy
         self._line = b""
-        payload = request.content
         lingering = not payload.is_eof()  # aiohttp reads and drops the rest for a while
         self._lingering = payload if lingering else None
         self._guard.finished(tracked, lingering)
+
+    def close_after(self, close: bool) -> None:
+        """Close the connection as soon as the current response is written (`close`), or
+        no longer: for a body that may never come (refused `Expect: 100-continue`)."""
+        self._close_after = close
+
+    # --- the lean path (gateway/server/lean.py) --------------------------------
+
+    async def _handle_request(  # type: ignore[override]
+        self,
+        request: BaseRequest | LeanRequest,
+        start_time: float | None,
+        request_handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> tuple[web.StreamResponse | LeanRequest, bool]:
+        if not isinstance(request, LeanRequest):
+            return await super()._handle_request(request, start_time, request_handler)
+        # As aiohttp marks a request in progress, so a shutdown waits for it (draining).
+        self._request_in_progress = True
+        try:
+            reset = await request.serve()
+        finally:
+            self._request_in_progress = False
+            if self._handler_waiter is not None:
+                self._handler_waiter.set_result(None)
+        self._answered(request.content)
+        # The request loop reads the answer's `keep_alive`: the request has it.
+        return request, reset
 
     # --- HTTP versions -------------------------------------------------------
 
@@ -218,7 +254,7 @@ def close_after_response(request: BaseRequest, close: bool = True) -> None:
     no longer: for a body that may never come (refused `Expect: 100-continue`, timed out)."""
     protocol = request.protocol
     if isinstance(protocol, ProblemRequestHandler):
-        protocol._close_after = close
+        protocol.close_after(close)
 
 
 class ProblemServer(web.Server):
@@ -230,20 +266,54 @@ class ProblemServer(web.Server):
 
 class GatewayRunner(web.AppRunner):
     """An AppRunner whose connections answer even unparsable requests with problems,
-    and report to `guard` (the listener's connection limits) when one is given."""
+    report to `guard` (the listener's connection limits) when one is given, and serve
+    upstream routes on the lean path (gateway/server/lean.py) unless `lean` is False."""
 
     def __init__(
-        self, app: web.Application, *, guard: ConnectionGuard | None = None, **kwargs: Any
+        self,
+        app: web.Application,
+        *,
+        guard: ConnectionGuard | None = None,
+        lean: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self._guard = guard
+        self._lean = lean
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = ProblemServer  # same state, one overridden factory method
         assert isinstance(server, ProblemServer)
         server.guard = self._guard
+        holder, stores = self._app.get(HOLDER), self._app.get(STORES)
+        if self._lean and holder is not None and stores is not None:
+            server.request_factory = routed(LeanPath(holder, stores), server.request_factory)
         return server
+
+
+def routed(lean: LeanPath, app_request: _RequestFactory) -> _RequestFactory:
+    """The request factory: a `LeanRequest` for a head of an upstream route, else
+    aiohttp.web's request (`app_request`) for the app and its middleware chain."""
+
+    def make(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        if (
+            message is not ERROR
+            and isinstance(protocol, ProblemRequestHandler)
+            and isinstance(writer, StreamWriter)
+        ):
+            request = lean.request(message, payload, protocol, writer)
+            if request is not None:
+                return request  # type: ignore[return-value]  # served by _handle_request
+        return app_request(message, payload, protocol, writer, task)
+
+    return make
 
 
 class GatewaySite(web.TCPSite):
