@@ -22,9 +22,35 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
+_BATCH = 256  # ids per call to os.urandom
+
+
+class _Randomness:
+    """os.urandom's bytes as hex, fetched for _BATCH ids at a time: one system call
+    per request cost more than the rest of making its id."""
+
+    __slots__ = ("at", "hex")
+
+    def __init__(self) -> None:
+        self.hex = ""
+        self.at = 0
+
+    def take32(self) -> str:
+        at = self.at
+        if at >= len(self.hex):
+            self.hex = os.urandom(16 * _BATCH).hex()
+            at = 0
+        self.at = at + 32
+        return self.hex[at : at + 32]
+
+
+_RANDOM = _Randomness()
+os.register_at_fork(after_in_child=_RANDOM.__init__)  # a forked worker draws its own
+
+
 def new_request_id() -> str:
-    """A random (version 4) UUID as text: str(uuid.uuid4()) at a third of the cost."""
-    h = os.urandom(16).hex()
+    """A random (version 4) UUID as text: str(uuid.uuid4()) at a fifth of the cost."""
+    h = _RANDOM.take32()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
