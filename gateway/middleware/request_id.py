@@ -35,6 +35,11 @@ class _Randomness:
         self.hex = ""
         self.at = 0
 
+    def drop(self) -> None:
+        """Forget the bytes fetched so far."""
+        self.hex = ""
+        self.at = 0
+
     def take32(self) -> str:
         at = self.at
         if at >= len(self.hex):
@@ -45,7 +50,7 @@ class _Randomness:
 
 
 _RANDOM = _Randomness()
-os.register_at_fork(after_in_child=_RANDOM.__init__)  # a forked worker draws its own
+os.register_at_fork(after_in_child=_RANDOM.drop)  # a forked worker draws its own
 
 
 def new_request_id() -> str:

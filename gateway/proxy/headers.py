@@ -12,6 +12,7 @@ refuses underscore headers by default for the same reason.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from multidict import CIMultiDict
@@ -47,10 +48,18 @@ _REQUEST_DROP = HOP_BY_HOP | _SET_BY_GATEWAY
 _FROM_TRUSTED_ONLY = frozenset({"x-real-ip"})
 
 
+_NONE_NAMED: frozenset[str] = frozenset()
+
+
 def connection_named(connection: str | None) -> frozenset[str]:
     """Header names listed in a Connection header (they are hop-by-hop too)."""
     if not connection:
-        return frozenset()
+        return _NONE_NAMED
+    return _named(connection)
+
+
+@functools.lru_cache(maxsize=64)  # a few values ("keep-alive", "close") are nearly all there is
+def _named(connection: str) -> frozenset[str]:
     return frozenset(
         token.strip().lower().replace("_", "-") for token in connection.split(",") if token.strip()
     )

@@ -27,9 +27,11 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs
+from aiohttp.client_exceptions import ClientConnectionResetError
 from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time, should_remove_content_length
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 from aiohttp.http_writer import StreamWriter
+from aiohttp.http_writer import _serialize_headers as serialize_head  # C, and checks for CR/LF
 from aiohttp.streams import EmptyStreamReader, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -319,14 +321,17 @@ class LeanOutgoing:
         elif body or (status != 304 and request.method != hdrs.METH_HEAD):
             headers[hdrs.CONTENT_LENGTH] = str(len(body))
         line = self._head(status, reason, headers, streamed=False)
-        writer = request.writer
-        writer.length = len(body)
         prepared(request.lean.stores, request.arrival(), request.ctx, status, len(body))
-        await writer.write_headers(line, headers)
-        if must_be_empty_body(request.method, status):
-            body = b""
-        await writer.write_eof(body)
-        self.sent = writer.output_size
+        transport = request.protocol.transport
+        if transport is None or transport.is_closing():
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        # The head and the body in one write, as StreamWriter.write_eof would send them,
+        # without its bookkeeping: nothing is streamed after a whole body.
+        data = serialize_head(line, headers)
+        if body and not must_be_empty_body(request.method, status):
+            data += body
+        transport.write(data)
+        self.sent = len(data)
 
     async def start(
         self, status: int, reason: str, headers: CIMultiDict[str], length: int | None
