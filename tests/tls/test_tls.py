@@ -9,7 +9,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from gateway.security import certs
 from gateway.services import ServiceSettings
 from gateway.tls.redirect import https_location
 from gateway.tls.server import server_context
-from tests.conftest import MakeGateway, WriteConfig
+from tests.conftest import GatewayTestServer, MakeGateway, WriteConfig
 from tests.processes import free_port, start_gateway, stop
 
 AiohttpServer = Callable[..., Awaitable[TestServer]]
@@ -318,35 +318,48 @@ def test_a_new_pair_is_served_without_a_restart_or_a_dropped_connection(
 
 
 @pytest.fixture
-def serve_app(
-    write_config: WriteConfig, sqlite_url: str, aiohttp_server: AiohttpServer
-) -> Callable[[str], Awaitable[str]]:
+async def serve_app(
+    write_config: WriteConfig, sqlite_url: str
+) -> AsyncIterator[Callable[[str], Awaitable[str]]]:
     """Serve routes.yaml text in-process (with its TLS, if any); return the base URL."""
+    started: list[GatewayTestServer] = []
 
     async def serve(text: str) -> str:
         config = load_config(write_config(text))
         app = build_app(config, settings=ServiceSettings(database_url=sqlite_url))
         tls = config.server.tls
         context = server_context(tls.cert, tls.key) if tls else None
-        server = await aiohttp_server(app, ssl=context)
+        server = GatewayTestServer(app)  # the gateway's own server: the lean path too
+        await server.start_server(ssl=context)
+        started.append(server)
         return f"{'https' if tls else 'http'}://127.0.0.1:{server.port}"
 
-    return serve
+    yield serve
+    for server in started:
+        await server.close()
 
 
 @pytest.mark.parametrize(("hsts", "header"), [("0", None), ("30d", "max-age=2592000")])
 async def test_hsts_follows_the_config(
-    serve_app: Callable[[str], Awaitable[str]], pki: Pki, hsts: str, header: str | None
+    serve_app: Callable[[str], Awaitable[str]],
+    pki: Pki,
+    echo: TestServer,
+    hsts: str,
+    header: str | None,
 ) -> None:
     base = await serve_app(
         f"server:\n  tls: {{cert: certs/server.crt, key: certs/server.key, hsts: {hsts}}}\n"
+        f"upstreams:\n  echo: {{targets: ['http://127.0.0.1:{echo.port}']}}\n"
+        "routes:\n  - {path: /up/**, upstream: echo, auth: none}\n"
     )
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{base}/healthz", ssl=pki.client()) as response,
-    ):
-        assert response.status == 200
-        assert response.headers.get("Strict-Transport-Security") == header
+    async with aiohttp.ClientSession() as session:
+        for path in ("/healthz", "/up/x"):  # a local answer, and a proxied one
+            async with session.get(f"{base}{path}", ssl=pki.client()) as response:
+                assert response.status == 200
+                assert response.headers.get("Strict-Transport-Security") == header
+                if path == "/up/x":
+                    seen = (await response.json())["headers"]
+                    assert seen["X-Forwarded-Proto"] == "https"
 
 
 async def test_plain_http_never_carries_hsts(gateway: MakeGateway) -> None:
