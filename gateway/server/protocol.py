@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import set_exception
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_writer import StreamWriter
@@ -56,7 +57,7 @@ _PLAIN_ENDINGS = frozenset({b" HTTP/1.1\r", b" HTTP/1.0\r"})  # a request line's
 
 
 class ProblemRequestHandler(RequestHandler):
-    __slots__ = ("_close_after", "_guard", "_line", "_lingering", "_tracked")
+    __slots__ = ("_close_after", "_guard", "_lean", "_line", "_lingering", "_tracked")
 
     def __init__(
         self, manager: web.Server, *, guard: ConnectionGuard | None = None, **kwargs: Any
@@ -68,6 +69,7 @@ class ProblemRequestHandler(RequestHandler):
         self._line: bytes | None = b""
         self._close_after = False
         self._lingering: StreamReader | None = None  # the unread body of the last request
+        self._lean: LeanRequest | None = None  # the lean request being served, if any
 
     # --- the guard's view of this connection --------------------------------
 
@@ -84,6 +86,12 @@ class ProblemRequestHandler(RequestHandler):
         # idle flood that pass (tens of thousands of connections) stalls the loop.
         self._tracked = None
         transport = self.transport
+        lean = self._lean
+        if lean is not None:
+            # As aiohttp does for its current request: a body still being read ends
+            # with the connection, rather than waiting for bytes that cannot come.
+            self._lean = None
+            set_exception(lean.content, exc or ConnectionResetError("Connection lost"))
         super().connection_lost(exc)
         # The same for asyncio's own selector transport before Python 3.12: it holds a
         # bound method of itself (CPython gh-100348, cleared on close from 3.12 on).
@@ -167,9 +175,11 @@ class ProblemRequestHandler(RequestHandler):
             return await super()._handle_request(request, start_time, request_handler)
         # As aiohttp marks a request in progress, so a shutdown waits for it (draining).
         self._request_in_progress = True
+        self._lean = request
         try:
             reset = await request.serve()
         finally:
+            self._lean = None
             self._request_in_progress = False
             if self._handler_waiter is not None:
                 self._handler_waiter.set_result(None)

@@ -34,7 +34,12 @@ POLICIES = (
 )  # sent with every request, so both answers carry it
 
 
+UPLOADS = web.AppKey("uploads", asyncio.Queue)
+
+
 async def upstream_app() -> web.Application:
+    uploads: asyncio.Queue[str] = asyncio.Queue()
+
     async def small(request: web.Request) -> web.Response:
         return web.json_response({"path": request.path, "query": request.query_string})
 
@@ -63,6 +68,16 @@ async def upstream_app() -> web.Application:
     async def failing(request: web.Request) -> web.Response:
         return web.Response(status=503, text="down for maintenance")
 
+    async def upload(request: web.Request) -> web.Response:
+        uploads.put_nowait("started")
+        try:
+            await request.read()
+        except BaseException as exc:  # the gateway cut the body short: what the upstream sees
+            uploads.put_nowait(type(exc).__name__)
+            raise
+        uploads.put_nowait("whole")
+        return web.Response(text="stored")
+
     app = web.Application()
     app.router.add_get("/small", small)
     app.router.add_get("/stream", stream)
@@ -71,6 +86,8 @@ async def upstream_app() -> web.Application:
     app.router.add_get("/nothing", nothing)
     app.router.add_get("/unchanged", unchanged)
     app.router.add_get("/failing", failing)
+    app.router.add_post("/upload", upload)
+    app[UPLOADS] = uploads
     return app
 
 
@@ -99,13 +116,14 @@ class Pair:
     chain: int  # port of the one with it off
     databases: tuple[Path, Path]
     handled: list[str]  # paths aiohttp.web's handler saw on the lean gateway
+    uploads: asyncio.Queue[str]  # the upstream's /upload: "started", then how it ended
 
 
 @pytest.fixture
 async def pair(
     write_config: WriteConfig, sqlite_template: Path, tmp_path: Path, unused_port: int
 ) -> AsyncIterator[Pair]:
-    upstream = TestServer(await upstream_app())
+    upstream = TestServer(await upstream_app())  # type: ignore[arg-type]
     await upstream.start_server()
     config = load_config(
         write_config(
@@ -139,7 +157,9 @@ async def pair(
         ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
         databases.append(database)
     try:
-        yield Pair(ports[0], ports[1], (databases[0], databases[1]), handled)
+        yield Pair(
+            ports[0], ports[1], (databases[0], databases[1]), handled, upstream.app[UPLOADS]
+        )
     finally:
         for runner in runners:
             await runner.cleanup()  # the audit writers flush their rows
@@ -312,3 +332,18 @@ async def flushed(pair: Pair, rows: int) -> None:
         if counts == [rows, rows]:
             return
         await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("way", ["lean", "chain"])
+async def test_a_client_leaving_mid_upload_ends_the_upstream_call(pair: Pair, way: str) -> None:
+    """No handler cancellation (as `gateway serve` runs): the body the client will never
+    finish must end with its connection, not keep the upstream waiting for its timeout."""
+    port = pair.lean if way == "lean" else pair.chain
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request("POST", "/p/upload", "Content-Length: 100", body=b"0123456789"))
+    await writer.drain()
+    # the gateway has sent the head upstream and waits for the rest of the body
+    assert await asyncio.wait_for(pair.uploads.get(), timeout=10) == "started"
+    writer.transport.abort()
+    ended = await asyncio.wait_for(pair.uploads.get(), timeout=10)
+    assert ended != "whole"
