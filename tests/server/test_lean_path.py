@@ -157,9 +157,7 @@ async def pair(
         ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
         databases.append(database)
     try:
-        yield Pair(
-            ports[0], ports[1], (databases[0], databases[1]), handled, upstream.app[UPLOADS]
-        )
+        yield Pair(ports[0], ports[1], (databases[0], databases[1]), handled, upstream.app[UPLOADS])
     finally:
         for runner in runners:
             await runner.cleanup()  # the audit writers flush their rows
@@ -211,11 +209,28 @@ async def exchange(port: int, raw: bytes, *, responses: int = 1, head: bool = Fa
     return out
 
 
+TIMED = (b"ratelimit-reset:", b"retry-after:")  # whole seconds from now: may differ by 1
+
+
 def comparable(raw: bytes) -> bytes:
-    """The answer without its Date headers (the one thing allowed to differ)."""
-    return b"\r\n".join(
-        line for line in raw.split(b"\r\n") if not line.lower().startswith(b"date:")
-    )
+    """The answer without its Date headers (the one thing allowed to differ) and with
+    the values of the headers counting seconds from now left out (see `seconds`)."""
+    lines = []
+    for line in raw.split(b"\r\n"):
+        lower = line.lower()
+        if lower.startswith(b"date:"):
+            continue
+        lines.append(line.split(b":")[0] if lower.startswith(TIMED) else line)
+    return b"\r\n".join(lines)
+
+
+def seconds(raw: bytes) -> list[int]:
+    """The values of the headers counting seconds from now, in order."""
+    found = []
+    for line in raw.split(b"\r\n"):
+        if line.lower().startswith(TIMED):
+            found.append(int(line.split(b":")[1]))
+    return found
 
 
 def request(method: str, path: str, *extra: str, body: bytes = b"", version: str = "1.1") -> bytes:
@@ -292,6 +307,8 @@ async def test_both_ways_answer_the_same_bytes(pair: Pair, case: str) -> None:
     chain = await exchange(pair.chain, raw, **options)
     assert lean.startswith(b"HTTP/1.")
     assert comparable(lean) == comparable(chain)
+    for mine, theirs in zip(seconds(lean), seconds(chain), strict=True):
+        assert abs(mine - theirs) <= 1  # made a moment apart
     assert b"date:" in lean.lower()  # made by both, at their own second
     proxied = [path for path in pair.handled if not path.startswith("/users/")]
     assert proxied == [], "an upstream route went through aiohttp.web"
@@ -339,7 +356,7 @@ async def test_a_client_leaving_mid_upload_ends_the_upstream_call(pair: Pair, wa
     """No handler cancellation (as `gateway serve` runs): the body the client will never
     finish must end with its connection, not keep the upstream waiting for its timeout."""
     port = pair.lean if way == "lean" else pair.chain
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request("POST", "/p/upload", "Content-Length: 100", body=b"0123456789"))
     await writer.drain()
     # the gateway has sent the head upstream and waits for the rest of the body
