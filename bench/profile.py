@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ab import FULL_CHAIN, PATH
 from chain import ensure_tools
+from loadgen import RATE_SCRIPT
 from processes import LOAD_CORE, Processes
 from stacks import environment, gateway_folder, http, make_identity, serve, start_nginx
 
@@ -54,10 +55,11 @@ def shorten(path: str) -> str:
     return path
 
 
-def start_load(url: str, token: str, seconds: int) -> threading.Thread:
-    """wrk -c32 on LOAD_CORE for `seconds`, in a thread."""
+def start_load(url: str, token: str, seconds: int, rate: float | None) -> threading.Thread:
+    """wrk -c32 on LOAD_CORE for `seconds`, in a thread; closed loop, or `rate` req/s."""
     argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c32", f"-d{seconds}s"]
-    argv += ["-H", f"Authorization: Bearer {token}", url]
+    argv += ["-H", f"Authorization: Bearer {token}"]
+    argv += [url] if rate is None else ["-s", str(RATE_SCRIPT), url, "--", str(rate)]
     load = threading.Thread(target=subprocess.run, args=(argv,), kwargs={"capture_output": True})
     load.start()
     return load
@@ -68,6 +70,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15, help="seconds of load and sampling")
     parser.add_argument("--path", default=PATH, help=f"the GET path to load (default {PATH})")
     parser.add_argument("--top", type=int, default=30, help="rows in each table")
+    parser.add_argument("--rate", type=float, help="a fixed rate (req/s), not closed loop")
     parser.add_argument("--flame", type=Path, help="also write py-spy's flame graph here")
     args = parser.parse_args()
     ensure_tools(())
@@ -84,13 +87,13 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}{args.path}"
         http(url, identity.token)  # must answer 200
         raw = work / "profile.txt"
-        load = start_load(url, identity.token, args.seconds + 2)
+        load = start_load(url, identity.token, args.seconds + 2, args.rate)
         record = [spy, "record", "--pid", str(gateway.process.pid), "--rate", "250"]
         record += ["--duration", str(args.seconds), "--nonblocking", "--format", "raw"]
         subprocess.run([*record, "--output", str(raw)], capture_output=True, check=True)
         if args.flame:
             load.join()
-            load = start_load(url, identity.token, args.seconds + 2)
+            load = start_load(url, identity.token, args.seconds + 2, args.rate)
             flame = [spy, "record", "--pid", str(gateway.process.pid), "--rate", "250"]
             flame += ["--duration", str(args.seconds), "--nonblocking", "--output", str(args.flame)]
             subprocess.run(flame, capture_output=True, check=True)
@@ -108,7 +111,8 @@ def main() -> int:
         own[names[-1]] += count
         for name in set(names):
             under[name] += count
-    print(f"{total} samples of {args.path} under wrk -c32, {args.seconds} s")
+    load = f"{args.rate:,.0f} req/s" if args.rate else "closed loop"
+    print(f"{total} samples of {args.path} under wrk -c32 ({load}), {args.seconds} s")
     for title, counts in (("own", own), ("under", under)):
         print(f"\n{title:>6} %  function")
         for name, count in counts.most_common(args.top):

@@ -407,8 +407,10 @@ async def _relay_small(
     upstream_response: LeanResponse,
     upstream_name: str,
     headers: CIMultiDict[str],
+    meter: Meter | None,
 ) -> None:
-    """A small body of declared length, read whole and sent with the head in one write.
+    """A small body of declared length, read whole and sent with the head in one write
+    (a model's JSON answer too, its usage read from it first).
 
     (A streamed response writes its head and its first chunk separately: one
     more system call per request.) Nothing has reached the client while the
@@ -427,6 +429,9 @@ async def _relay_small(
             f"upstream {upstream_name} closed the connection mid-response", code="upstream_reset"
         ) from None
     upstream_response.release()
+    if meter is not None:  # a model's JSON answer: its usage read on the way
+        body = meter.feed(body) + meter.finish()
+        ctx.usage = meter.usage
     await out.whole(upstream_response.status, upstream_response.reason, headers, body)
 
 
@@ -445,17 +450,17 @@ async def _relay(
     if ctx.model is not None:
         headers["X-Gateway-Model"] = ctx.model  # the model that answered, whatever it claims
     declared = upstream_response.content_length
+    if meter is not None and meter.start(upstream_response.headers.get("Content-Type", "")):
+        declared = None  # an event may be stripped: the length is no longer the upstream's
     if (
-        meter is None
-        and declared is not None
+        declared is not None
         and declared <= SMALL_BODY
         and request.method != "HEAD"
         and upstream_response.status not in NO_BODY_STATUSES
+        and (meter is None or not meter.streaming)  # events pass one by one, as they come
     ):
-        await _relay_small(out, ctx, upstream_response, upstream_name, headers)
+        await _relay_small(out, ctx, upstream_response, upstream_name, headers, meter)
         return
-    if meter is not None and meter.start(upstream_response.headers.get("Content-Type", "")):
-        declared = None  # an event may be stripped: the length is no longer the upstream's
     try:
         await out.start(upstream_response.status, upstream_response.reason, headers, declared)
         if meter is None:

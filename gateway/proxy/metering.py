@@ -36,6 +36,11 @@ class Meter:
         self._buffer = bytearray()
         return False
 
+    @property
+    def streaming(self) -> bool:
+        """Whether the response is an event stream (known once `start` was called)."""
+        return self._tap is not None
+
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to send to the client now."""
         if self._tap is not None:
