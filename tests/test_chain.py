@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -68,17 +69,35 @@ def test_new_request_ids_are_random_version_4_uuids() -> None:
         assert parsed.variant == uuid.RFC_4122
 
 
-def test_a_forked_worker_draws_request_ids_of_its_own() -> None:
-    """`gateway serve --workers` forks: the ids the parent fetched in advance stay its own."""
-    new_request_id()  # the parent holds a batch now
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: send its next id and leave at once
+FORK_SCRIPT = """
+import os
+from gateway.middleware.request_id import new_request_id
+new_request_id()  # the parent holds a batch of randomness now
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
         os.write(write, new_request_id().encode())
+    finally:
         os._exit(0)
-    os.close(write)
-    child = os.read(read, 64).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
+os.close(write)
+child = os.read(read, 64).decode()
+os.waitpid(pid, 0)
+print(child, new_request_id())
+"""
+
+
+def test_a_forked_worker_draws_request_ids_of_its_own() -> None:
+    """`gateway serve --workers` forks: the ids the parent fetched in advance stay its own.
+    (Forked in a process of its own: a fork of the test runner would copy its threads.)"""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    child, parent = done.stdout.split()
     assert len(child) == 36
-    assert child != new_request_id()
+    assert child != parent
