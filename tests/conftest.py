@@ -42,7 +42,9 @@ MakeGateway = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 MakeUpstream = Callable[[web.Application], Awaitable[TestServer]]
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    # At configure time, so that under xdist the controller says it (a worker's
+    # UsageError showed only as an INTERNALERROR and "no tests ran").
     if IN_CI and not (POSTGRES_URL and REDIS_URL):
         raise pytest.UsageError(
             "CI=true but GATEWAY_TEST_POSTGRES_URL / GATEWAY_TEST_REDIS_URL are not set: "
