@@ -11,6 +11,12 @@ Order, outermost first, and why:
   rate_limit     - the route's GCRA bucket for this caller (429); after policy, so
                    refused callers do not spend anyone's quota
 then `dispatch`: the route's local handler or the streaming proxy.
+
+On the gateway's own server (GatewayRunner, gateway/server/protocol.py) the
+requests of upstream and model routes take the lean path instead
+(gateway/server/lean.py): the same steps in the same order, through the same
+functions (gateway/pipeline/admission.py, gateway/audit/record.py), without
+aiohttp.web's request, middleware or response objects.
 """
 
 from __future__ import annotations

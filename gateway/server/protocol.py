@@ -11,6 +11,11 @@ factory hands out this subclass instead. It also:
 - reads the request line before the parser does: a version other than
   HTTP/1.0 and HTTP/1.1 gets 505 (RFC 9110 §15.6.6), a line without one
   (HTTP/0.9, which cannot read a status line) is closed without an answer;
+- serves the requests of upstream routes itself, on the lean path
+  (gateway/server/lean.py): `GatewayRunner`'s request factory routes each
+  parsed head, and `_handle_request` answers a `LeanRequest` without
+  aiohttp.web, with the same bookkeeping (in progress for draining, the
+  guard's moves, the body failed when the connection is lost);
 - closes a connection right after a response when the request asked for that
   (`close_after_response`: a refused `Expect: 100-continue`, a body timeout)
   instead of lingering for a body the client may never send.
