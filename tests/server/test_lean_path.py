@@ -123,7 +123,7 @@ class Pair:
 async def pair(
     write_config: WriteConfig, sqlite_template: Path, tmp_path: Path, unused_port: int
 ) -> AsyncIterator[Pair]:
-    upstream = TestServer(await upstream_app())  # type: ignore[arg-type]
+    upstream = TestServer(await upstream_app())
     await upstream.start_server()
     config = load_config(
         write_config(
