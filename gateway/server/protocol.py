@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.helpers import set_exception
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
@@ -61,12 +62,32 @@ SUPPORTED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 _PLAIN_ENDINGS = frozenset({b" HTTP/1.1\r", b" HTTP/1.0\r"})  # a request line's last bytes
 
 
-class ProblemRequestHandler(RequestHandler):
+class _TransportOnly(BaseProtocol):
+    """Takes the transport as aiohttp's BaseProtocol does, without `tcp_nodelay`.
+
+    That helper asks the transport for a socket object and its family (an enum
+    conversion) to set TCP_NODELAY, which uvloop and asyncio set on every TCP
+    connection already: about a third of the CPU an accepted connection cost,
+    which counts when a flood of them arrives at once (README "Limits and
+    failure behaviour"). In ProblemRequestHandler's bases after RequestHandler,
+    it comes between RequestHandler and BaseProtocol in the method order."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a TCP transport
+
+
+class ProblemRequestHandler(RequestHandler, _TransportOnly):
     __slots__ = ("_close_after", "_guard", "_lean", "_line", "_lingering", "_tracked")
 
     def __init__(
         self, manager: web.Server, *, guard: ConnectionGuard | None = None, **kwargs: Any
     ) -> None:
+        # No SO_KEEPALIVE: the guard closes idle connections (server.keepalive_timeout)
+        # long before the kernel's two-hour probes would, and it costs a system call
+        # and a socket object per accepted connection.
+        kwargs["tcp_keepalive"] = False
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._tracked: Tracked | None = None
