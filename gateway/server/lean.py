@@ -12,9 +12,10 @@ the same functions: the request id, the route found once, CORS headers, then
 `Admission.admit` (authentication, policy, rate limit; gateway/pipeline/),
 `Expect: 100-continue`, the proxy (gateway/proxy/forward.py, models.py), one
 audit row (gateway/audit/record.py), and problems for every failure. Its
-answer is written by `LeanOutgoing` straight to aiohttp's low-level
-StreamWriter, with the headers aiohttp's StreamResponse would have added
-(Date, Server, Connection, Content-Length or chunked framing, RFC 9112 §6).
+answer is written by `LeanOutgoing`, with the headers aiohttp's
+StreamResponse would have added (Date, Server, Connection, Content-Length or
+chunked framing, RFC 9112 §6): a whole one in one transport write, a
+streamed one through aiohttp's low-level StreamWriter.
 What it skips per request: web.Request, the URL dispatcher, eight middleware
 wrappers, StreamResponse and the response signal.
 """
