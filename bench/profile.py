@@ -7,8 +7,9 @@ SQLite, as bench/ab.py runs it) on PROXY_CORE, drives it with wrk from LOAD_CORE
 records it with py-spy meanwhile. Prints two tables of the busiest functions: by
 their own samples (where the CPU is) and by the samples under them (which parts of
 the way cost what), each as a share of all the gateway's samples. `--path` profiles
-another route (`/models/bench-chat/v1/chat/completions` is not a GET: use
-bench/chain.py's model row for that); `--flame FILE` also writes py-spy's SVG.
+another GET route, `--model` the model path (chain.py's `models:` entry and
+chat completion POST), `--rate` a fixed rate; `--flame FILE` also writes
+py-spy's SVG.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from ab import FULL_CHAIN, PATH
 from chain import ensure_tools
 from loadgen import RATE_SCRIPT
+from model_path import CHAT_PATH, CHAT_REQUEST, CHAT_SCRIPT, MODEL, model_entry
 from processes import LOAD_CORE, Processes
 from stacks import environment, gateway_folder, http, make_identity, serve, start_nginx
 
@@ -55,11 +57,17 @@ def shorten(path: str) -> str:
     return path
 
 
-def start_load(url: str, token: str, seconds: int, rate: float | None) -> threading.Thread:
-    """wrk -c32 on LOAD_CORE for `seconds`, in a thread; closed loop, or `rate` req/s."""
+def start_load(
+    url: str, token: str, seconds: int, rate: float | None, model: bool
+) -> threading.Thread:
+    """wrk -c32 on LOAD_CORE for `seconds`, in a thread; closed loop, or `rate` req/s;
+    `model`: the chat completion POST of bench/chat_completion.lua."""
     argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c32", f"-d{seconds}s"]
     argv += ["-H", f"Authorization: Bearer {token}"]
-    argv += [url] if rate is None else ["-s", str(RATE_SCRIPT), url, "--", str(rate)]
+    if model:
+        argv += ["-s", str(CHAT_SCRIPT), url]
+    else:
+        argv += [url] if rate is None else ["-s", str(RATE_SCRIPT), url, "--", str(rate)]
     load = threading.Thread(target=subprocess.run, args=(argv,), kwargs={"capture_output": True})
     load.start()
     return load
@@ -71,6 +79,9 @@ def main() -> int:
     parser.add_argument("--path", default=PATH, help=f"the GET path to load (default {PATH})")
     parser.add_argument("--top", type=int, default=30, help="rows in each table")
     parser.add_argument("--rate", type=float, help="a fixed rate (req/s), not closed loop")
+    parser.add_argument(
+        "--model", action="store_true", help="the model path: chain.py's models: entry, POSTed"
+    )
     parser.add_argument("--flame", type=Path, help="also write py-spy's flame graph here")
     args = parser.parse_args()
     ensure_tools(())
@@ -80,20 +91,25 @@ def main() -> int:
     try:
         upstream = start_nginx(procs, work / "up", LOAD_CORE)
         identity = make_identity(procs, work, upstream.port)
-        folder, port = gateway_folder(work, "gateway", upstream.port, FULL_CHAIN)
+        if args.model:  # chain.py's model row: the same entry, the full chain's options
+            models = model_entry(upstream.port, FULL_CHAIN)
+            folder, port = gateway_folder(work, "gateway", upstream.port, "", models)
+            args.path = f"/models/{MODEL}{CHAT_PATH}"
+        else:
+            folder, port = gateway_folder(work, "gateway", upstream.port, FULL_CHAIN)
         for part in identity.database.parent.glob(identity.database.name + "*"):
             (folder / part.name).write_bytes(part.read_bytes())
         gateway = serve(procs, folder, port, environment())
         url = f"http://127.0.0.1:{port}{args.path}"
-        http(url, identity.token)  # must answer 200
+        http(url, identity.token, CHAT_REQUEST if args.model else None)  # must answer 200
         raw = work / "profile.txt"
-        load = start_load(url, identity.token, args.seconds + 2, args.rate)
+        load = start_load(url, identity.token, args.seconds + 2, args.rate, args.model)
         record = [spy, "record", "--pid", str(gateway.process.pid), "--rate", "250"]
         record += ["--duration", str(args.seconds), "--nonblocking", "--format", "raw"]
         subprocess.run([*record, "--output", str(raw)], capture_output=True, check=True)
         if args.flame:
             load.join()
-            load = start_load(url, identity.token, args.seconds + 2, args.rate)
+            load = start_load(url, identity.token, args.seconds + 2, args.rate, args.model)
             flame = [spy, "record", "--pid", str(gateway.process.pid), "--rate", "250"]
             flame += ["--duration", str(args.seconds), "--nonblocking", "--output", str(args.flame)]
             subprocess.run(flame, capture_output=True, check=True)
