@@ -20,9 +20,9 @@ from gateway.handlers.jsonio import accepts_json
 from gateway.middleware import Handler
 from gateway.problems import GatewayError
 from gateway.proxy.exchange import WebOutgoing
-from gateway.proxy.forward import check_length, forward
+from gateway.proxy.forward import forward
 from gateway.proxy.models import forward_model
-from gateway.server.lean import CONTINUE
+from gateway.server.lean import CONTINUE, continue_wanted
 from gateway.server.protocol import close_after_response
 from gateway.state.stores import Stores
 
@@ -49,11 +49,8 @@ async def defer_expect(request: web.Request) -> None:
 
 async def answer_expect(request: web.Request, expect: str, server: ServerConfig) -> None:
     """Send `100 Continue` for a request the chain let through, or refuse it (417, 413)."""
-    if request.version != HttpVersion11:
-        return  # RFC 9110 §10.1.1: an HTTP/1.0 request's expectation is ignored
-    if expect.lower() != "100-continue":
-        raise GatewayError.expectation_failed(expect)
-    check_length(request, server)  # 413 now, before the client sends the body
+    if not continue_wanted(request.version, expect, request, server):
+        return
     await request.writer.write(CONTINUE)
     request.writer.output_size = 0  # as aiohttp does: the final response has not begun
     close_after_response(request, close=False)  # the body is coming: keep-alive again

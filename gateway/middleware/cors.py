@@ -47,6 +47,12 @@ def response_headers(cors: CorsConfig, value: str) -> tuple[tuple[str, str], ...
     return tuple(headers)
 
 
+def cors_headers(cors: CorsConfig, origin: str) -> tuple[tuple[str, str], ...]:
+    """The Access-Control-* headers an answer to `origin` carries (none: not allowed)."""
+    value = allowed_origin(cors, origin)
+    return response_headers(cors, value) if value is not None else ()
+
+
 def preflight(cors: CorsConfig, request: web.Request, value: str | None) -> web.Response:
     origin = request.headers.get("Origin", "")
     if value is None:
@@ -92,12 +98,10 @@ def cors(cfg: CorsStageConfig) -> Middleware:
         config = holder.current.config.server.cors
         if config is None:
             return await handler(request)
-        value = allowed_origin(config, origin)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            return preflight(config, request, value)
-        if value is not None:
-            # stamped on whatever response goes out (request_id.stamp_headers)
-            request[CTX].cors_headers = response_headers(config, value)
+            return preflight(config, request, allowed_origin(config, origin))
+        # stamped on whatever response goes out (request_id.stamp_headers)
+        request[CTX].cors_headers = cors_headers(config, origin)
         return await handler(request)
 
     return cors_stage

@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 from gateway.context import CTX, RequestContext
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.audit import journal_prepared
-from gateway.runtime import HOLDER
+from gateway.runtime import HOLDER, Runtime
 from gateway.state.stores import Stores
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -109,18 +109,18 @@ def stamp_headers(
             if stores.audit is not None:
                 journal_prepared(stores, request, ctx, response)
         if request.scheme == "https":  # the connection itself is TLS (never X-Forwarded-Proto)
-            max_age = _hsts_max_age(request, ctx)
-            if max_age:
-                response.headers["Strict-Transport-Security"] = f"max-age={max_age}"
+            runtime = ctx.runtime if ctx is not None else None
+            if runtime is None and isinstance(request, web.Request):
+                holder = request.app.get(HOLDER)  # not routed: the live config's
+                runtime = holder.current if holder is not None else None
+            if runtime is not None:
+                stamp_hsts(response.headers, runtime)
 
     return stamp
 
 
-def _hsts_max_age(request: web.BaseRequest, ctx: RequestContext | None) -> int:
-    """server.tls.hsts of the request's config (the live one if it was not routed); 0: none."""
-    runtime = ctx.runtime if ctx is not None else None
-    if runtime is None and isinstance(request, web.Request):
-        holder = request.app.get(HOLDER)
-        runtime = holder.current if holder is not None else None
-    tls = runtime.config.server.tls if runtime is not None else None
-    return tls.hsts if tls is not None else 0
+def stamp_hsts(headers: CIMultiDict[str], runtime: Runtime) -> None:
+    """Strict-Transport-Security per server.tls.hsts, on an answer over TLS (none for 0)."""
+    tls = runtime.config.server.tls
+    if tls is not None and tls.hsts:
+        headers["Strict-Transport-Security"] = f"max-age={tls.hsts}"

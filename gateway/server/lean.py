@@ -30,22 +30,29 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs
 from aiohttp.client_exceptions import ClientConnectionResetError
 from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time, should_remove_content_length
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion, HttpVersion11, RawRequestMessage
 from aiohttp.http_writer import StreamWriter
 from aiohttp.http_writer import _serialize_headers as serialize_head  # C, and checks for CR/LF
 from aiohttp.streams import EmptyStreamReader, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.audit.record import Arrival, prepared, record, record_error
+from gateway.config.schema.server import ServerConfig
 from gateway.context import Outcome, RequestContext
-from gateway.middleware.cors import allowed_origin, response_headers
+from gateway.middleware.cors import cors_headers
 from gateway.middleware.errors import DENIALS, log_denial, log_unhandled
-from gateway.middleware.request_id import new_request_id, sane_request_id, stamp_context
+from gateway.middleware.request_id import (
+    new_request_id,
+    sane_request_id,
+    stamp_context,
+    stamp_hsts,
+)
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.forwarded import client_ip
 from gateway.pipeline.route import find_route, normalise
 from gateway.pipeline.verdict import Deny
 from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError
+from gateway.proxy.exchange import Incoming
 from gateway.proxy.forward import check_length, forward
 from gateway.proxy.models import forward_model
 from gateway.runtime import RuntimeHolder
@@ -55,6 +62,21 @@ if TYPE_CHECKING:
     from gateway.server.protocol import ProblemRequestHandler
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def continue_wanted(
+    version: HttpVersion, expect: str, request: Incoming, server: ServerConfig
+) -> bool:
+    """Whether a request let through gets `100 Continue` now; raises its refusal (417,
+    413 for a declared body over server.max_body). Both ways through answer Expect so."""
+    if version != HttpVersion11:
+        return False  # RFC 9110 §10.1.1: an HTTP/1.0 request's expectation is ignored
+    if expect.lower() != "100-continue":
+        raise GatewayError.expectation_failed(expect)
+    check_length(request, server)  # 413 now, before the client sends the body
+    return True
+
+
 _OCTETS = "application/octet-stream"
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
@@ -113,6 +135,7 @@ class LeanRequest:
     client did not send yet and `keep_alive` for whether the connection stays."""
 
     __slots__ = (
+        "_arrival",
         "_task",
         "content",
         "ctx",
@@ -144,6 +167,7 @@ class LeanRequest:
         self.ctx = ctx
         self.keep_alive = not message.should_close
         self._task: asyncio.Task[Any] | None = None  # cleared by the request loop
+        self._arrival: Arrival | None = None
         transport = protocol.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         self.remote: str | None = str(peer[0]) if isinstance(peer, list | tuple) else peer
@@ -171,7 +195,12 @@ class LeanRequest:
     # --- serving ----------------------------------------------------------------
 
     def arrival(self) -> Arrival:
-        return Arrival(self.content_length, self.remote or "", self.message.path)
+        """What its audit rows need of it (made once: the head's record and the final row)."""
+        arrival = self._arrival
+        if arrival is None:
+            arrival = Arrival(self.content_length, self.remote or "", self.message.path)
+            self._arrival = arrival
+        return arrival
 
     async def serve(self) -> bool:
         """Answer the request; True when the client went away (the connection is done)."""
@@ -208,12 +237,10 @@ class LeanRequest:
         try:
             origin = headers.get("Origin")
             if origin is not None and server.cors is not None:
-                value = allowed_origin(server.cors, origin)
-                if value is not None:
-                    ctx.cors_headers = response_headers(server.cors, value)
+                ctx.cors_headers = cors_headers(server.cors, origin)
             await lean.admission.admit(ctx)
             if expect is not None:
-                await self._answer_expect(expect)
+                self._answer_expect(expect)
             if route.model is not None:
                 await forward_model(self, out, ctx, route, runtime, server, stores.quotas)
             elif route.upstream is not None:
@@ -247,15 +274,12 @@ class LeanRequest:
             return True
         return False
 
-    async def _answer_expect(self, expect: str) -> None:
+    def _answer_expect(self, expect: str) -> None:
         """Send `100 Continue` for a request let through, or refuse it (417, 413)."""
-        if self.message.version != HttpVersion11:
-            return  # RFC 9110 §10.1.1: an HTTP/1.0 request's expectation is ignored
-        if expect.lower() != "100-continue":
-            raise GatewayError.expectation_failed(expect)
         runtime = self.ctx.runtime
         assert runtime is not None
-        check_length(self, runtime.config.server)  # 413 now, before the client sends it
+        if not continue_wanted(self.message.version, expect, self, runtime.config.server):
+            return
         transport = self.protocol.transport
         if transport is not None:
             transport.write(CONTINUE)
@@ -306,11 +330,8 @@ class LeanOutgoing:
         request.keep_alive = keep_alive
         ctx = request.ctx
         stamp_context(headers, ctx)
-        if request.scheme == "https":  # the connection itself is TLS
-            runtime = ctx.runtime
-            tls = runtime.config.server.tls if runtime is not None else None
-            if tls is not None and tls.hsts:
-                headers["Strict-Transport-Security"] = f"max-age={tls.hsts}"
+        if request.scheme == "https" and ctx.runtime is not None:  # the connection is TLS
+            stamp_hsts(headers, ctx.runtime)
         self.status = status
         return f"HTTP/{version[0]}.{version[1]} {status} {reason}"
 
