@@ -20,12 +20,13 @@ kept). The measured span therefore covers the gateway at its cap (about 8 s),
 the mass close of 10,000 connections at their deadline, and the loris alone.
 
 While both hold, a probe opens a new connection every 50 ms, as a monitoring
-check or an admin's curl does, alternately for GET /healthz and GET
-/bench/x (proxied to nginx), and times connect to last byte. Printed: p50, p99
-and max per path, before the flood (baseline) and under it, plus failures;
-target: max under 100 ms. Also: the guard's cost per request (its state moves)
-against one timer per connection (call_at and cancel at each move), the design
-it replaces.
+check or an admin's curl does, in turn for GET /healthz and GET /bench/x
+(proxied to nginx) on the client listener, and GET /healthz on the status
+listener (server.status_listen, the admin's port), and times connect to last
+byte. Printed: p50, p99 and max per probe, before the flood (baseline) and
+under it, plus failures; target: max under 100 ms. Also: the guard's cost per
+request (its state moves) against one timer per connection (call_at and cancel
+at each move), the design it replaces.
 
 Writes bench/results/slowloris.json. Exit status 1 when a probe failed.
 """
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from processes import LOAD_CORE, BenchError, Processes
+from processes import LOAD_CORE, BenchError, Processes, free_port
 from stacks import ROOT, environment, gateway_folder, serve, start_nginx
 
 sys.path.insert(0, str(ROOT))
@@ -115,9 +116,11 @@ def probe(port: int, path: str) -> tuple[float, float]:
     return (time.perf_counter() - began) * 1000, (connected - began) * 1000
 
 
-def probe_for(port: int, seconds: float) -> dict[str, Any]:
-    times: dict[str, list[float]] = {"/healthz": [], "/bench/x": []}
-    slowest: dict[str, tuple[float, float]] = {}  # path -> (ms, seconds into the span)
+def probe_for(port: int, status_port: int, seconds: float) -> dict[str, Any]:
+    probes = {"/healthz": (port, "/healthz"), "/bench/x": (port, "/bench/x")}
+    probes["status /healthz"] = (status_port, "/healthz")
+    times: dict[str, list[float]] = {name: [] for name in probes}
+    slowest: dict[str, tuple[float, float]] = {}  # name -> (ms, seconds into the span)
     connects: list[float] = []
     failures: list[str] = []
     began = time.monotonic()
@@ -126,7 +129,7 @@ def probe_for(port: int, seconds: float) -> dict[str, Any]:
         for path, found in times.items():
             sent = time.monotonic() - began
             try:
-                total, connect = probe(port, path)
+                total, connect = probe(*probes[path])
             except (OSError, BenchError) as exc:
                 failures.append(f"{path}: {exc}")
             else:
@@ -223,8 +226,15 @@ def main() -> int:
             work = Path(tmp)
             nginx = start_nginx(procs, work / "nginx", LOAD_CORE)
             folder, port = gateway_folder(work, "gateway", nginx.port, "auth: none")
+            status_port = free_port()
+            conf = folder / "routes.yaml"
+            conf.write_text(
+                conf.read_text().replace(
+                    "server:\n", f"server:\n  status_listen: 127.0.0.1:{status_port}\n", 1
+                )
+            )
             gateway = serve(procs, folder, port, environment())
-            baseline = probe_for(port, 3.0)
+            baseline = probe_for(port, status_port, 3.0)
             print_row("baseline", baseline)
 
             loris_argv = [sys.executable, __file__, "--loris", str(port), str(LORIS)]
@@ -237,7 +247,7 @@ def main() -> int:
             flood_seconds = time.monotonic() - began
             print(f"flood: {sum(opened)} connections open in {flood_seconds:.1f} s; loris: {LORIS}")
             rss = psutil.Process(gateway.process.pid).memory_info().rss
-            loaded = probe_for(port, args.seconds)
+            loaded = probe_for(port, status_port, args.seconds)
             print_row("under flood", loaded)
             closed = sum(flood.closed_by_server() for flood in floods)
             cut = int(slow.communicate(timeout=30)[0] or 0)  # closing stdin stops it
@@ -273,14 +283,14 @@ def print_row(name: str, row: dict[str, Any]) -> None:
         if s["n"]:
             verdict = "ok" if s["max_ms"] < TARGET_MS else f"over {TARGET_MS:.0f} ms"
             print(
-                f"{name:12} {path:9} n={s['n']:4}  p50 {s['p50_ms']:6.1f} ms  "
+                f"{name:12} {path:15} n={s['n']:4}  p50 {s['p50_ms']:6.1f} ms  "
                 f"p99 {s['p99_ms']:6.1f} ms  max {s['max_ms']:6.1f} ms "
                 f"(at {s.get('max_at_s', 0):4.1f} s)  {verdict}"
             )
     c = row["connect"]
     if c["n"]:
         print(
-            f"{name:12} {'connect':9} n={c['n']:4}  p50 {c['p50_ms']:6.1f} ms  "
+            f"{name:12} {'connect':15} n={c['n']:4}  p50 {c['p50_ms']:6.1f} ms  "
             f"p99 {c['p99_ms']:6.1f} ms  max {c['max_ms']:6.1f} ms  (of the above)"
         )
     if row["failures"]:

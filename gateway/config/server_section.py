@@ -56,12 +56,30 @@ def parse_server(top: Section, base_dir: Path) -> ServerConfig:
         keepalive_timeout=read_duration(sec, default, "keepalive_timeout"),
         max_connections=read_whole(sec, default, "max_connections"),
         body_timeout=read_duration(sec, default, "body_timeout"),
+        status_listen=sec.field("status_listen", parse_listen, None),
     )
     sec.check_unknown(
         "listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors, "
-        "header_timeout, keepalive_timeout, max_connections, body_timeout"
+        "header_timeout, keepalive_timeout, max_connections, body_timeout, status_listen"
     )
+    _distinct_ports(sec, server)
     return server
+
+
+def _distinct_ports(sec: Section, server: ServerConfig) -> None:
+    """server.status_listen must not take the port of `listen` or of tls.redirect_http."""
+    status = server.status_listen
+    if status is None or status[1] == 0:
+        return
+    taken = {server.port: "listen"}
+    if server.tls is not None and server.tls.redirect_http is not None:
+        taken[server.tls.redirect_http[1]] = "tls.redirect_http"
+    other = taken.get(status[1])
+    if other is not None:
+        sec.report(
+            sec.get("status_listen"),
+            f"server.status_listen: port {status[1]} is server.{other}'s; pick another",
+        )
 
 
 def _cors(value: Value, problems: Problems) -> CorsConfig:

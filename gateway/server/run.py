@@ -11,6 +11,8 @@ Client connections are watched by one ConnectionGuard (gateway/server/connection
 server.header_timeout, server.keepalive_timeout and server.max_connections,
 read from the live config at each sweep. The open-files limit is raised to
 its hard limit at start, so that max_connections can be reached.
+server.status_listen, when set, is a listener for /healthz and /readyz with
+a guard of its own (gateway/server/status.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError
 from gateway.server.connections import ConnectionGuard
 from gateway.server.protocol import GatewayRunner, GatewaySite
+from gateway.server.status import StatusLimits, start_status_listener
 from gateway.server.workers import exit_with_parent
 from gateway.services import StartupError
 from gateway.tls.redirect import start_redirect_listener
@@ -117,6 +120,12 @@ async def serve(
     gc.collect()
     gc.freeze()
     guard.start(loop)
+    status = None
+    if server.status_listen is not None:  # before the main port: probes answer first
+        limits = StatusLimits(server.header_timeout, server.keepalive_timeout)
+        status = await start_status_listener(
+            app, server.status_listen, limits, reuse_port=worker_of is not None
+        )
     await site.start()
     bound = _bound_port(runner) or listen_port
     tasks: list[asyncio.Task[None]] = []
@@ -150,6 +159,8 @@ async def serve(
     if redirect is not None:
         await redirect.cleanup()
     await runner.cleanup()  # stop accepting → wait for in-flight → on_cleanup closes pools
+    if status is not None:  # probes answer (/readyz: 503 draining) until the end
+        await status.close()
     guard.stop()
     log.info("stopped")
     return 0

@@ -214,6 +214,22 @@ def test_client_connection_limits_are_typed_and_bounded(write_config: WriteConfi
     ]
 
 
+def test_status_listen_is_a_listen_address_on_a_port_of_its_own(
+    write_config: WriteConfig,
+) -> None:
+    assert load(write_config("server: {listen: 127.0.0.1:9999}\n")).server.status_listen is None
+    server = load(
+        write_config("server: {listen: 127.0.0.1:9999, status_listen: 127.0.0.1:9100}\n")
+    ).server
+    assert server.status_listen == ("127.0.0.1", 9100)
+    assert problems(
+        write_config("server:\n  listen: :8080\n  status_listen: 127.0.0.1:8080\n")
+    ) == [(3, "server.status_listen: port 8080 is server.listen's; pick another")]
+    assert problems(write_config("server:\n  status_listen: 9100\n")) == [
+        (2, "server.status_listen: expected HOST:PORT, e.g. 127.0.0.1:8443, got '9100'")
+    ]
+
+
 def test_file_hash_is_sha256_of_the_bytes_read(write_config: WriteConfig) -> None:
     import hashlib
 
@@ -348,7 +364,7 @@ def test_unknown_key_in_server(write_config: WriteConfig) -> None:
         3,
         "server.max_bdy: unknown key (known keys: listen, tls, trusted_proxies, max_body, "
         "shutdown_grace, redis_failure, cors, header_timeout, keepalive_timeout, "
-        "max_connections, body_timeout)",
+        "max_connections, body_timeout, status_listen)",
     )
 
 
@@ -1455,7 +1471,7 @@ def test_several_problems_reported_together_sorted_by_line(write_config: WriteCo
             5,
             "server.colour: unknown key (known keys: listen, tls, trusted_proxies, max_body, "
             "shutdown_grace, redis_failure, cors, header_timeout, keepalive_timeout, "
-            "max_connections, body_timeout)",
+            "max_connections, body_timeout, status_listen)",
         ),
         (7, "upstreams.up.targets[0]: 'ftp://x' must be an http:// or https:// URL"),
         (9, "routes[0].path: ** may only be the last segment of a route path"),

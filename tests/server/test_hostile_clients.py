@@ -270,6 +270,28 @@ async def test_when_every_connection_is_busy_a_new_one_is_refused_with_503(
         slow.release.set()
 
 
+async def test_the_status_listener_answers_probes_when_every_client_connection_is_busy(
+    upstream: MakeUpstream, serve: Serve
+) -> None:
+    slow, upstream_port = await start_upstream(upstream)
+    status_port = free_port()
+    port = serve(upstream_port, f"max_connections: 2, status_listen: 127.0.0.1:{status_port}")
+    busy = [asyncio.create_task(status_of(port, "/open/slow")) for _ in range(2)]
+    try:
+        await slow.wait_entered(2)
+        assert await status_of(port, "/healthz") == 503  # the client listener is full
+        # The status listener has connections of its own: the probes still answer.
+        assert await status_of(status_port, "/healthz") == 200
+        assert await status_of(status_port, "/readyz") == 200
+        # Nothing is routed there: an upstream route is a 404, and never reaches it.
+        assert await status_of(status_port, "/open/slow") == 404
+        assert slow.entered.empty()
+        slow.release.set()
+        assert await asyncio.gather(*busy) == [200, 200]
+    finally:
+        slow.release.set()
+
+
 async def test_a_local_body_that_stalls_gets_408_and_the_connection_closes(
     upstream: MakeUpstream, serve: Serve
 ) -> None:

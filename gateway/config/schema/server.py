@@ -126,3 +126,10 @@ class ServerConfig:
     body_timeout: float = doc(
         "how long a local endpoint waits for a whole body; then 408", default=30.0, above=0
     )
+    # Kong's status_listen, Envoy's admin port: probes that never queue behind client traffic
+    status_listen: tuple[str, int] | None = doc(
+        "HOST:PORT of a plain-HTTP listener serving /healthz and /readyz only, "
+        "outside max_connections; absent: none",
+        default=None,
+        kind="HOST:PORT",
+    )
