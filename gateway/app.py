@@ -83,7 +83,7 @@ def build_app(
     # aiohttp would answer `Expect: 100-continue` before any stage runs; the
     # gateway answers it in dispatch, once the chain has let the request through.
     app.router.add_route(
-        "*", "/{tail:.*}", dispatcher(registry, stores), expect_handler=defer_expect
+        "*", "/{tail:.*}", dispatcher(registry, stores, holder), expect_handler=defer_expect
     )
     app.on_response_prepare.append(stamp_headers(stores))
 

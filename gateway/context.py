@@ -35,6 +35,12 @@ class Outcome(StrEnum):
     UPSTREAM_INVALID = "upstream_invalid"  # the upstream's answer was not valid HTTP
     UPSTREAM_TIMEOUT = "upstream_timeout"  # the upstream's timeout passed
     UPSTREAM_RESET = "upstream_reset"  # the upstream's connection was lost mid-exchange
+    # a WebSocket the gateway closed (README "WebSockets"): 1008 when its caller failed
+    # a new judgement (expired, revoked, deactivated, role); 1001 idle, too old, draining
+    WS_POLICY = "websocket_policy_close"
+    WS_IDLE = "websocket_idle"
+    WS_MAX_DURATION = "websocket_max_duration"
+    WS_DRAINING = "draining"
 
 
 @dataclass(slots=True)
@@ -58,6 +64,7 @@ class RequestContext:
     outcome: Outcome = Outcome.NONE  # why a response ended early, if it did
     client_ip: str = ""  # right-most address not in server.trusted_proxies
     user: Principal | None = None  # set by the authentication stage
+    upgrade: bool = False  # a WebSocket upgrade its route takes (websocket: true)
     # RateLimit-* headers for this response, set by the rate-limit stage (or the
     # token quota) and stamped on whatever response goes out (local, proxied or a problem)
     rate_headers: tuple[tuple[str, str], ...] = ()

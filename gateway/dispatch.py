@@ -18,10 +18,13 @@ from gateway.config.schema.server import ServerConfig
 from gateway.context import CTX
 from gateway.handlers.jsonio import accepts_json
 from gateway.middleware import Handler
+from gateway.pipeline.admission import Admission
 from gateway.problems import GatewayError
 from gateway.proxy.exchange import WebOutgoing
 from gateway.proxy.forward import forward
 from gateway.proxy.models import forward_model
+from gateway.proxy.websocket import proxy_websocket
+from gateway.runtime import RuntimeHolder
 from gateway.server.lean import CONTINUE, continue_wanted
 from gateway.server.protocol import close_after_response
 from gateway.state.stores import Stores
@@ -56,8 +59,16 @@ async def answer_expect(request: web.Request, expect: str, server: ServerConfig)
     close_after_response(request, close=False)  # the body is coming: keep-alive again
 
 
-def dispatcher(handlers: Mapping[str, Handler], stores: Stores) -> Handler:
-    """The innermost handler; `stores` gives the model path its token quotas."""
+def dispatcher(handlers: Mapping[str, Handler], stores: Stores, holder: RuntimeHolder) -> Handler:
+    """The innermost handler; `stores` gives the model path its token quotas, and open
+    WebSockets their callers' judges; `holder` says when the gateway drains."""
+
+    admission = Admission(stores)
+
+    def websockets_open(change: int) -> None:
+        metrics = stores.metrics  # bound at start-up, after the chain was built
+        if metrics is not None:
+            metrics.websockets_open.inc(change)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         ctx = request[CTX]
@@ -81,6 +92,18 @@ def dispatcher(handlers: Mapping[str, Handler], stores: Stores) -> Handler:
         expect = request.headers.get(hdrs.EXPECT)
         if expect is not None:
             await answer_expect(request, expect, runtime.config.server)
+        if ctx.upgrade and route.upstream is not None:
+            # A WebSocket (websocket: true): the tunnel lives until either side closes it.
+            return await proxy_websocket(
+                request,
+                ctx,
+                route,
+                runtime.pools[route.upstream],
+                runtime.config.server,
+                admission.recheck,
+                websockets_open,
+                lambda: holder.draining,
+            )
         if route.model is not None or route.upstream is not None:
             # Served here when the app runs on aiohttp's own server; the gateway's
             # listener serves upstream routes on its lean path (gateway/server/lean.py).

@@ -22,6 +22,7 @@ from typing import Protocol
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -110,6 +111,11 @@ class Metrics:
             "gateway_rate_limited",
             "Requests refused with 429 by a rate limit, by route pattern",
             ("route",),
+            registry=self.registry,
+        )
+        self.websockets_open = Gauge(
+            "gateway_websockets_open",
+            "WebSocket connections open through the gateway (proxied after a 101)",
             registry=self.registry,
         )
         self.registry.register(_AuditCollector(audit))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from gateway.config.auth_section import parse_roles
-from gateway.config.bounded import integer_within
+from gateway.config.bounded import integer_within, read_duration
 from gateway.config.schema.fields import key_doc
 from gateway.config.schema.routes import RateLimitConfig, Route
 from gateway.config.units import Rate, parse_duration, parse_rate
@@ -23,6 +23,8 @@ _PARAM_NAME = re.compile(r"\{[^/{}]+\}")
 _HEADER = re.compile(r"^[A-Za-z0-9-]+$")
 _OFF = frozenset({"off", "none"})  # rate_limit values that turn a limit off
 _NO_ROLES: tuple[str, ...] = ()  # roles: absent, any valid token will do
+# The defaults of the keys read with read_duration (index, path: placeholders)
+_ROUTE_DEFAULTS = Route(index=-1, path="/", methods=None)
 
 
 def parse_route(
@@ -48,8 +50,12 @@ def parse_route(
     upstream = sec.field("upstream", Value.text, None)
     strip = sec.field("strip_prefix", lambda v: v.convert_text(_strip_prefix), None)
     common = route_common(sec, problems, role_refs)
+    websocket = sec.field("websocket", Value.boolean, False)
+    idle = read_duration(sec, _ROUTE_DEFAULTS, "websocket_idle_timeout")
+    longest = read_duration(sec, _ROUTE_DEFAULTS, "websocket_max_duration")
     sec.check_unknown(
-        "path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit, retry_after_send"
+        "path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit, "
+        "retry_after_send, websocket, websocket_idle_timeout, websocket_max_duration"
     )
     where = f"{value.key}"
     ok = True
@@ -74,6 +80,13 @@ def parse_route(
             sec.get("retry_after_send"), f"{where}.retry_after_send: only applies to upstreams"
         )
         ok = False
+    if websocket and handler is not None:
+        sec.report(sec.get("websocket"), f"{where}.websocket: only applies to upstreams")
+        ok = False
+    for key in ("websocket_idle_timeout", "websocket_max_duration"):
+        if not websocket and sec.get(key) is not None:
+            sec.report(sec.get(key), f"{where}.{key}: only applies with websocket: true")
+            ok = False
     if strip is not None and path is not None and not _is_segment_prefix(strip, path):
         sec.report(
             sec.get("strip_prefix"),
@@ -89,6 +102,9 @@ def parse_route(
         upstream=upstream,
         strip_prefix=strip,
         source=f"{value.file}:{value.line}",
+        websocket=websocket,
+        websocket_idle_timeout=idle,
+        websocket_max_duration=longest,
         **common,  # type: ignore[arg-type]
     )
 

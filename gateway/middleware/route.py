@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.context import CTX
 from gateway.middleware import Handler, Middleware
 from gateway.pipeline.forwarded import client_ip
-from gateway.pipeline.route import find_route, normalise
+from gateway.pipeline.route import find_route, normalise, upgrade_decision
 from gateway.pipeline.verdict import Deny
 from gateway.runtime import RuntimeHolder
 
@@ -49,6 +49,10 @@ def route(cfg: RouteStageConfig) -> Middleware:
             raise found.error()
         ctx.route = found.route
         ctx.params = found.params
+        upgrade = upgrade_decision(found.route, request.method, request.headers)
+        if isinstance(upgrade, Deny):
+            raise upgrade.error()
+        ctx.upgrade = upgrade
         # Counted from here (no await since it was pinned, so no reload came between)
         # until it ends: a retired config's pools close once its count is back to 0.
         occupancy = runtime.occupancy

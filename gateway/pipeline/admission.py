@@ -12,7 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.pipeline import policy, rate_limit
-from gateway.pipeline.authentication import MISSING_TOKEN, Authenticator, bearer_token
+from gateway.pipeline.authentication import (
+    MISSING_TOKEN,
+    TOKEN_EXPIRED,
+    TOKEN_REVOKED,
+    USER_INACTIVE,
+    Authenticator,
+    bearer_token,
+    query_token,
+)
 from gateway.pipeline.verdict import Deny
 
 if TYPE_CHECKING:
@@ -35,6 +43,8 @@ class Admission:
         if route is None or route.auth == "none":
             return
         token = bearer_token(ctx.headers.get("Authorization"))
+        if token is None and ctx.upgrade:
+            token = query_token(ctx.query)  # a browser's WebSocket cannot send headers
         if token is None:
             raise MISSING_TOKEN.error()
         runtime = ctx.runtime
@@ -78,6 +88,25 @@ class Admission:
             if metrics is not None:
                 metrics.rate_limited(route.path)
             raise verdict.error()
+
+    async def recheck(self, ctx: RequestContext, now: float) -> Deny | None:
+        """The caller of an open connection (a WebSocket) judged again, `now` in epoch
+        seconds: its token expired or was revoked, its user deactivated, or its role no
+        longer passes the route. None: it may stay."""
+        user, route, runtime = ctx.user, ctx.route, ctx.runtime
+        if user is None or route is None or runtime is None:
+            return None  # auth: none: nobody to judge
+        if now >= user.exp:
+            return TOKEN_EXPIRED
+        revoked, state = await self._stores.identity.check(user.jti, user.id)
+        if state is None or not state.active:
+            return USER_INACTIVE
+        if revoked:
+            return TOKEN_REVOKED
+        verdict = policy.decide(
+            state.role, runtime.allowed.get(route.index), route.path, route.roles
+        )
+        return verdict if isinstance(verdict, Deny) else None
 
     async def admit(self, ctx: RequestContext) -> None:
         """All three, in order: refused callers never spend anyone's rate limit."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
 
 from gateway.pipeline.rate_limit import bucket
 from gateway.pipeline.verdict import Deny, Principal, RequestView
 from gateway.problems import GatewayError
-from gateway.security.tokens import Claims, TokenError
+from gateway.security.tokens import EXPIRED, Claims, TokenError
 
 if TYPE_CHECKING:
     from gateway.config.schema.routes import Route
@@ -33,6 +34,8 @@ MISSING_TOKEN = Deny.of(
 USER_INACTIVE = Deny.of(
     GatewayError.unauthorized("user_inactive", "the account is deactivated", True)
 )
+ACCESS_TOKEN = "access_token"  # noqa: S105  # the query parameter's name, not a secret
+TOKEN_EXPIRED = Deny.of(GatewayError.unauthorized(*EXPIRED, True))
 TOKEN_REVOKED = Deny.of(GatewayError.unauthorized("token_revoked", "the token was revoked", True))
 
 
@@ -43,6 +46,23 @@ def bearer_token(header: str | None) -> str | None:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def query_token(query: str) -> str | None:
+    """The `access_token` query parameter (RFC 6750 §2.3), which the gateway accepts on
+    WebSocket upgrades only: browsers cannot set headers on one (README "WebSockets")."""
+    for pair in query.split("&"):
+        name, sep, value = pair.partition("=")
+        if sep and name == ACCESS_TOKEN:
+            return unquote_plus(value) or None
+    return None
+
+
+def without_query_token(query: str) -> str:
+    """`query` without its `access_token` parameters, the rest as the client sent it."""
+    if ACCESS_TOKEN not in query:
+        return query
+    return "&".join(p for p in query.split("&") if p.partition("=")[0] != ACCESS_TOKEN)
 
 
 def verify(verifier: TokenVerifier, token: str) -> Claims | Deny:

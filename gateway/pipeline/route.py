@@ -1,4 +1,5 @@
-"""The route decision: normalise the path and find its route (400 bad_path, 404, 405).
+"""The route decision: normalise the path and find its route (400 bad_path, 404, 405),
+and whether it takes a WebSocket upgrade (400 upgrade_not_allowed).
 
 Built-in endpoints (/healthz, /metrics, ...) come first, whatever routes.yaml
 says; then the compiled route table's first match (gateway/routing.py).
@@ -6,6 +7,7 @@ says; then the compiled route table's first match (gateway/routing.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gateway.pipeline.verdict import Deny
@@ -13,7 +15,22 @@ from gateway.problems import GatewayError
 from gateway.routing import NO_PARAMS, RouteMatch, request_path
 
 if TYPE_CHECKING:
+    from gateway.config.schema.routes import Route
     from gateway.runtime import Runtime
+
+UPGRADE_NOT_ALLOWED = Deny.of(
+    GatewayError.bad_request(
+        "this route does not take WebSocket upgrades (no websocket: true)",
+        code="upgrade_not_allowed",
+    )
+)
+BAD_HANDSHAKE = Deny.of(
+    GatewayError.bad_request(
+        "a WebSocket upgrade is a GET with Connection: Upgrade and Upgrade: websocket "
+        "(RFC 6455 section 4.1)",
+        code="upgrade_not_allowed",
+    )
+)
 
 
 def normalise(raw_path: str) -> str | Deny:
@@ -36,3 +53,23 @@ def find_route(runtime: Runtime, method: str, path: str) -> RouteMatch | Deny:
         return runtime.table.match(method, path)
     except GatewayError as error:  # 404 no_route or 405 method_not_allowed
         return Deny.of(error)
+
+
+def asks_websocket(headers: Mapping[str, str]) -> bool:
+    """Whether the request asks to switch to WebSocket (its Upgrade names websocket)."""
+    upgrade = headers.get("Upgrade")
+    return upgrade is not None and "websocket" in upgrade.lower()
+
+
+def upgrade_decision(route: Route, method: str, headers: Mapping[str, str]) -> bool | Deny:
+    """Whether the request is a WebSocket upgrade its route takes (True), a plain request
+    (False), or a 400. An upgrade is a GET whose Connection names `upgrade` (RFC 9110
+    §7.8): only then does the HTTP parser leave the bytes after the head to the tunnel."""
+    if not asks_websocket(headers):
+        return False
+    if not route.websocket:
+        return UPGRADE_NOT_ALLOWED
+    connection = headers.get("Connection", "")
+    if method != "GET" or "upgrade" not in (t.strip().lower() for t in connection.split(",")):
+        return BAD_HANDSHAKE
+    return True

@@ -52,6 +52,10 @@ class Claims:
     exp: int
 
 
+# (code, detail) of a token past its exp, also for an open WebSocket's (README "WebSockets")
+EXPIRED: tuple[TokenErrorCode, str] = ("token_expired", "the token has expired")
+
+
 class TokenError(Exception):
     """A token that must not be accepted; `code` is stable, `detail` is for people."""
 
@@ -202,7 +206,7 @@ class TokenVerifier:
         exp = _numeric_date(payload, "exp")
         iat = _numeric_date(payload, "iat")
         if exp <= now - self._leeway:
-            raise TokenError("token_expired", "the token has expired")
+            raise TokenError(*EXPIRED)
         if iat > now + self._leeway:
             raise TokenError("token_not_yet_valid", "the token's iat is in the future")
         if "nbf" in payload and _numeric_date(payload, "nbf") > now + self._leeway:

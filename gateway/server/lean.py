@@ -99,9 +99,9 @@ class LeanPath:
         writer: StreamWriter,
     ) -> LeanRequest | None:
         """A `LeanRequest` for a head whose route is an upstream's; None: aiohttp.web's."""
-        if message.upgrade:
-            return None  # a protocol switch: not a plain exchange
         headers = message.headers
+        if message.upgrade or "Upgrade" in headers:
+            return None  # a protocol switch (or a refused one): the chain judges it
         method = message.method
         if method == "OPTIONS" and "Access-Control-Request-Method" in headers:
             return None  # a CORS preflight, answered by the chain's cors stage

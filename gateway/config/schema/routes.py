@@ -60,6 +60,20 @@ class Route:
         "resend a bodiless idempotent request whose connection broke after sending",
         default=False,
     )
+    websocket: bool = doc(
+        "proxy WebSocket upgrades (RFC 6455) to the upstream; off: an upgrade is a 400",
+        default=False,
+    )
+    websocket_idle_timeout: float = doc(
+        "a WebSocket with no frame either way this long is closed (1001)",
+        default=300.0,
+        above=0,
+    )
+    websocket_max_duration: float = doc(
+        "a WebSocket open this long is closed (1001); the client reconnects",
+        default=86400.0,
+        above=0,
+    )
     source: str = doc("FILE:LINE of the entry, for messages", default="", key=None)
 
     @property
