@@ -6,7 +6,9 @@ sentence ending with the last message's content), as one JSON body or, with
 milliseconds apart, then `data: [DONE]`. `GET /v1/models` lists the one model
 named by `--name` (every response carries that name, whatever the request's
 `model` says: it is how the gateway's `X-Gateway-Model` is checked), and
-`GET /health` answers ok. It is not a model and must never be deployed as one.
+`GET /health` answers ok. `GET /v1/live` is a WebSocket that answers each text
+message with the same canned reply, a word per frame (README "WebSockets").
+It is not a model and must never be deployed as one.
 
 Usage is reported the way OpenAI does: `prompt_tokens` is a quarter of the
 messages' JSON size (at least 1), `completion_tokens` the number of words sent,
@@ -288,6 +290,22 @@ async def health(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok", "demo": True})
 
 
+async def live(request: web.Request) -> web.StreamResponse:
+    """GET /v1/live: a WebSocket chat. Each text message is answered with the canned
+    reply, one word per text frame, then `{"done": true}`; a binary message is echoed."""
+    sock = web.WebSocketResponse(heartbeat=None)
+    await sock.prepare(request)
+    async for message in sock:
+        if message.type == web.WSMsgType.TEXT:
+            for word in _completion_words([{"content": message.data}]):
+                await sock.send_str(word + " ")
+                await asyncio.sleep(0.01)
+            await sock.send_json({"done": True, "model": request.app[NAME]})
+        elif message.type == web.WSMsgType.BINARY:
+            await sock.send_bytes(message.data)
+    return sock
+
+
 NAME = web.AppKey("demo.model_name", str)
 # switch → value used when a request gives none (the query and headers win)
 DEFAULTS = web.AppKey("demo.defaults", dict[str, str])
@@ -309,6 +327,7 @@ def build_demo_app(
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
+    app.router.add_get("/v1/live", live)
     return app
 
 

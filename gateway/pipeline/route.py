@@ -26,8 +26,7 @@ UPGRADE_NOT_ALLOWED = Deny.of(
 )
 BAD_HANDSHAKE = Deny.of(
     GatewayError.bad_request(
-        "a WebSocket upgrade is a GET with Connection: Upgrade and Upgrade: websocket "
-        "(RFC 6455 section 4.1)",
+        "a WebSocket upgrade is a GET (RFC 6455 section 4.1)",
         code="upgrade_not_allowed",
     )
 )
@@ -56,20 +55,24 @@ def find_route(runtime: Runtime, method: str, path: str) -> RouteMatch | Deny:
 
 
 def asks_websocket(headers: Mapping[str, str]) -> bool:
-    """Whether the request asks to switch to WebSocket (its Upgrade names websocket)."""
+    """Whether the request asks to switch to WebSocket: its Upgrade names websocket and its
+    Connection names upgrade (RFC 9110 §7.8: an Upgrade not listed there is ignored, and
+    dropped as any hop-by-hop header)."""
     upgrade = headers.get("Upgrade")
-    return upgrade is not None and "websocket" in upgrade.lower()
+    if upgrade is None or "websocket" not in upgrade.lower():
+        return False
+    connection = headers.get("Connection", "")
+    return "upgrade" in (token.strip().lower() for token in connection.split(","))
 
 
 def upgrade_decision(route: Route, method: str, headers: Mapping[str, str]) -> bool | Deny:
     """Whether the request is a WebSocket upgrade its route takes (True), a plain request
-    (False), or a 400. An upgrade is a GET whose Connection names `upgrade` (RFC 9110
-    §7.8): only then does the HTTP parser leave the bytes after the head to the tunnel."""
+    (False), or a 400: an upgrade on a route without `websocket: true`, or not a GET
+    (RFC 6455 §4.1)."""
     if not asks_websocket(headers):
         return False
     if not route.websocket:
         return UPGRADE_NOT_ALLOWED
-    connection = headers.get("Connection", "")
-    if method != "GET" or "upgrade" not in (t.strip().lower() for t in connection.split(",")):
+    if method != "GET":
         return BAD_HANDSHAKE
     return True

@@ -100,7 +100,7 @@ class LeanPath:
     ) -> LeanRequest | None:
         """A `LeanRequest` for a head whose route is an upstream's; None: aiohttp.web's."""
         headers = message.headers
-        if message.upgrade or "Upgrade" in headers:
+        if message.upgrade:
             return None  # a protocol switch (or a refused one): the chain judges it
         method = message.method
         if method == "OPTIONS" and "Access-Control-Request-Method" in headers:

@@ -405,8 +405,38 @@ def test_unknown_key_in_route(write_config: WriteConfig) -> None:
     assert only_problem(path) == (
         6,
         "routes[0].strip: unknown key (known keys: path, methods, handler, upstream, "
-        "strip_prefix, auth, roles, rate_limit, retry_after_send)",
+        "strip_prefix, auth, roles, rate_limit, retry_after_send, websocket, "
+        "websocket_idle_timeout, websocket_max_duration)",
     )
+
+
+def test_websocket_keys_apply_to_upstream_routes_only(write_config: WriteConfig) -> None:
+    route = load(
+        write_config(
+            with_upstream(
+                """\
+                routes:
+                  - {path: /live/**, upstream: up, websocket: true, websocket_idle_timeout: 1m}
+                """
+            )
+        )
+    ).routes[0]
+    assert (route.websocket, route.websocket_idle_timeout) == (True, 60.0)
+    assert route.websocket_max_duration == 86400.0
+    assert problems(
+        write_config(
+            with_upstream(
+                """\
+                routes:
+                  - {path: /a, handler: users, websocket: true}
+                  - {path: /b, upstream: up, websocket_idle_timeout: 1m}
+                """
+            )
+        )
+    ) == [
+        (4, "routes[0].websocket: only applies to upstreams"),
+        (5, "routes[1].websocket_idle_timeout: only applies with websocket: true"),
+    ]
 
 
 def test_unknown_key_in_model(write_config: WriteConfig) -> None:

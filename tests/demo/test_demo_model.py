@@ -280,3 +280,18 @@ async def test_models_and_health(client: Client) -> None:
     listing = await (await client.get("/v1/models")).json()
     assert listing["data"] == [{"id": "demo-x", "object": "model"}]
     assert await (await client.get("/health")).json() == {"status": "ok", "demo": True}
+
+
+async def test_the_live_websocket_answers_word_by_word_and_echoes_binary(client: Client) -> None:
+    async with client.ws_connect("/v1/live") as sock:
+        await sock.send_str("hello")
+        words = []
+        while True:
+            message = await sock.receive(timeout=10)
+            if message.type == aiohttp.WSMsgType.TEXT and message.data.startswith("{"):
+                assert orjson.loads(message.data) == {"done": True, "model": "demo-x"}
+                break
+            words.append(message.data)
+        assert "".join(words).strip() == REPLY + "hello"
+        await sock.send_bytes(b"\x00\x01")
+        assert (await sock.receive(timeout=10)).data == b"\x00\x01"

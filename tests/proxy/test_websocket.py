@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
@@ -16,8 +17,9 @@ from sqlalchemy import select
 from gateway.proxy.websocket import Frames, close_frame
 from gateway.services import SERVICES
 from models import AuditLog
-from tests.conftest import MakeGateway, MakeUpstream
+from tests.conftest import MakeGateway, MakeUpstream, WriteConfig
 from tests.identity import bearer, identity_config, login, make_user
+from tests.processes import free_port, start_gateway, stop
 
 Client = TestClient[web.Request, web.Application]
 WAIT = 10.0  # seconds a test waits for a frame at most (the gateway closes within 5 s)
@@ -268,6 +270,60 @@ async def test_an_idle_websocket_is_closed_with_1001(
     token = await user_token(client)
     async with client.ws_connect("/live/ws", headers=bearer(token)) as sock:
         assert await closed_with(sock) == 1001
+
+
+async def test_a_logout_on_one_instance_closes_the_websocket_on_another(
+    gateway: MakeGateway,
+    up_server: TestServer,
+    policies: Path,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    assert up_server.port is not None
+    text = config(up_server.port)
+    a = await gateway(text, redis_url=redis_url, redis_prefix=redis_prefix)
+    b = await gateway(text, redis_url=redis_url, redis_prefix=redis_prefix)
+    token = await user_token(a)  # one database, one Redis: both instances know the user
+    async with b.ws_connect("/live/ws", headers=bearer(token)) as sock:
+        await sock.send_str("on b")
+        assert (await sock.receive()).data == "on b"
+        resp = await a.post("/auth/logout", headers=bearer(token), json={})
+        assert resp.status in (200, 204)
+        assert await closed_with(sock) == 1008
+
+
+async def test_a_ten_mib_message_passes_with_flat_memory(
+    write_config: WriteConfig, up_server: TestServer, tmp_path: Path
+) -> None:
+    assert up_server.port is not None
+    port = free_port()
+    path = write_config(
+        f"""
+        upstreams:
+          echo: {{targets: ["http://127.0.0.1:{up_server.port}"]}}
+        routes:
+          - {{path: /live/**, upstream: echo, strip_prefix: /live, websocket: true, auth: none}}
+        """
+    )
+    process = start_gateway(path, port, tmp_path / "gateway.log")
+    try:
+        gateway_rss = psutil.Process(process.pid).memory_info
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{port}/live/ws", max_msg_size=0) as sock,
+        ):
+            await sock.send_bytes(b"w" * 65536)  # warm: every buffer on the way made once
+            assert len((await sock.receive()).data) == 65536
+            before = gateway_rss().rss
+            message = bytes(range(256)) * (10 * 4096)  # 10 MiB
+            await sock.send_bytes(message)
+            echoed = await sock.receive(timeout=60)
+            after = gateway_rss().rss
+            assert echoed.data == message
+        # A proxy that held the message whole would grow by 10 MiB at least, twice.
+        assert after - before < 4 * 2**20, (before, after)
+    finally:
+        stop(process)
 
 
 # --- the record of a connection -----------------------------------------------------
