@@ -91,6 +91,15 @@ async def limited(
         yield chunk
 
 
+def no_healthy_target(pool: UpstreamPool) -> GatewayError:
+    """503 when every target of the pool is ejected or failing its health checks."""
+    return GatewayError.unavailable(
+        f"upstream {pool.config.name} has no healthy target",
+        code="no_healthy_upstream",
+        retry_after=pool.balancer.retry_after(),
+    )
+
+
 def upstream_path(ctx: RequestContext, route: Route) -> str:
     """The normalised path after strip_prefix, which always leaves at least `/`."""
     path = ctx.path
@@ -202,12 +211,7 @@ async def attempts(
     balancer.budget.request()
     attempt = pool.pick()
     if attempt is None:
-        # Every target is ejected or failing its health checks.
-        error = GatewayError.unavailable(
-            f"upstream {upstream.name} has no healthy target",
-            code="no_healthy_upstream",
-            retry_after=balancer.retry_after(),
-        )
+        error = no_healthy_target(pool)
         if fallback is not None and fallback.possible():
             raise FellThrough(error)
         raise error

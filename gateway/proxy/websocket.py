@@ -43,7 +43,7 @@ from gateway.context import Outcome, RequestContext
 from gateway.pipeline.authentication import without_query_token
 from gateway.pipeline.verdict import Deny
 from gateway.problems import GatewayError
-from gateway.proxy.forward import request_headers, upstream_path
+from gateway.proxy.forward import no_healthy_target, request_headers, upstream_path
 from gateway.proxy.headers import downstream_response_headers
 
 if TYPE_CHECKING:
@@ -309,11 +309,7 @@ async def proxy_websocket(
     upstream = pool.config
     attempt = pool.pick()
     if attempt is None:
-        raise GatewayError.unavailable(
-            f"upstream {upstream.name} has no healthy target",
-            code="upstream_unavailable",
-            retry_after=pool.balancer.retry_after(),
-        )
+        raise no_healthy_target(pool)
     target = pool.bases[attempt.target.index] + upstream_path(ctx, route)
     query = without_query_token(ctx.query)
     if query:

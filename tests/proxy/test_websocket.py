@@ -4,6 +4,7 @@ aiohttp WebSocket upstream, a real aiohttp WebSocket client (README "WebSockets"
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,21 @@ async def test_logout_closes_an_open_websocket_with_1008(client: Client) -> None
         assert await closed_with(sock) == 1008
 
 
+async def test_a_reused_refresh_token_closes_the_websockets_of_its_family(
+    client: Client,
+) -> None:
+    await make_user(client, "eve")
+    first = await login(client, "eve")
+    async with client.ws_connect("/live/ws", headers=bearer(first["access_token"])) as sock:
+        spent = await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert spent.status == 200
+        await sock.send_str("still open")  # a rotation alone revokes nothing
+        assert (await sock.receive()).data == "still open"
+        replay = await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert replay.status == 401  # a replay: the family and its access tokens revoked
+        assert await closed_with(sock) == 1008
+
+
 async def test_deactivation_and_a_role_change_close_with_1008(
     client: Client, root: dict[str, str]
 ) -> None:
@@ -322,6 +338,36 @@ async def test_a_ten_mib_message_passes_with_flat_memory(
             assert echoed.data == message
         # A proxy that held the message whole would grow by 10 MiB at least, twice.
         assert after - before < 4 * 2**20, (before, after)
+    finally:
+        stop(process)
+
+
+async def test_sigterm_closes_open_websockets_with_1001_and_the_gateway_exits(
+    write_config: WriteConfig, up_server: TestServer, tmp_path: Path
+) -> None:
+    assert up_server.port is not None
+    port = free_port()
+    path = write_config(
+        f"""
+        server: {{shutdown_grace: 30s}}
+        upstreams:
+          echo: {{targets: ["http://127.0.0.1:{up_server.port}"]}}
+        routes:
+          - {{path: /live/**, upstream: echo, strip_prefix: /live, websocket: true, auth: none}}
+        """
+    )
+    process = start_gateway(path, port, tmp_path / "gateway.log")
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{port}/live/ws") as sock,
+        ):
+            await sock.send_str("up")
+            assert (await sock.receive()).data == "up"
+            process.send_signal(signal.SIGTERM)
+            assert await closed_with(sock) == 1001
+        # Well within the 30 s grace: the tunnel did not hold the shutdown up.
+        assert await asyncio.to_thread(process.wait, WAIT) == 0
     finally:
         stop(process)
 
