@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from gateway.audit.access import AccessLog
 from gateway.config.schema.top import Config
 from gateway.dispatch import defer_expect, dispatcher
 from gateway.handlers.registry import BUILTIN, ROUTABLE
@@ -101,7 +102,14 @@ def build_app(
             services.metrics,
             services.audit,
         )
+        target = config.server.access_log  # read at start (a reload warns it needs a restart)
+        if target != "off":
+            stores.access = AccessLog(1 if target == "stdout" else 2)
+            services.metrics.watch_access_log(stores.access)
         yield
+        if stores.access is not None:
+            stores.access.close()
+            stores.access = None
         await services.close()
 
     async def reload_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -85,6 +85,23 @@ class _AuditCollector:
         )
 
 
+class DroppedLines(Protocol):
+    @property
+    def dropped(self) -> int: ...
+
+
+class _AccessLogCollector:
+    def __init__(self, access: DroppedLines) -> None:
+        self._access = access
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "gateway_access_log_dropped",
+            "Access log lines dropped because the stream's reader fell too far behind",
+            value=self._access.dropped,
+        )
+
+
 class Metrics:
     def __init__(self, audit: AuditState) -> None:
         self.registry = CollectorRegistry()
@@ -122,6 +139,10 @@ class Metrics:
         # Children by label values: one dict lookup per request instead of labels().
         self._request_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
+
+    def watch_access_log(self, access: DroppedLines) -> None:
+        """Export the access log's dropped lines (one access log per process)."""
+        self.registry.register(_AccessLogCollector(access))
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """One answered request: `route` is the route pattern (or NO_ROUTE)."""

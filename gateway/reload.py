@@ -84,6 +84,7 @@ def needs_restart(old: Config, new: Config) -> list[str]:
         "server.listen": (old.server.host, old.server.port) != (new.server.host, new.server.port),
         "server.tls": old.server.tls != new.server.tls,
         "server.status_listen": old.server.status_listen != new.server.status_listen,
+        "server.access_log": old.server.access_log != new.server.access_log,
         "server.shutdown_grace": old.server.shutdown_grace != new.server.shutdown_grace,
         "server.redis_failure": old.server.redis_failure != new.server.redis_failure,
         "auth.login_failures": old.auth.login_failures != new.auth.login_failures,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from gateway.audit.access import access_line
 from gateway.audit.journal import INTERRUPTED
 from gateway.audit.rows import AuditRow, audit_row, report_row
 from gateway.context import RequestContext
@@ -90,6 +91,10 @@ def record(
     final = row(arrival, ctx, status, bytes_out, reason, journal_id)
     writer.submit(final)
     route = ctx.route
+    access = stores.access
+    if access is not None:
+        model = ctx.model or (route.model if route is not None else None)
+        access.write(access_line(final, model, None))
     report = None
     if model_call and route is not None and route.model is not None:
         # Charged to the model that answered, with the number of models called.

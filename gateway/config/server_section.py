@@ -21,6 +21,7 @@ from gateway.config.schema.database import (
 from gateway.config.schema.fields import key_doc
 from gateway.config.schema.server import (
     DEFAULT_HSTS,
+    AccessLogTarget,
     CorsConfig,
     IPNetwork,
     RedisFailure,
@@ -57,10 +58,12 @@ def parse_server(top: Section, base_dir: Path) -> ServerConfig:
         max_connections=read_whole(sec, default, "max_connections"),
         body_timeout=read_duration(sec, default, "body_timeout"),
         status_listen=sec.field("status_listen", parse_listen, None),
+        access_log=sec.field("access_log", _access_log, default.access_log),
     )
     sec.check_unknown(
         "listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors, "
-        "header_timeout, keepalive_timeout, max_connections, body_timeout, status_listen"
+        "header_timeout, keepalive_timeout, max_connections, body_timeout, status_listen, "
+        "access_log"
     )
     _distinct_ports(sec, server)
     return server
@@ -167,6 +170,16 @@ def _failure_mode(value: Value) -> RedisFailure:
     if text in modes:
         return cast(RedisFailure, text)
     raise Invalid(f"{value.key}: must be {' or '.join(modes)}, not {text!r}")
+
+
+def _access_log(value: Value) -> AccessLogTarget:
+    if value.scalar() is False:
+        return "off"  # YAML 1.1 reads a bare `off` as false
+    text = value.text()
+    targets = key_doc(ServerConfig, "access_log").choices
+    if text in targets:
+        return cast(AccessLogTarget, text)
+    raise Invalid(f"{value.key}: must be {', '.join(targets)}, not {text!r}")
 
 
 def parse_listen(value: Value) -> tuple[str, int]:

@@ -12,6 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.context import CTX, RequestContext
+from gateway.logs import current_request
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.audit import journal_prepared
 from gateway.runtime import HOLDER, Runtime
@@ -78,7 +79,11 @@ def request_id(cfg: RequestIdConfig) -> Middleware:
         sent = request.headers.get(header)
         rid = sent if sent is not None and sane_request_id(sent) else new_request_id()
         request[CTX] = RequestContext(rid, time.monotonic(), request.method, request.headers)
-        return await handler(request)
+        logged = current_request.set(rid)  # on every log line meanwhile (gateway/logs.py)
+        try:
+            return await handler(request)
+        finally:
+            current_request.reset(logged)
 
     return request_id_stage
 

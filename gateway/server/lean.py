@@ -39,6 +39,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.audit.record import Arrival, prepared, record, record_error
 from gateway.config.schema.server import ServerConfig
 from gateway.context import Outcome, RequestContext
+from gateway.logs import current_request
 from gateway.middleware.cors import cors_headers
 from gateway.middleware.errors import DENIALS, log_denial, log_unhandled
 from gateway.middleware.request_id import (
@@ -210,9 +211,11 @@ class LeanRequest:
         # Counted until it ends: a retired config's pools close once its count is 0.
         occupancy = runtime.occupancy
         occupancy.in_flight += 1
+        logged = current_request.set(ctx.request_id)  # on every log line meanwhile
         try:
             return await self._serve()
         finally:
+            current_request.reset(logged)
             occupancy.in_flight -= 1
             if occupancy.retired and not occupancy.in_flight:
                 self.lean.holder.drained(runtime)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import resource
 import signal
 from pathlib import Path
@@ -144,7 +143,6 @@ async def serve(
             "routes": len(config.routes),
             "upstreams": len(config.upstreams),
             "config": str(config.path),
-            "pid": os.getpid(),
         },
     )
 

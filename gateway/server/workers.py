@@ -27,6 +27,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from gateway.config.schema.top import Config
+from gateway.logs import WORKER_ENV
 
 log = logging.getLogger("gateway.workers")
 
@@ -123,13 +124,15 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)  # the loop forwards it; a handler does no more
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+    def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        """Worker `slot` (its log lines say `worker: slot + 1`, gateway/logs.py)."""
+        env = {**os.environ, WORKER_ENV: str(slot + 1)}
+        return subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=env)
 
     def run(self) -> int:
         previous = {signum: signal.signal(signum, self._on_signal) for signum in FORWARDED}
         try:
-            self.procs = [self._spawn() for _ in range(self.count)]
+            self.procs = [self._spawn(slot) for slot in range(self.count)]
             log.info("workers started", extra={"pids": [p.pid for p in self.procs]})
             while not self._step():
                 time.sleep(POLL_INTERVAL)
@@ -175,16 +178,16 @@ class Supervisor:
         if len(recent) >= RESTART_LIMIT:
             log.error(
                 "worker keeps dying; stopping every worker",
-                extra={"pid": proc.pid, "cause": cause, "restarts": len(recent)},
+                extra={"worker_pid": proc.pid, "cause": cause, "restarts": len(recent)},
             )
             self.failed = True
             self.signals.append(signal.SIGTERM)
             return
         recent.append(now)
-        self.procs[slot] = self._spawn()
+        self.procs[slot] = self._spawn(slot)
         log.error(
             "worker died; restarted",
-            extra={"pid": proc.pid, "cause": cause, "new_pid": self.procs[slot].pid},
+            extra={"worker_pid": proc.pid, "cause": cause, "new_pid": self.procs[slot].pid},
         )
 
     def _send(self, signum: int) -> None:

@@ -18,6 +18,7 @@ from gateway.state.identity import LocalIdentity
 from gateway.state.limiter import LocalLimiter
 
 if TYPE_CHECKING:
+    from gateway.audit.access import AccessLog
     from gateway.audit.writer import AuditWriter
     from gateway.metrics import Metrics
     from gateway.state.gate import RedisGate
@@ -33,6 +34,7 @@ class Stores:
     gate: RedisGate | None = None
     metrics: Metrics | None = None  # counts requests and refusals
     audit: AuditWriter | None = None  # the audit rows and their journal (None: no audit)
+    access: AccessLog | None = None  # server.access_log's lines (None: off)
 
     def bind(
         self,

@@ -219,9 +219,19 @@ async def test_sigterm_drains_every_worker_and_the_parent_exits_0(
         assert await response.json() == {"done": True}
     assert await asyncio.to_thread(process.wait, 30) == 0
     assert all(gone(pid) for pid in workers)
-    messages = [entry["msg"] for entry in log_messages(log)]
+    entries = log_messages(log)
+    messages = [entry["msg"] for entry in entries]
     assert "stopping workers" in messages
     assert messages.count("stopped") == 2  # each worker drained and said so
+    # Every line names its process; a worker's also its number.
+    stopped = [e for e in entries if e["msg"] == "stopped"]
+    assert sorted(e["worker"] for e in stopped) == [1, 2]  # type: ignore[type-var]
+    assert {e["pid"] for e in stopped} == set(workers)
+    assert all(
+        e["pid"] == process.pid and "worker" not in e
+        for e in entries
+        if e["msg"] == "workers stopped"
+    )
     assert messages[-1] == "workers stopped"
 
 
@@ -241,7 +251,7 @@ def test_a_worker_that_dies_is_logged_and_replaced(start_workers: Start) -> None
     assert len(now - first) == 1
     died = [e for e in log_messages(log) if e["msg"] == "worker died; restarted"]
     assert len(died) == 1
-    assert died[0]["pid"] == victim
+    assert died[0]["worker_pid"] == victim
     assert died[0]["cause"] == "signal SIGKILL"
     assert died[0]["level"] == "error"
     process.send_signal(signal.SIGTERM)

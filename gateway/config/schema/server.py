@@ -13,6 +13,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 DEFAULT_HSTS = 365 * 86400  # one year, as browsers' preload lists expect
 RedisFailure = Literal["open", "closed"]
+AccessLogTarget = Literal["stdout", "stderr", "off"]
 
 
 @config_dataclass
@@ -125,6 +126,11 @@ class ServerConfig:
     )
     body_timeout: float = doc(
         "how long a local endpoint waits for a whole body; then 408", default=30.0, above=0
+    )
+    access_log: AccessLogTarget = doc(
+        "one JSON line per finished request to stdout, stderr, or off",
+        default="stdout",
+        choices=("stdout", "stderr", "off"),
     )
     # Kong's status_listen, Envoy's admin port: probes that never queue behind client traffic
     status_listen: tuple[str, int] | None = doc(
