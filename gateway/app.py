@@ -22,6 +22,7 @@ aiohttp.web's request, middleware or response objects.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 from aiohttp import web
 
@@ -63,6 +64,11 @@ def chain(holder: RuntimeHolder, stores: Stores) -> list[Middleware]:
     ]
 
 
+def _listener_cert(holder: RuntimeHolder) -> Path | None:
+    tls = holder.current.config.server.tls
+    return tls.cert if tls is not None else None
+
+
 def build_app(
     config: Config,
     handlers: Mapping[str, Handler] | None = None,
@@ -102,6 +108,14 @@ def build_app(
             services.metrics,
             services.audit,
         )
+        metrics = services.metrics
+        metrics.watch(
+            "gateway_config_version",
+            "The version of the config serving (1 at start, one more per reload)",
+            lambda: holder.current.version,
+        )
+        metrics.watch_reloads(lambda: reloader.counts)
+        metrics.watch_certificate(lambda: _listener_cert(holder))
         target = config.server.access_log  # read at start (a reload warns it needs a restart)
         if target != "off":
             stores.access = AccessLog(1 if target == "stdout" else 2)

@@ -78,6 +78,9 @@ class RequestContext:
     usage: Usage | None = None  # token usage of a model call with a `usage:` format
     model: str | None = None  # the model called last (a fallback's, after a failure)
     attempts: int = 0  # models called for this request, fallbacks included
+    # each try on an upstream target: (upstream, seconds to its head, failure kind or None),
+    # for /metrics (gateway/metrics.py ATTEMPT_KINDS); None until the first
+    upstream_attempts: list[tuple[str, float | None, str | None]] | None = None
     # the audit journal (gateway/audit/journal.py): this request's journal id once a
     # record or row has one, and its final rows while they wait for the response head
     journal_id: str = ""

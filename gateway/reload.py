@@ -114,6 +114,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._submit: Callable[[AuditRow], None] | None = None
+        self.counts = {"ok": 0, "failed": 0}  # reloads by result, for /metrics
 
     def start(self, submit: Callable[[AuditRow], None]) -> None:
         """Start watching; `submit` takes each reload's audit row."""
@@ -174,6 +175,7 @@ class Reloader:
                 self.holder.swap(runtime)
                 self.holder.last_error = None
                 self._record(OK, "config_reloaded", started)
+                self.counts["ok"] += 1
                 log.info(
                     "config reloaded",
                     extra={
@@ -198,6 +200,7 @@ class Reloader:
                 return True
             self.holder.last_error = ReloadFailure(at=time.time(), problems=tuple(problems))
             self._record(INVALID, "config_invalid", started)
+            self.counts["failed"] += 1
             log.error(
                 "config reload failed; version %d keeps serving:\n%s",
                 old.version,

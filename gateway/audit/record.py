@@ -109,7 +109,20 @@ def record(
     else:  # `prepared` writes it as the response head is prepared
         ctx.journal_id = journal_id
         ctx.journal_rows = (final, report)
-    metrics.request(route.path if route is not None else NO_ROUTE, status, final.latency_ms / 1000)
+    metrics.request(
+        route.path if route is not None else NO_ROUTE,
+        ctx.method,
+        status,
+        final.latency_ms / 1000,
+        reason,
+    )
+    attempts = ctx.upstream_attempts
+    if attempts is not None:
+        for name, seconds, kind in attempts:
+            metrics.attempt(name, seconds, kind)
+    usage = ctx.usage
+    if report is not None and usage is not None:
+        metrics.tokens(report.model, usage.prompt_tokens, usage.completion_tokens)
     upstream = final.upstream
     if (
         upstream is not None

@@ -307,6 +307,7 @@ async def _exchange(
         # The fallback budget bounds the wait for a head across every attempt.
         left = max(fallback.deadline - time.monotonic(), 0.001)
         head_timeout = min(head_timeout, left) if head_timeout else left
+    sent = time.monotonic()
     try:
         try:
             if head_timeout:
@@ -323,8 +324,12 @@ async def _exchange(
             if ctx.outcome != Outcome.BODY_TOO_LARGE and not isinstance(exc, _LOCAL):
                 text = f"invalid HTTP: {exc}" if isinstance(exc, InvalidResponse) else None
                 _report_failure(balancer, attempt, upstream.name, text or failure_text(exc))
+                attempted(ctx, upstream.name, time.monotonic() - sent, _failure_kind(exc))
             raise _SendFailed(exc) from None
         status = response.status
+        attempted(
+            ctx, upstream.name, time.monotonic() - sent, "status_5xx" if status >= 500 else None
+        )
         if balancer.answered(attempt, status):
             _log_ejection(balancer, attempt, upstream.name)
         if fallback is not None and falls_back(status) and fallback.possible():
@@ -341,8 +346,29 @@ async def _exchange(
         finally:
             if ctx.outcome in (Outcome.UPSTREAM_RESET, Outcome.UPSTREAM_TIMEOUT):
                 _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
+                kind = "reset" if ctx.outcome == Outcome.UPSTREAM_RESET else "timeout"
+                attempted(ctx, upstream.name, None, kind)  # its head was timed above
     finally:
         balancer.finish(attempt)
+
+
+def attempted(ctx: RequestContext, upstream: str, seconds: float | None, kind: str | None) -> None:
+    """One attempt's time to its head (None: timed already) and failure kind, for the
+    metrics the audit record reports (gateway/metrics.py)."""
+    attempts = ctx.upstream_attempts
+    if attempts is None:
+        attempts = ctx.upstream_attempts = []
+    attempts.append((upstream, seconds, kind))
+
+
+def _failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, TargetUnreachable):
+        return "connect"
+    if isinstance(exc, InvalidResponse):
+        return "invalid"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout"
+    return "reset"
 
 
 def _report_failure(balancer: Balancer, attempt: Attempt, name: str, error: str) -> None:

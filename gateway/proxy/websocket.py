@@ -43,7 +43,12 @@ from gateway.context import Outcome, RequestContext
 from gateway.pipeline.authentication import without_query_token
 from gateway.pipeline.verdict import Deny
 from gateway.problems import GatewayError
-from gateway.proxy.forward import no_healthy_target, request_headers, upstream_path
+from gateway.proxy.forward import (
+    attempted,
+    no_healthy_target,
+    request_headers,
+    upstream_path,
+)
 from gateway.proxy.headers import downstream_response_headers
 
 if TYPE_CHECKING:
@@ -322,21 +327,27 @@ async def proxy_websocket(
         sock_connect=upstream.connect_timeout or None,
         sock_read=upstream.first_byte_timeout or upstream.timeout or None,
     )
+    sent = time.monotonic()
     try:
         try:
             response = await pool.session.get(
                 target, headers=headers, timeout=timeout, allow_redirects=False
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
+            timed_out = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+            kind = "timeout" if timed_out else "connect"
+            attempted(ctx, upstream.name, time.monotonic() - sent, kind)
             if pool.balancer.failed(attempt, str(exc) or type(exc).__name__):
                 log.warning("upstream target ejected", extra={"upstream": upstream.name})
-            if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            if timed_out:
                 raise GatewayError.gateway_timeout(
                     f"upstream {upstream.name} did not answer the WebSocket handshake in time"
                 ) from None
             raise GatewayError.bad_gateway(
                 f"upstream {upstream.name} could not be reached for the WebSocket handshake"
             ) from None
+        failed = "status_5xx" if response.status >= 500 else None
+        attempted(ctx, upstream.name, time.monotonic() - sent, failed)
         pool.balancer.answered(attempt, response.status)
         ctx.ttfb = time.monotonic() - ctx.started
         if response.status != 101:

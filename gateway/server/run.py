@@ -36,7 +36,7 @@ from gateway.server.connections import ConnectionGuard
 from gateway.server.protocol import GatewayRunner, GatewaySite
 from gateway.server.status import StatusLimits, start_status_listener
 from gateway.server.workers import exit_with_parent
-from gateway.services import StartupError
+from gateway.services import SERVICES, StartupError
 from gateway.tls.redirect import start_redirect_listener
 from gateway.tls.server import CertificateWatcher, server_context
 
@@ -95,6 +95,11 @@ async def serve(
         log.error("cannot start: %s", exc)
         await app[HOLDER].current.close()
         return 1
+    app[SERVICES].metrics.watch(
+        "gateway_connections_open",
+        "Client connections open on the listener (server.max_connections caps them)",
+        lambda: guard.open,
+    )
     listen_host = host or server.host
     listen_port = server.port if port is None else port
     site = GatewaySite(

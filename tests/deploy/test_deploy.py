@@ -125,6 +125,11 @@ def test_the_container_start_command_serves(tmp_path: Path) -> None:
         for where, path in ((port, "/healthz"), (status, "/healthz"), (status, "/readyz")):
             with urllib.request.urlopen(f"http://127.0.0.1:{where}{path}", timeout=10) as resp:
                 assert resp.status == 200, (where, path)
+        # A process's own figures: its open client connections (this scrape's at least).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        (line,) = [x for x in text.splitlines() if x.startswith("gateway_connections_open ")]
+        assert float(line.split()[1]) >= 1
     finally:
         stop(process)
 

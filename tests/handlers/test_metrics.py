@@ -47,9 +47,11 @@ async def test_loopback_reads_the_counters(client: Client) -> None:
         assert (await client.get("/no/such/path")).status == 404
     assert (await client.get("/users/me")).status == 401
     samples = await scrape(client)
-    assert samples['gateway_requests_total{route="/healthz",status_class="2xx"}'] == 3
-    assert samples['gateway_requests_total{route="unmatched",status_class="4xx"}'] == 2
-    assert samples['gateway_requests_total{route="/users/me/**",status_class="4xx"}'] == 1
+    assert samples['gateway_requests_total{method="GET",route="/healthz",status_class="2xx"}'] == 3
+    assert samples['gateway_requests_total{method="GET",route="unmatched",status_class="4xx"}'] == 2
+    assert (
+        samples['gateway_requests_total{method="GET",route="/users/me/**",status_class="4xx"}'] == 1
+    )
     assert samples['gateway_request_duration_seconds_count{route="/healthz"}'] == 3
     assert samples['gateway_request_duration_seconds_bucket{le="+Inf",route="/healthz"}'] == 3
     assert samples["gateway_audit_queue_depth"] >= 0
@@ -57,7 +59,9 @@ async def test_loopback_reads_the_counters(client: Client) -> None:
     assert samples["gateway_audit_dropped_total"] == 0
     assert samples["gateway_audit_lag_seconds"] >= 0
     again = await scrape(client)
-    assert again['gateway_requests_total{route="/metrics",status_class="2xx"}'] == 1  # the first
+    assert (
+        again['gateway_requests_total{method="GET",route="/metrics",status_class="2xx"}'] == 1
+    )  # the first
 
 
 async def test_upstream_errors_and_rate_limits_are_counted(client: Client) -> None:
