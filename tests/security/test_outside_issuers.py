@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -435,3 +435,28 @@ async def test_explain_names_the_issuer_that_verified_the_token(client: Client) 
         headers=root,
     )
     assert (await response.json())["code"] == "token_wrong_audience"
+
+
+# --- an open WebSocket -----------------------------------------------------------------
+
+
+async def test_an_outside_callers_websocket_is_closed_when_its_token_expires(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream, provider: Provider
+) -> None:
+    """Judged again every 2 s by its exp and mapped role alone (no user of ours exists)."""
+    from tests.proxy.test_websocket import Upstream
+    from tests.proxy.test_websocket import config as ws_config
+
+    up = Upstream()
+    server = await upstream(up.app())
+    assert server.port is not None
+    client = await gateway(ws_config(server.port, auth=issuer_entry(provider.url)))
+    token = sign(exp=int(time.time()) + 3)
+    async with client.ws_connect("/staff/ws", headers=bearer(token)) as sock:
+        await sock.send_str("hello")
+        assert (await sock.receive()).data == "hello"
+        async with asyncio.timeout(10):
+            close = await sock.receive()
+        # token_expired, not user_inactive: no user of ours was looked up
+        assert (close.type, close.data, close.extra) == (WSMsgType.CLOSE, 1008, "token_expired")
+    assert up.handshakes[0]["headers"]["X-User-Roles"] == "analyst,user"
