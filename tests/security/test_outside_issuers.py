@@ -9,6 +9,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,3 +462,30 @@ async def test_an_outside_callers_websocket_is_closed_when_its_token_expires(
         # token_expired, not user_inactive: no user of ours was looked up
         assert (close.type, close.data, close.extra) == (WSMsgType.CLOSE, 1008, "token_expired")
     assert up.handshakes[0]["headers"]["X-User-Roles"] == "analyst,user"
+
+
+async def test_the_explain_command_fetches_the_keys_and_names_the_issuer(
+    gateway: MakeGateway,
+    policies: Path,
+    echo: TestServer,
+    provider: Provider,
+    write_config: WriteConfig,
+) -> None:
+    text = identity_config(echo.port, auth_extra=issuer_entry(provider.url))
+    await gateway(text)  # migrates gateway.db beside routes.yaml, which the command opens
+    config = write_config(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_JWT_SECRET"] = os.environ["GATEWAY_JWT_SECRET"]
+    # Not subprocess.run: the JWKS server answers on this test's event loop.
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway", "explain", "GET", "/analytics/x"),
+        *("--token", sign(), "--config", str(config)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert f"verified by outside issuer {ISSUER}" in out.decode()
+    assert "user 'abc123@keycloak.example', mapped to role 'analyst'" in out.decode()
