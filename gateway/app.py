@@ -97,6 +97,12 @@ def build_app(
     reloader = Reloader(holder, extra_handlers=handlers or ())
     app[RELOADER] = reloader
 
+    async def issuer_keys_ctx(app: web.Application) -> AsyncIterator[None]:
+        # The outside issuers' JWK Sets; one that cannot be fetched is logged and does
+        # not stop the start (its tokens get 401 until its keys arrive).
+        await holder.current.load_issuer_keys()
+        yield
+
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config, settings or ServiceSettings.from_env(config))
         app[SERVICES] = services
@@ -135,6 +141,7 @@ def build_app(
     async def close_pools(app: web.Application) -> None:
         await holder.close()  # the live Runtime's pools and those of retired ones
 
+    app.cleanup_ctx.append(issuer_keys_ctx)
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(reload_ctx)
     app.on_cleanup.append(close_pools)

@@ -9,7 +9,9 @@ config keeps serving; the problems are logged at ERROR and kept for
 
 Requests in flight keep the Runtime they pinned; the holder closes a retired
 Runtime's pools once its last request has ended. Pools of unchanged upstreams
-are taken over by the new Runtime. What `Services` holds (database, Redis,
+are taken over by the new Runtime, and so are the cached JWK Sets of outside issuers
+whose jwks_url is unchanged (their keys and refetch clock carry over; a new URL is
+fetched before the swap). What `Services` holds (database, Redis,
 identity, rate-limit buckets, the audit writer) is not touched; the settings
 it was built from need a restart, and a reload that changes them says so.
 
@@ -164,7 +166,11 @@ class Reloader:
             try:
                 config = await asyncio.to_thread(load_config, self.path, self._extra_handlers)
                 # builds the keys and verifier, the route table and the pools
-                runtime = Runtime.build(config, old.version + 1, reuse=old.pools)
+                runtime = Runtime.build(
+                    config, old.version + 1, reuse=old.pools, reuse_jwks=old.jwks_caches()
+                )
+                # a new issuer's keys, before its first token (one down is logged, not fatal)
+                await runtime.load_issuer_keys()
             except ConfigError as exc:
                 problems, unforeseen = [str(p) for p in exc.problems], None
             except Exception as exc:  # unusable keys (KeyConfigError), or anything unforeseen

@@ -3,7 +3,8 @@
 A request takes `RuntimeHolder.current` once when it is routed and keeps it
 to the end, so a reload never changes the rules under a request in flight.
 Everything a request needs is precomputed here: the route table, the token
-verifier, and per route the set of roles that pass (one set lookup per request).
+verifier, the outside issuers with their cached JWK Sets, and per route the set of roles
+that pass (one set lookup per request).
 A reload (gateway/reload.py) builds a new Runtime and `RuntimeHolder.swap`s it
 in; the old one is retired and its upstream pools closed once its last
 request has ended (counted in `Occupancy`).
@@ -26,7 +27,9 @@ from gateway.config.schema.upstreams import UpstreamConfig
 from gateway.pipeline.policy import allowed_roles, encode
 from gateway.proxy.pool import UpstreamPool, make_pools
 from gateway.routing import RouteTable
+from gateway.security.jwks import JwksCache
 from gateway.security.keys import KeySet
+from gateway.security.outside import OutsideIssuer
 from gateway.security.tokens import TokenIssuer, TokenVerifier
 from gateway.usage import UsageReader, reader_for
 
@@ -96,6 +99,8 @@ class Runtime:
     keys: KeySet
     issuer: TokenIssuer
     verifier: TokenVerifier
+    # auth.issuers by their exact iss: whose tokens are verified with their own JWKS
+    outside: Mapping[str, OutsideIssuer]
     # route index → roles that pass it; absent: any valid token passes
     allowed: Mapping[int, frozenset[str]]
     # route index → the roles that pass it as ",a,b," (for the Redis gate's script)
@@ -112,18 +117,29 @@ class Runtime:
 
     @classmethod
     def build(
-        cls, config: Config, version: int = 1, reuse: Mapping[str, UpstreamPool] | None = None
+        cls,
+        config: Config,
+        version: int = 1,
+        reuse: Mapping[str, UpstreamPool] | None = None,
+        reuse_jwks: Mapping[str, JwksCache] | None = None,
     ) -> Runtime:
         """Everything derived from `config`; raises KeyConfigError for unusable keys.
 
         `reuse`: the pools of the Runtime being replaced; a pool whose upstream
         is unchanged is taken over instead of a new one being opened, so its
         keep-alive connections and its targets' health state carry over.
+        `reuse_jwks`: its JWKS caches by URL; an issuer whose jwks_url is unchanged keeps
+        its cached keys and refetch clock (the new ones are fetched by `load_issuer_keys`).
         """
         keys = KeySet.from_config(config.auth)
         policy = config.policy
         table = RouteTable(config.routes)
         issuer, verifier = TokenIssuer(config.auth, keys), TokenVerifier(config.auth, keys)
+        caches = dict(reuse_jwks or {})
+        outside: dict[str, OutsideIssuer] = {}
+        for entry in config.auth.issuers:
+            cache = caches.setdefault(entry.jwks_url, JwksCache(entry.jwks_url))
+            outside[entry.issuer] = OutsideIssuer(entry, cache, config.auth.leeway)
         kept = {
             name: pool
             for name, pool in (reuse or {}).items()
@@ -140,6 +156,7 @@ class Runtime:
             keys=keys,
             issuer=issuer,
             verifier=verifier,
+            outside=outside,
             allowed=allowed,
             allowed_text={i: encode(roles) for i, roles in allowed.items()},
             role_header={role: ",".join(chain) for role, chain in policy.roles.items()},
@@ -148,6 +165,22 @@ class Runtime:
             version=version,
             loaded_at=time.time(),
         )
+
+    def jwks_caches(self) -> dict[str, JwksCache]:
+        """The outside issuers' JWKS caches by URL (for the next reload to take over)."""
+        found: dict[str, JwksCache] = {}
+        for entry in self.outside.values():
+            if isinstance(entry.keys, JwksCache):
+                found[entry.keys.url] = entry.keys
+        return found
+
+    async def load_issuer_keys(self) -> None:
+        """Fetch the JWK Sets never fetched yet, all at once; a provider that is down is
+        logged and its tokens get 401 until its keys arrive (README "Signing in through
+        an outside identity provider")."""
+        fresh = [cache for cache in self.jwks_caches().values() if cache.fetches == 0]
+        if fresh:
+            await asyncio.gather(*(cache.load() for cache in fresh))
 
     def upstream_status(self) -> list[dict[str, object]]:
         """Each upstream's balancing and health check, and per target its state, in-flight

@@ -44,6 +44,7 @@ async def _explain_with(config: Config, args: argparse.Namespace) -> int:
 
     settings = ServiceSettings.from_env(config)
     runtime = Runtime.build(config)
+    await runtime.load_issuer_keys()  # the outside issuers' JWK Sets, as at start-up
     services = await open_services(config, settings)
     try:
         result = await explain(

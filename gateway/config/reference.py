@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.config.schema.auth import AuthConfig, HashingConfig, KeyConfig
+from gateway.config.schema.auth import AuthConfig, HashingConfig, IssuerConfig, KeyConfig
 from gateway.config.schema.database import AuditConfig, DatabaseConfig
 from gateway.config.schema.fields import KeyDoc, field_doc
 from gateway.config.schema.models import ModelConfig
@@ -46,6 +46,7 @@ SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("server.cors", CorsConfig),
     ("auth", AuthConfig),
     ("auth.keys[]", KeyConfig),
+    ("auth.issuers[]", IssuerConfig),
     ("auth.password_hashing", HashingConfig),
     ("database", DatabaseConfig),
     ("audit", AuditConfig),

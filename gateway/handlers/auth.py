@@ -262,6 +262,11 @@ async def logout(request: web.Request) -> web.StreamResponse:
             "logout needs the bearer token to end",
             {"WWW-Authenticate": 'Bearer realm="gateway"'},
         )
+    if principal.issuer is not None:  # not ours: its session lives at its provider
+        raise GatewayError.bad_request(
+            f"this token was issued by {principal.issuer}; sign out there",
+            code="outside_token",
+        )
     await end_session(services, principal)
     response = web.Response(status=204)
     if ctx.runtime is not None and ctx.runtime.config.auth.refresh_cookie:

@@ -20,6 +20,7 @@ from gateway.pipeline.authentication import (
     Authenticator,
     bearer_token,
     query_token,
+    still_valid,
 )
 from gateway.pipeline.verdict import Deny
 
@@ -38,7 +39,8 @@ class Admission:
         self._authenticator = Authenticator(stores)
 
     async def authenticate(self, ctx: RequestContext) -> None:
-        """Routes without `auth: none` need a valid, unrevoked token of an active user (401)."""
+        """Routes without `auth: none` need a valid, unrevoked token of an active user, or a
+        valid token of an outside issuer whose role maps (401; 403 role_not_mapped)."""
         route = ctx.route
         if route is None or route.auth == "none":
             return
@@ -92,20 +94,22 @@ class Admission:
     async def recheck(self, ctx: RequestContext, now: float) -> Deny | None:
         """The caller of an open connection (a WebSocket) judged again, `now` in epoch
         seconds: its token expired or was revoked, its user deactivated, or its role no
-        longer passes the route. None: it may stay."""
+        longer passes the route. None: it may stay. An outside issuer's caller is judged by
+        its token's exp and its mapped role only: it is not in our users or revocations."""
         user, route, runtime = ctx.user, ctx.route, ctx.runtime
         if user is None or route is None or runtime is None:
             return None  # auth: none: nobody to judge
-        if now >= user.exp:
+        if not still_valid(user, now):
             return TOKEN_EXPIRED
-        revoked, state = await self._stores.identity.check(user.jti, user.id)
-        if state is None or not state.active:
-            return USER_INACTIVE
-        if revoked:
-            return TOKEN_REVOKED
-        verdict = policy.decide(
-            state.role, runtime.allowed.get(route.index), route.path, route.roles
-        )
+        role = user.role
+        if user.issuer is None:
+            revoked, state = await self._stores.identity.check(user.jti, user.id)
+            if state is None or not state.active:
+                return USER_INACTIVE
+            if revoked:
+                return TOKEN_REVOKED
+            role = state.role
+        verdict = policy.decide(role, runtime.allowed.get(route.index), route.path, route.roles)
         return verdict if isinstance(verdict, Deny) else None
 
     async def admit(self, ctx: RequestContext) -> None:

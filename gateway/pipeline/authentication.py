@@ -5,8 +5,15 @@ expired, wrong issuer, algorithm not the configured one, unknown key id,
 revoked, or its user deactivated. The caller's current role is taken from
 the user's state, not the token, so a role change applies at once.
 
-`verify` and `judge_account` are pure; `Authenticator` does the one lookup
-between them (revocation and user state) in the identity store it was given.
+A token whose `iss` is one of `auth.issuers` is an outside provider's: it is verified
+with that issuer's keys and its role mapped from its claims (403 role_not_mapped when
+none maps and the entry has no default_role). It is not ours, so neither the users
+table nor the revocation list is asked: its lifetime is its `exp`, and deactivating is
+done at the provider (README "Signing in through an outside identity provider").
+
+`verify`, `judge_account` and `judge_outside` are pure; `Authenticator` does the one
+lookup between them (revocation and user state) in the identity store it was given,
+and `identify` awaits an outside issuer's keys (cached; fetched only for a new kid).
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ from urllib.parse import unquote_plus
 from gateway.pipeline.rate_limit import bucket
 from gateway.pipeline.verdict import Deny, Principal, RequestView
 from gateway.problems import GatewayError
+from gateway.security.outside import OutsideClaims, claimed_issuer, mapped_role
 from gateway.security.tokens import EXPIRED, Claims, TokenError
 
 if TYPE_CHECKING:
     from gateway.config.schema.routes import Route
     from gateway.runtime import Runtime
+    from gateway.security.outside import OutsideIssuer
     from gateway.security.tokens import TokenVerifier
     from gateway.state.gcra import Decision
     from gateway.state.identity import UserState
@@ -73,6 +82,43 @@ def verify(verifier: TokenVerifier, token: str) -> Claims | Deny:
         return Deny.of(GatewayError.unauthorized(exc.code, exc.detail, True))
 
 
+async def identify(runtime: Runtime, token: str) -> Claims | Principal | Deny:
+    """Our token's claims (its account is judged next), an outside issuer's caller
+    (complete: nothing of ours is looked up), or the refusal."""
+    if runtime.outside:
+        iss = claimed_issuer(token)  # unverified: it only picks the keys that verify
+        entry = runtime.outside.get(iss) if iss is not None else None
+        if entry is not None:
+            try:
+                claims = await entry.verify(token)
+            except TokenError as exc:
+                return Deny.of(GatewayError.unauthorized(exc.code, exc.detail, True))
+            return judge_outside(entry, claims)
+    return verify(runtime.verifier, token)
+
+
+def judge_outside(entry: OutsideIssuer, claims: OutsideClaims) -> Principal | Deny:
+    """The caller of a verified outside token, in the role its claims map to."""
+    config = entry.config
+    role = mapped_role(config, claims.payload)
+    if role is None:
+        return Deny(
+            "role_not_mapped",
+            403,
+            f"no role of the token maps to a role of this gateway (auth.issuers "
+            f"{config.issuer}, role_claim {', '.join(config.role_claim) or 'not set'})",
+        )
+    username = f"{claims.sub}@{config.host}"
+    return Principal(claims.sub, username, role, claims.jti, float(claims.exp), config.issuer)
+
+
+def still_valid(principal: Principal, now: float) -> bool:
+    """Whether the caller's token has not expired at `now` (epoch seconds). For an outside
+    issuer's caller that is all there is to check (its exp bounds it); for ours, the
+    identity store is asked as well (`Admission.recheck`)."""
+    return now < principal.exp
+
+
 def judge_account(claims: Claims, revoked: bool, state: UserState | None) -> Principal | Deny:
     """The caller, once the token's revocation and its user's current state are known."""
     if state is None or not state.active:
@@ -82,10 +128,17 @@ def judge_account(claims: Claims, revoked: bool, state: UserState | None) -> Pri
     return Principal(claims.sub, state.username, state.role, claims.jti, float(claims.exp))
 
 
-def describe(principal: Principal) -> str:
-    """What `explain` says about a caller that passed."""
+def describe(principal: Principal, own_issuer: str) -> str:
+    """What `explain` says about a caller that passed, naming the issuer that verified it."""
     expires = max(0, int(principal.exp - time.time()))
+    if principal.issuer is not None:
+        return (
+            f"verified by outside issuer {principal.issuer} (auth.issuers): "
+            f"user {principal.username!r}, mapped to role {principal.role!r}; "
+            f"the token expires in {expires} s"
+        )
     return (
+        f"verified as the gateway's own token (iss {own_issuer!r}): "
         f"user {principal.username!r} ({principal.id}), role {principal.role!r} now; "
         f"the token expires in {expires} s"
     )
@@ -107,9 +160,9 @@ class Authenticator:
         self, view: RequestView, runtime: Runtime, token: str, route: Route | None = None
     ) -> tuple[Principal | Deny, Decision | None]:
         """The caller `token` names, and the route's rate-limit count when the gate made it."""
-        claims = verify(runtime.verifier, token)
-        if isinstance(claims, Deny):
-            return claims, None
+        claims = await identify(runtime, token)
+        if not isinstance(claims, Claims):
+            return claims, None  # refused, or an outside issuer's caller
         stores = self._stores
         gate = stores.gate
         if gate is not None and route is not None and route.rate_limit is not None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.config.schema.routes import Route
 from gateway.pipeline import policy, rate_limit
-from gateway.pipeline.authentication import MISSING_TOKEN, describe, judge_account, verify
+from gateway.pipeline.authentication import MISSING_TOKEN, describe, identify, judge_account
 from gateway.pipeline.rate_limit import UNREAD, bucket
 from gateway.pipeline.route import find_route, normalise
 from gateway.pipeline.verdict import Deny, PlainView, Principal
@@ -125,16 +125,21 @@ async def _authenticate(
     if not token:
         out.deny("authentication", MISSING_TOKEN)
         return None
-    claims = verify(runtime.verifier, token)
+    own = runtime.config.auth.issuer
+    claims = await identify(runtime, token)
     if isinstance(claims, Deny):
         out.deny("authentication", claims)
         return None
+    if isinstance(claims, Principal):  # an outside issuer's caller: nothing of ours to ask
+        out.steps.append(Step("authentication", "pass", describe(claims, own)))
+        return claims
     if identity is None:
         out.steps.append(
             Step(
                 "authentication",
                 "pass",
-                f"valid token of user {claims.sub} (revocation and account state not checked)",
+                f"valid token of user {claims.sub}, verified as the gateway's own "
+                f"(iss {own!r}; revocation and account state not checked)",
             )
         )
         return Principal(claims.sub, claims.sub, claims.role, claims.jti, float(claims.exp))
@@ -143,7 +148,7 @@ async def _authenticate(
     if isinstance(caller, Deny):
         out.deny("authentication", caller)
         return None
-    out.steps.append(Step("authentication", "pass", describe(caller)))
+    out.steps.append(Step("authentication", "pass", describe(caller, own)))
     return caller
 
 

@@ -11,13 +11,16 @@ from gateway.problems import GatewayError
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller, as the verified token and the user's current state say."""
+    """The caller, as the verified token and the user's current state say; for a token of
+    an outside issuer (auth.issuers), as that token says (README "Signing in through an
+    outside identity provider")."""
 
-    id: str  # the token's sub: the user's id
-    username: str
-    role: str  # the user's role now (a change applies at the next request)
-    jti: str
+    id: str  # the token's sub: the user's id (an outside issuer's sub)
+    username: str  # an outside issuer's caller: sub@host of the issuer
+    role: str  # the user's role now (a change applies at the next request), or the mapped one
+    jti: str  # "" for an outside token without one
     exp: float  # the access token's expiry, epoch seconds
+    issuer: str | None = None  # the outside issuer that verified the token; None: ours
 
 
 class RequestView(Protocol):

@@ -181,14 +181,14 @@ class TokenVerifier:
         if alg != self._algorithm:
             raise TokenError(
                 "token_alg_not_allowed",
-                f"alg {_shown(alg)} is not accepted; this gateway signs with {self._algorithm}",
+                f"alg {shown(alg)} is not accepted; this gateway signs with {self._algorithm}",
             )
         kid = header.get("kid")
         key = self._keys.verification_key(kid)
         if key is None:
             raise TokenError(
                 "token_unknown_kid",
-                f"no configured key has kid {_shown(kid)}"
+                f"no configured key has kid {shown(kid)}"
                 if kid is not None
                 else "the token names no kid, and several keys are configured",
             )
@@ -202,27 +202,25 @@ class TokenVerifier:
                 audience=self._audience,
             )
         except jwt.PyJWTError as exc:
-            raise _mapped(exc, self._issuer, self._audience) from None
-        exp = _numeric_date(payload, "exp")
-        iat = _numeric_date(payload, "iat")
+            raise mapped_error(exc, self._issuer, self._audience) from None
+        exp = numeric_date(payload, "exp")
+        iat = numeric_date(payload, "iat")
         if exp <= now - self._leeway:
             raise TokenError(*EXPIRED)
         if iat > now + self._leeway:
             raise TokenError("token_not_yet_valid", "the token's iat is in the future")
-        if "nbf" in payload and _numeric_date(payload, "nbf") > now + self._leeway:
+        if "nbf" in payload and numeric_date(payload, "nbf") > now + self._leeway:
             raise TokenError("token_not_yet_valid", "the token's nbf is in the future")
         typ = payload["typ"]
         if typ != ACCESS:
-            raise TokenError(
-                "token_wrong_type", f"the token's typ is {_shown(typ)}, not {ACCESS!r}"
-            )
+            raise TokenError("token_wrong_type", f"the token's typ is {shown(typ)}, not {ACCESS!r}")
         role = payload["role"]
         if not isinstance(role, str):
             raise TokenError("token_malformed", "the token's role claim is not a string")
         return Claims(sub=payload["sub"], role=role, jti=payload["jti"], iat=iat, exp=exp)
 
 
-def _mapped(exc: jwt.PyJWTError, issuer: str, audience: str | None) -> TokenError:
+def mapped_error(exc: jwt.PyJWTError, issuer: str, audience: str | None) -> TokenError:
     """The TokenError for a PyJWT failure; subclasses before their bases."""
     if isinstance(exc, jwt.InvalidSignatureError):
         return TokenError("token_bad_signature", "the token's signature does not verify")
@@ -243,7 +241,7 @@ def _mapped(exc: jwt.PyJWTError, issuer: str, audience: str | None) -> TokenErro
     return TokenError("token_malformed", "the token is not a well-formed JWT")
 
 
-def _numeric_date(payload: dict[str, Any], claim: str) -> int:
+def numeric_date(payload: dict[str, Any], claim: str) -> int:
     value = payload[claim]
     # bool is an int; JSON lets NaN and Infinity through Python's parser.
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -251,7 +249,7 @@ def _numeric_date(payload: dict[str, Any], claim: str) -> int:
     return int(value)
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """An attacker-chosen header value, short enough to put in a detail."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

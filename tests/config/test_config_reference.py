@@ -59,6 +59,8 @@ UNKNOWN_KEY = {
     "server.cors": "server: {cors: {origins: ['*'], bogus: 1}}",
     "auth": "auth: {bogus: 1}",
     "auth.keys[]": "auth: {keys: [{kid: k, secret: s, bogus: 1}]}",
+    "auth.issuers[]": "auth: {issuers: [{issuer: https://i, jwks_url: https://i/k, audience: a, "
+    "bogus: 1}]}",
     "auth.password_hashing": "auth: {password_hashing: {bogus: 1}}",
     "database": "database: {bogus: 1}",
     "audit": "audit: {bogus: 1}",

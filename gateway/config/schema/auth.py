@@ -1,8 +1,10 @@
-"""routes.yaml's auth section: the tokens the gateway issues, their keys, password hashing."""
+"""routes.yaml's auth section: the tokens the gateway issues, their keys, password hashing,
+and the outside identity providers whose tokens it accepts too."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.config.schema.fields import config_dataclass, doc
 from gateway.config.units import Rate
@@ -52,6 +54,68 @@ class KeyConfig:
     line: int = doc("line of the entry in routes.yaml, for messages", default=0, key=None)
 
 
+# The JWS algorithms an outside issuer may sign with (RFC 7518 §3.1, RFC 8037): public-key
+# ones only. HS* would need a shared secret, and its "key" from a JWKS would be public
+# (RFC 8725 §2.1, §3.1); `none` is never a signature.
+OUTSIDE_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+DEFAULT_OUTSIDE_ALGORITHMS = ("RS256", "ES256")
+
+
+@config_dataclass
+class IssuerConfig:
+    """auth.issuers[]: an outside OpenID Connect provider whose access tokens are accepted.
+
+    A token whose `iss` is `issuer` is verified with the keys of `jwks_url` (RFC 7517),
+    never against the users table or the revocation list (README "Signing in through an
+    outside identity provider"). Rule: http:// only for a loopback host; the role is the
+    first entry of `roles` the token has, else `default_role`, else 403 role_not_mapped.
+    """
+
+    issuer: str = doc("the exact `iss` of its tokens, e.g. https://HOST/realms/REALM")
+    jwks_url: str = doc("its JWK Set (https://, or http:// on a loopback host)")
+    audience: str = doc("the `aud` its tokens must carry for this gateway")
+    algorithms: tuple[str, ...] = doc(
+        "JWS algorithms accepted from it",
+        default=DEFAULT_OUTSIDE_ALGORITHMS,
+        kind="list of algorithms",
+        choices=OUTSIDE_ALGORITHMS,
+    )
+    role_claim: tuple[str, ...] = doc(
+        "dotted path(s) of the claim holding its role names, e.g. realm_access.roles",
+        default=(),
+        kind="text or list of texts",
+        default_text="",
+    )
+    roles: tuple[tuple[str, str], ...] = doc(
+        "its role name → a role of policies/; the first it has, in this order, applies",
+        default=(),
+        kind="mapping of roles",
+        default_text="",
+    )
+    default_role: str | None = doc(
+        "our role for a token with no mapped role; absent: 403 role_not_mapped",
+        default=None,
+        kind="role",
+    )
+    line: int = doc("line of the entry in routes.yaml, for messages", default=0, key=None)
+
+    @property
+    def host(self) -> str:
+        """The issuer's host, the part after `@` in the audit row's user (sub@host)."""
+        return urlsplit(self.issuer).hostname or self.issuer
+
+
 @config_dataclass
 class AuthConfig:
     """auth: the tokens the gateway issues and accepts."""
@@ -82,6 +146,11 @@ class AuthConfig:
         "argon2id cost and the sign-in hashing pool",
         default=DEFAULT_HASHING,
         key="password_hashing",
+    )
+    issuers: tuple[IssuerConfig, ...] = doc(
+        "outside OpenID Connect providers whose tokens are accepted too",
+        default=(),
+        kind="list of issuers",
     )
     # for browser frontends: the refresh token never travels in a body JavaScript can
     # read; the CSRF check is a double submit (X-CSRF-Token)
