@@ -21,11 +21,13 @@ aiohttp.web's request, middleware or response objects.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from aiohttp import web
 
+from gateway import tracing
 from gateway.audit.access import AccessLog
 from gateway.config.schema.top import Config
 from gateway.dispatch import defer_expect, dispatcher
@@ -114,6 +116,7 @@ def build_app(
             services.metrics,
             services.audit,
         )
+        tracing.start()  # only when the OTEL_* variables ask for traces
         metrics = services.metrics
         metrics.watch(
             "gateway_config_version",
@@ -130,6 +133,7 @@ def build_app(
         if stores.access is not None:
             stores.access.close()
             stores.access = None
+        await asyncio.to_thread(tracing.stop)  # exports the spans still batched
         await services.close()
 
     async def reload_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -81,6 +81,9 @@ class RequestContext:
     # each try on an upstream target: (upstream, seconds to its head, failure kind or None),
     # for /metrics (gateway/metrics.py ATTEMPT_KINDS); None until the first
     upstream_attempts: list[tuple[str, float | None, str | None]] | None = None
+    # with traces on (gateway/tracing.py): the server span until it ends, and its trace id
+    span: Any = None
+    trace_id: str | None = None
     # the audit journal (gateway/audit/journal.py): this request's journal id once a
     # record or row has one, and its final rows while they wait for the response head
     journal_id: str = ""

@@ -22,6 +22,9 @@ WORKER_ENV = "GATEWAY_WORKER"  # set by the --workers supervisor in each worker'
 current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "gateway_request_id", default=None
 )
+current_trace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gateway_trace_id", default=None
+)  # with traces on (gateway/tracing.py)
 _WORKER = os.environ.get(WORKER_ENV)
 
 
@@ -40,6 +43,9 @@ class JsonFormatter(logging.Formatter):
         request_id = current_request.get()
         if request_id is not None:
             entry["request_id"] = request_id
+            trace_id = current_trace.get()
+            if trace_id is not None:
+                entry["trace_id"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from gateway import tracing
 from gateway.audit.access import access_line
 from gateway.audit.journal import INTERRUPTED
 from gateway.audit.rows import AuditRow, audit_row, report_row
@@ -94,7 +95,7 @@ def record(
     access = stores.access
     if access is not None:
         model = ctx.model or (route.model if route is not None else None)
-        access.write(access_line(final, model, None))
+        access.write(access_line(final, model, ctx.trace_id))
     report = None
     if model_call and route is not None and route.model is not None:
         # Charged to the model that answered, with the number of models called.
@@ -120,6 +121,8 @@ def record(
     if attempts is not None:
         for name, seconds, kind in attempts:
             metrics.attempt(name, seconds, kind)
+    if ctx.span is not None and tracing.TRACING is not None:
+        tracing.TRACING.finish(ctx, status, reason)
     usage = ctx.usage
     if report is not None and usage is not None:
         metrics.tokens(report.model, usage.prompt_tokens, usage.completion_tokens)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway import tracing
 from gateway.context import CTX, RequestContext
-from gateway.logs import current_request
+from gateway.logs import current_request, current_trace
 from gateway.middleware import Handler, Middleware
 from gateway.middleware.audit import journal_prepared
 from gateway.runtime import HOLDER, Runtime
@@ -78,11 +79,15 @@ def request_id(cfg: RequestIdConfig) -> Middleware:
     async def request_id_stage(request: web.Request, handler: Handler) -> web.StreamResponse:
         sent = request.headers.get(header)
         rid = sent if sent is not None and sane_request_id(sent) else new_request_id()
-        request[CTX] = RequestContext(rid, time.monotonic(), request.method, request.headers)
+        ctx = request[CTX] = RequestContext(rid, time.monotonic(), request.method, request.headers)
+        if tracing.TRACING is not None:
+            tracing.TRACING.begin(ctx, request.headers)
         logged = current_request.set(rid)  # on every log line meanwhile (gateway/logs.py)
+        traced = current_trace.set(ctx.trace_id)
         try:
             return await handler(request)
         finally:
+            current_trace.reset(traced)
             current_request.reset(logged)
 
     return request_id_stage

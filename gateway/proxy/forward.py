@@ -37,6 +37,7 @@ from typing import Protocol
 import aiohttp
 from multidict import CIMultiDict
 
+from gateway import tracing
 from gateway.config.schema.routes import Route
 from gateway.config.schema.server import ServerConfig
 from gateway.config.schema.upstreams import UpstreamConfig
@@ -307,6 +308,15 @@ async def _exchange(
         # The fallback budget bounds the wait for a head across every attempt.
         left = max(fallback.deadline - time.monotonic(), 0.001)
         head_timeout = min(head_timeout, left) if head_timeout else left
+    traced = tracing.TRACING
+    span = None
+    if traced is not None and ctx.span is not None:
+        span = traced.attempt(ctx, upstream.name, attempt.target.url, request.method)
+        parent = traced.traceparent(span)
+        if parent is not None:
+            headers["traceparent"] = parent  # the upstream's parent: this attempt
+    status: int | None = None
+    failure: str | None = None
     sent = time.monotonic()
     try:
         try:
@@ -324,7 +334,8 @@ async def _exchange(
             if ctx.outcome != Outcome.BODY_TOO_LARGE and not isinstance(exc, _LOCAL):
                 text = f"invalid HTTP: {exc}" if isinstance(exc, InvalidResponse) else None
                 _report_failure(balancer, attempt, upstream.name, text or failure_text(exc))
-                attempted(ctx, upstream.name, time.monotonic() - sent, _failure_kind(exc))
+                failure = _failure_kind(exc)
+                attempted(ctx, upstream.name, time.monotonic() - sent, failure)
             raise _SendFailed(exc) from None
         status = response.status
         attempted(
@@ -346,10 +357,12 @@ async def _exchange(
         finally:
             if ctx.outcome in (Outcome.UPSTREAM_RESET, Outcome.UPSTREAM_TIMEOUT):
                 _report_failure(balancer, attempt, upstream.name, "connection broke mid-response")
-                kind = "reset" if ctx.outcome == Outcome.UPSTREAM_RESET else "timeout"
-                attempted(ctx, upstream.name, None, kind)  # its head was timed above
+                failure = "reset" if ctx.outcome == Outcome.UPSTREAM_RESET else "timeout"
+                attempted(ctx, upstream.name, None, failure)  # its head was timed above
     finally:
         balancer.finish(attempt)
+        if span is not None and traced is not None:
+            traced.end_attempt(span, status, failure)
 
 
 def attempted(ctx: RequestContext, upstream: str, seconds: float | None, kind: str | None) -> None:

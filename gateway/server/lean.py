@@ -36,10 +36,11 @@ from aiohttp.http_writer import _serialize_headers as serialize_head  # C, and c
 from aiohttp.streams import EmptyStreamReader, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway import tracing
 from gateway.audit.record import Arrival, prepared, record, record_error
 from gateway.config.schema.server import ServerConfig
 from gateway.context import Outcome, RequestContext
-from gateway.logs import current_request
+from gateway.logs import current_request, current_trace
 from gateway.middleware.cors import cors_headers
 from gateway.middleware.errors import DENIALS, log_denial, log_unhandled
 from gateway.middleware.request_id import (
@@ -125,6 +126,8 @@ class LeanPath:
         ctx.params = found.params
         ctx.path = path
         ctx.query = query
+        if tracing.TRACING is not None:
+            tracing.TRACING.begin(ctx, headers)
         return LeanRequest(self, message, payload, protocol, writer, ctx)
 
 
@@ -212,9 +215,11 @@ class LeanRequest:
         occupancy = runtime.occupancy
         occupancy.in_flight += 1
         logged = current_request.set(ctx.request_id)  # on every log line meanwhile
+        traced = current_trace.set(ctx.trace_id)
         try:
             return await self._serve()
         finally:
+            current_trace.reset(traced)
             current_request.reset(logged)
             occupancy.in_flight -= 1
             if occupancy.retired and not occupancy.in_flight:
