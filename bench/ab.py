@@ -14,6 +14,12 @@ LOAD_CORE, and then gives wrk to each in turn for `--seconds`, `--cycles`
 times, reversing the order every cycle. Neighbouring runs share the
 machine's mood, so the ratio of each pair is steadier than either figure.
 
+A checkout may carry environment variables for its gateway, `DIR::NAME=VALUE::…`,
+so one checkout can be compared with itself under another setting (the same
+folder twice is allowed when the settings differ):
+
+    .venv/bin/python bench/ab.py . .::OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318
+
 Printed per checkout: best and median req/s, and the gateway's CPU µs per
 request (utime + stime from /proc over the run); then for each checkout
 after the first, the median and quartiles of its paired ratio to the first.
@@ -86,9 +92,20 @@ def wrk(port: int, token: str, seconds: int) -> int:
     return int(found.group(1))
 
 
+def spec_of(text: str) -> tuple[str, Path, dict[str, str]]:
+    """`DIR[::NAME=VALUE…]` → (its label, the folder, the variables for its gateway)."""
+    folder, *pairs = text.split("::")
+    path = Path(folder).resolve()
+    extra = dict(pair.split("=", 1) for pair in pairs)
+    label = str(path) + "".join(f" {k}={v}" for k, v in extra.items())
+    return label, path, extra
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkouts", nargs="*", help="two or more checkout folders; A first")
+    parser.add_argument(
+        "checkouts", nargs="*", help="two or more checkout folders (DIR[::NAME=VALUE…]); A first"
+    )
     parser.add_argument("--cycles", type=int, default=16, help="turns of wrk per checkout")
     parser.add_argument("--seconds", type=int, default=3, help="seconds of each wrk run")
     parser.add_argument("--serve", type=int, metavar="UPSTREAM_PORT", help=argparse.SUPPRESS)
@@ -98,19 +115,25 @@ def main() -> int:
         return 0
     if len(args.checkouts) < 2:
         parser.error("name two checkouts or more")
-    checkouts = [Path(c).resolve() for c in args.checkouts]
+    specs = [spec_of(text) for text in args.checkouts]
+    checkouts = [label for label, _, _ in specs]
     if len(set(checkouts)) < len(checkouts):
-        parser.error("each checkout once (copy a folder to compare a checkout with itself)")
+        parser.error("each checkout once (or with other variables: DIR::NAME=VALUE)")
     ensure_tools(())  # nginx and wrk, from Debian's packages when missing
     procs = Processes()
-    servers: list[tuple[Path, subprocess.Popen[str], dict[str, Any]]] = []
+    servers: list[tuple[str, subprocess.Popen[str], dict[str, Any]]] = []
     runs: dict[str, dict[str, list[float]]] = {str(c): {"rps": [], "cpu_us": []} for c in checkouts}
     try:
         upstream = start_nginx(procs, Path(tempfile.mkdtemp(prefix="bench-ab-")) / "up", LOAD_CORE)
-        for checkout in checkouts:
+        for checkout, folder, extra in specs:
             argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(upstream.port)]
             server = subprocess.Popen(  # its cwd decides which checkout's code serves
-                argv, cwd=checkout, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                argv,
+                cwd=folder,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **extra},
             )
             assert server.stdout is not None
             started = server.stdout.readline()
