@@ -84,6 +84,7 @@ class RequestContext:
     # with traces on (gateway/tracing.py): the server span until it ends, and its trace id
     span: Any = None
     trace_id: str | None = None
+    traceparent: str | None = None  # an unsampled request's, sent on to the upstream
     # the audit journal (gateway/audit/journal.py): this request's journal id once a
     # record or row has one, and its final rows while they wait for the response head
     journal_id: str = ""

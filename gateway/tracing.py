@@ -68,10 +68,17 @@ class Tracing:
         span = self.tracer.start_span(
             ctx.method, context=parent, kind=self._server, start_time=time.time_ns()
         )
-        ctx.span = span
         span_context = span.get_span_context()
-        if span_context.trace_flags.sampled:
+        if span.is_recording():
+            ctx.span = span
             ctx.trace_id = format(span_context.trace_id, "032x")
+        elif span_context.is_valid:
+            # Not sampled: no span is kept or exported, and no attempt gets one; the
+            # upstream still continues the trace (its flags say: not sampled).
+            ctx.traceparent = (
+                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                f"{int(span_context.trace_flags):02x}"
+            )
 
     def finish(self, ctx: RequestContext, status: int, reason: str | None) -> None:
         """The server span's attributes and end (from the audit record, both ways through)."""

@@ -310,11 +310,14 @@ async def _exchange(
         head_timeout = min(head_timeout, left) if head_timeout else left
     traced = tracing.TRACING
     span = None
-    if traced is not None and ctx.span is not None:
-        span = traced.attempt(ctx, upstream.name, attempt.target.url, request.method)
-        parent = traced.traceparent(span)
-        if parent is not None:
-            headers["traceparent"] = parent  # the upstream's parent: this attempt
+    if traced is not None:
+        if ctx.span is not None:
+            span = traced.attempt(ctx, upstream.name, attempt.target.url, request.method)
+            parent = traced.traceparent(span)
+            if parent is not None:
+                headers["traceparent"] = parent  # the upstream's parent: this attempt
+        elif ctx.traceparent is not None:
+            headers["traceparent"] = ctx.traceparent  # not sampled: the trace goes on
     status: int | None = None
     failure: str | None = None
     sent = time.monotonic()

@@ -173,3 +173,28 @@ def test_no_tracer_or_exporter_is_loaded_without_the_variables(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+async def test_an_unsampled_request_exports_nothing_and_the_trace_goes_on(
+    receiver: Receiver,
+    gateway: MakeGateway,
+    upstream: MakeUpstream,
+    policies: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    seen: list[dict[str, str]] = []
+    up: TestServer = await upstream(seen_app(seen))
+    client = await gateway(identity_config(up.port))
+    await make_user(client, "una")
+    headers = {
+        **bearer(await login(client, "una")),
+        "traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00",
+    }
+    assert (await client.get("/open/items", headers=headers)).status == 200
+    (got,) = seen
+    version, trace, parent, flags = got["traceparent"].split("-")
+    assert (version, trace, flags) == ("00", CLIENT_TRACE, "00")
+    assert parent != CLIENT_SPAN  # the gateway's own (unsampled) span in between
+    await client.close()  # the app's cleanup flushes the exporter: nothing was recorded
+    assert receiver.spans == []
