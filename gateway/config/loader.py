@@ -8,6 +8,7 @@ order and checks what one section names in another.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -84,7 +85,7 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
         try:
             for item in routes_value.items():
                 route = parse_route(
-                    len(routes), item, problems, known_handlers, upstream_refs, role_refs
+                    len(routes), item, problems, known_handlers, upstream_refs, role_refs, base_dir
                 )
                 if route is not None:
                     routes.append(route)
@@ -102,6 +103,7 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
         except Invalid as exc:
             top.report(models_value, str(exc))
 
+    routes = static_last(routes)
     audit = parse_audit(top, base_dir)
     database = parse_database(top)
     top.check_unknown("server, auth, policies, upstreams, models, routes, audit, database")
@@ -123,6 +125,13 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
         audit=audit,
         database=database,
     )
+
+
+def static_last(routes: list[Route]) -> list[Route]:
+    """The routes in first-match order: static routes after every other one (models' too),
+    so a frontend served at /** never hides an API path (README "How a path is matched")."""
+    ordered = [r for r in routes if r.static is None] + [r for r in routes if r.static is not None]
+    return [r if r.index == i else dataclasses.replace(r, index=i) for i, r in enumerate(ordered)]
 
 
 def _check_references(

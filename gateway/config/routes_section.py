@@ -6,7 +6,9 @@ and the check that no two routes match the same paths.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from gateway.config.auth_section import parse_roles
 from gateway.config.bounded import integer_within, read_duration
@@ -21,6 +23,7 @@ ROUTE_KEYS = ("methods", "auth", "roles", "rate_limit", "retry_after_send")
 _METHOD = re.compile(r"^[A-Z]+$")
 _PARAM_NAME = re.compile(r"\{[^/{}]+\}")
 _HEADER = re.compile(r"^[A-Za-z0-9-]+$")
+STATIC_METHODS = frozenset({"GET", "HEAD"})  # what a static route answers; others get 405
 _OFF = frozenset({"off", "none"})  # rate_limit values that turn a limit off
 _NO_ROLES: tuple[str, ...] = ()  # roles: absent, any valid token will do
 # The defaults of the keys read with read_duration (index, path: placeholders)
@@ -34,11 +37,13 @@ def parse_route(
     handlers: frozenset[str],
     upstream_refs: list[tuple[str, Value]],
     role_refs: list[tuple[str, Value]],
+    base_dir: Path,
 ) -> Route | None:
     """routes[index], or None when it is unusable (every fault reported).
 
     The upstream and the roles it names go to `upstream_refs` and `role_refs`,
-    checked once every upstream and policies/ are read.
+    checked once every upstream and policies/ are read. A `static` folder is
+    relative to `base_dir`, routes.yaml's folder, and must exist.
     """
     try:
         sec = value.section(problems)
@@ -48,13 +53,15 @@ def parse_route(
     path = sec.field("path", lambda v: v.convert_text(compile_pattern), None)
     handler = sec.field("handler", Value.text, None)
     upstream = sec.field("upstream", Value.text, None)
+    static = sec.field("static", lambda v: _folder(v, base_dir), None)
+    spa = sec.field("spa", Value.boolean, False)
     strip = sec.field("strip_prefix", lambda v: v.convert_text(_strip_prefix), None)
     common = route_common(sec, problems, role_refs)
     websocket = sec.field("websocket", Value.boolean, False)
     idle = read_duration(sec, _ROUTE_DEFAULTS, "websocket_idle_timeout")
     longest = read_duration(sec, _ROUTE_DEFAULTS, "websocket_max_duration")
     sec.check_unknown(
-        "path, methods, handler, upstream, strip_prefix, auth, roles, rate_limit, "
+        "path, methods, handler, upstream, static, spa, strip_prefix, auth, roles, rate_limit, "
         "retry_after_send, websocket, websocket_idle_timeout, websocket_max_duration"
     )
     where = f"{value.key}"
@@ -65,22 +72,27 @@ def parse_route(
     upstream_value = sec.get("upstream")
     if upstream is not None and upstream_value is not None:
         upstream_refs.append((upstream, upstream_value))
-    if (handler is None) == (upstream is None):
-        sec.report(value, f"{where}: give exactly one of handler or upstream")
+    has_static = sec.get("static") is not None  # given, even when its folder is missing
+    if static is None and has_static:
+        ok = False  # the folder's fault is reported
+    targets = (handler is not None) + (upstream is not None) + has_static
+    if targets != 1:
+        sec.report(value, f"{where}: give exactly one of handler, upstream or static")
         ok = False
     if handler is not None and handler not in handlers:
         known = ", ".join(sorted(handlers)) or "none yet"
         sec.report(sec.get("handler"), f"{where}.handler: unknown handler {handler!r} ({known})")
         ok = False
-    if strip is not None and handler is not None:
+    local = handler is not None or has_static  # answered by the gateway itself
+    if strip is not None and local:
         sec.report(sec.get("strip_prefix"), f"{where}.strip_prefix: only applies to upstreams")
         ok = False
-    if common["retry_after_send"] and handler is not None:
+    if common["retry_after_send"] and local:
         sec.report(
             sec.get("retry_after_send"), f"{where}.retry_after_send: only applies to upstreams"
         )
         ok = False
-    if websocket and handler is not None:
+    if websocket and local:
         sec.report(sec.get("websocket"), f"{where}.websocket: only applies to upstreams")
         ok = False
     for key in ("websocket_idle_timeout", "websocket_max_duration"):
@@ -93,6 +105,11 @@ def parse_route(
             f"{where}.strip_prefix: {strip!r} is not a prefix of the path {path!r}",
         )
         ok = False
+    if has_static:
+        ok = _static_shape(sec, where, path, common) and ok
+    elif sec.get("spa") is not None:
+        sec.report(sec.get("spa"), f"{where}.spa: only applies with static")
+        ok = False
     if not ok or path is None:
         return None
     return Route(
@@ -100,6 +117,8 @@ def parse_route(
         path=path,
         handler=handler,
         upstream=upstream,
+        static=static,
+        spa=spa,
         strip_prefix=strip,
         source=f"{value.file}:{value.line}",
         websocket=websocket,
@@ -107,6 +126,35 @@ def parse_route(
         websocket_max_duration=longest,
         **common,  # type: ignore[arg-type]
     )
+
+
+def _folder(value: Value, base_dir: Path) -> Path:
+    """`static:` → an absolute folder that exists; not resolved, so a folder that is a
+    symlink (a release switched atomically) is followed afresh by each request."""
+    folder = Path(os.path.normpath(base_dir / value.text()))
+    if not folder.exists():
+        raise Invalid(f"{value.key}: folder not found: {folder}")
+    if not folder.is_dir():
+        raise Invalid(f"{value.key}: not a folder: {folder}")
+    return folder
+
+
+def _static_shape(sec: Section, where: str, path: str | None, common: dict[str, object]) -> bool:
+    """A static route's path ends with /** (the rest names the file) and its methods are
+    GET and HEAD, the default (README "Serving the frontend"); also fills that default."""
+    ok = True
+    if path is not None and not path.endswith("/**"):
+        sec.report(sec.get("path"), f"{where}.path: a static route's path ends with /**")
+        ok = False
+    methods = common["methods"]
+    if methods is None:
+        common["methods"] = STATIC_METHODS
+    elif not isinstance(methods, frozenset) or not methods <= STATIC_METHODS:
+        sec.report(sec.get("methods"), f"{where}.methods: a static route answers GET and HEAD")
+        ok = False
+    else:
+        common["methods"] = methods | {"HEAD"}  # HEAD alone is still answered as GET would be
+    return ok
 
 
 def route_common(

@@ -404,8 +404,8 @@ def test_unknown_key_in_route(write_config: WriteConfig) -> None:
     )
     assert only_problem(path) == (
         6,
-        "routes[0].strip: unknown key (known keys: path, methods, handler, upstream, "
-        "strip_prefix, auth, roles, rate_limit, retry_after_send, websocket, "
+        "routes[0].strip: unknown key (known keys: path, methods, handler, upstream, static, "
+        "spa, strip_prefix, auth, roles, rate_limit, retry_after_send, websocket, "
         "websocket_idle_timeout, websocket_max_duration)",
     )
 
@@ -847,7 +847,7 @@ def test_route_with_both_handler_and_upstream(write_config: WriteConfig) -> None
             """
         )
     )
-    assert only_problem(path) == (4, "routes[0]: give exactly one of handler or upstream")
+    assert only_problem(path) == (4, "routes[0]: give exactly one of handler, upstream or static")
 
 
 def test_route_with_neither_handler_nor_upstream(write_config: WriteConfig) -> None:
@@ -864,7 +864,7 @@ def test_route_with_neither_handler_nor_upstream(write_config: WriteConfig) -> N
     )
     assert only_problem(with_shipped_policies(path)) == (
         6,
-        "routes[1]: give exactly one of handler or upstream",
+        "routes[1]: give exactly one of handler, upstream or static",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from gateway.config.schema.fields import config_dataclass, doc
@@ -30,7 +31,8 @@ class RateLimitConfig:
 
 @config_dataclass
 class Route:
-    """routes[]: a path pattern sent to a local handler or an upstream; first match wins."""
+    """routes[]: a path pattern sent to a local handler, an upstream or a folder of files;
+    first match wins, static routes after every other route."""
 
     index: int = doc("position in first-match order", key=None)
     path: str = doc(
@@ -41,8 +43,20 @@ class Route:
         kind="list of methods",
         default_text="",
     )
-    handler: str | None = doc("local endpoint to answer; give this or upstream", default=None)
-    upstream: str | None = doc("upstream to proxy to; give this or handler", default=None)
+    handler: str | None = doc(
+        "local endpoint to answer; give this, upstream or static", default=None
+    )
+    upstream: str | None = doc("upstream to proxy to; give this, handler or static", default=None)
+    static: Path | None = doc(
+        "folder whose files answer GET and HEAD (relative to routes.yaml's folder); the path "
+        "must end with /**, which names the file",
+        default=None,
+        kind="path",
+    )
+    spa: bool = doc(
+        "static: a GET for no file that accepts text/html gets the folder's index.html",
+        default=False,
+    )
     strip_prefix: str | None = doc(
         "path prefix removed before proxying (/analytics: /analytics/x → /x)", default=None
     )
@@ -78,4 +92,6 @@ class Route:
 
     @property
     def target(self) -> str:
+        if self.static is not None:
+            return f"static {self.static}" + (" (spa)" if self.spa else "")
         return f"upstream {self.upstream}" if self.upstream else f"handler {self.handler}"
