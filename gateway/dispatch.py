@@ -28,6 +28,7 @@ from gateway.runtime import RuntimeHolder
 from gateway.server.lean import CONTINUE, continue_wanted
 from gateway.server.protocol import close_after_response
 from gateway.state.stores import Stores
+from gateway.static.serve import serve_static
 
 # Local handlers that answer another media type than JSON, so Accept's JSON
 # check (406) does not apply: Prometheus asks for its text format.
@@ -76,6 +77,10 @@ def dispatcher(handlers: Mapping[str, Handler], stores: Stores, holder: RuntimeH
         runtime = ctx.runtime
         assert route is not None  # set by the route stage
         assert runtime is not None
+        if route.static is not None:
+            # A file of the route's folder: any Accept (no JSON check), GET and HEAD only
+            # (the route table answered 405 to the rest), no body to wait for.
+            return await serve_static(request, route, ctx.path)
         handler: Handler | None = None
         if route.model is None and route.upstream is None:
             handler = handlers.get(route.handler or "")

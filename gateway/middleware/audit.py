@@ -27,6 +27,11 @@ class AuditStageConfig:
 
 
 def _bytes_out(request: web.Request, response: web.StreamResponse) -> int:
+    if isinstance(response, web.FileResponse) and response.prepared:
+        # A static file (gateway/static/serve.py): sendfile(2) bypasses the writer's
+        # count, so the body is what its Content-Length announced, when one was sent.
+        sent = response.status in (200, 206) and request.method != "HEAD"
+        return (response.content_length or 0) if sent else 0
     if response.prepared:
         # Streamed (proxied): aiohttp's count of what was written, head
         # included; a response cut short counts what left before the cut.
