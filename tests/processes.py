@@ -68,11 +68,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def shipped_config(folder: Path, port: int, model_port: int | None = None) -> Path:
-    """The shipped routes.yaml (and policies/) in `folder`, listening on `port`, its DEMO
-    model at `model_port` when given, argon2 at its cheapest."""
+    """The shipped routes.yaml (and policies/, frontend/) in `folder`, listening on `port`,
+    its DEMO model at `model_port` when given, argon2 at its cheapest."""
     from tests.identity import CHEAP_HASHING
 
     shutil.copytree(REPO / "policies", folder / "policies")
+    shutil.copytree(REPO / "frontend", folder / "frontend")  # its static: route's folder
     shipped = (REPO / "routes.yaml").read_text()
     text = shipped.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
     assert text != shipped, "the shipped routes.yaml no longer listens on 127.0.0.1:8080"

@@ -96,6 +96,7 @@ try:
        {json_header} -d '{chat}'
   curl -sN {base}/models/demo/v1/chat/completions -H "Authorization: Bearer $TOKEN" \\
        {json_header} -d '{stream}'
+example frontend: {base}/ (frontend/: sign in and ask the demo model)
 dashboard: {base}/admin/ui (sign in as an admin; see {CREDENTIALS_FILE})
 API description: {base}/openapi.json
 stop with Ctrl-C

@@ -63,9 +63,10 @@ def add(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def shipped(tmp_path: Path) -> Path:
-    """The shipped routes.yaml and policies/, copied into tmp_path."""
+    """The shipped routes.yaml, policies/ and frontend/, copied into tmp_path."""
     shutil.copy(REPO / "routes.yaml", tmp_path / "routes.yaml")
     shutil.copytree(REPO / "policies", tmp_path / "policies")
+    shutil.copytree(REPO / "frontend", tmp_path / "frontend")
     return tmp_path / "routes.yaml"
 
 

@@ -71,7 +71,8 @@ def test_shipped_routes_yaml_loads_cleanly() -> None:
     config = load_config(REPO / "routes.yaml")
     assert config.path == REPO / "routes.yaml"
     assert "demo" in config.models
-    assert config.routes[-1].path == "/models/demo/**"
+    assert config.routes[-2].path == "/models/demo/**"
+    assert config.routes[-1].static == REPO / "frontend"  # static routes come last
 
 
 def test_empty_file_gives_the_defaults(write_config: WriteConfig) -> None:

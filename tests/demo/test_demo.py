@@ -35,6 +35,7 @@ def test_make_run_steps_print_curl_lines_that_work(tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text(text)
     shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    shutil.copytree(ROOT / "frontend", tmp_path / "frontend")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("GATEWAY_JWT_SECRET", None)  # make run works without one: a dev secret is made
 
