@@ -362,6 +362,8 @@ async def routes(request: web.Request) -> web.StreamResponse:
                     "methods": sorted(r.methods) if r.methods else None,
                     "handler": r.handler,
                     "upstream": r.upstream,
+                    "static": str(r.static) if r.static is not None else None,
+                    "spa": r.spa,
                     "strip_prefix": r.strip_prefix,
                     "auth": r.auth,
                     "roles": list(r.roles),

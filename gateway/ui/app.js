@@ -43,7 +43,7 @@ async function loadRoutes() {
   const { items } = await api("/admin/routes");
   fill("routes", items, [
     (r) => [r.index + 1], (r) => [r.methods ? r.methods.join(",") : "*"], (r) => [r.path],
-    (r) => [r.upstream ? `upstream ${r.upstream}` : `handler ${r.handler}`],
+    (r) => [r.static ? `static ${r.static}` : r.upstream ? `upstream ${r.upstream}` : `handler ${r.handler}`],
     (r) => [r.auth], (r) => [r.roles.length ? r.roles.join(",") : "any"], (r) => [r.rate_limit],
   ]);
 }

@@ -91,3 +91,24 @@ async def test_a_refused_static_request_is_an_audit_row_too(client: Client) -> N
     assert resp.status == 404
     rows = {r["request_id"]: r for r in await audit_rows(client)}
     assert (rows["t-static-404"]["status"], rows["t-static-404"]["reason"]) == (404, "no_file")
+
+
+async def test_admins_see_static_routes_and_explain_names_the_folder(
+    client: Client, tmp_path: Path
+) -> None:
+    await make_user(client, "root", "admin")
+    root = bearer(await login(client, "root"))
+    items = (await (await client.get("/admin/routes", headers=root)).json())["items"]
+    reports = next(r for r in items if r["path"] == "/reports/**")
+    assert (reports["static"], reports["spa"], reports["handler"]) == (
+        str(tmp_path / "site"),
+        False,
+        None,
+    )
+    assert reports["methods"] == ["GET", "HEAD"]
+    explained = await client.post(
+        "/admin/explain", json={"method": "GET", "path": "/open/app.js"}, headers=root
+    )
+    result = await explained.json()
+    assert result["allowed"] is True
+    assert result["target"] == f"static {tmp_path / 'site'}"
