@@ -54,6 +54,12 @@ class GatewayError(Exception):
         return cls(404, "no_route", detail)
 
     @classmethod
+    def no_file(cls) -> GatewayError:
+        """A static route has no file to serve: missing, outside its folder or a dotfile
+        look the same, so a client learns nothing of what lies beyond the folder."""
+        return cls(404, "no_file", "no file here")
+
+    @classmethod
     def method_not_allowed(cls, method: str, allow: list[str]) -> GatewayError:
         return cls(
             405,

@@ -37,12 +37,6 @@ from gateway.static.rules import (
 )
 
 
-def no_file() -> GatewayError:
-    """The one answer for every file not served: missing, refused or outside the folder
-    look the same, so a client learns nothing of what lies beyond it."""
-    return GatewayError(404, "no_file", "no file here")
-
-
 class Miss(enum.Enum):
     MISSING = "missing"  # nothing there (or not readable): `spa: true` may answer index.html
     REFUSED = "refused"  # outside the folder, or a dotfile: 404, whatever spa says
@@ -112,14 +106,14 @@ async def serve_static(request: web.Request, route: Route, path: str) -> web.Str
     assert folder is not None  # dispatch sends only static routes here
     parts = file_parts(route.path, path)
     if parts is None:
-        raise no_file()
+        raise GatewayError.no_file()
     loop = asyncio.get_running_loop()
     found = await loop.run_in_executor(None, locate, folder, parts)
     if found is Miss.MISSING and route.spa and accepts_html(request.headers.get(hdrs.ACCEPT)):
         # A client-side route (/settings/profile): the page, which reads the path itself.
         found = await loop.run_in_executor(None, locate, folder, ("",))
     if not isinstance(found, Found):
-        raise no_file()
+        raise GatewayError.no_file()
     response = StaticFileResponse(
         found.path,
         headers={
