@@ -210,7 +210,9 @@ def test_add_to_the_shipped_file_keeps_every_other_byte(shipped: Path) -> None:
     assert route.strip_prefix == "/models/sentiment"
     assert route.roles == ("user",)
     assert route.rate_limit == RateLimitConfig(Rate(30, 60.0), "user")
-    assert config.routes[-1] == route  # model routes come last, the new one after demo
+    # model routes come after routes:, the new one after demo; only static routes follow
+    assert config.routes[-2] == route
+    assert config.routes[-1].static is not None
 
     # replaced by a rename (what a reloading gateway watches for), mode kept, nothing left over
     assert shipped.stat().st_ino != inode
