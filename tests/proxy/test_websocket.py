@@ -13,11 +13,9 @@ import psutil
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import select
 
 from gateway.proxy.websocket import Frames, close_frame
-from gateway.services import SERVICES
-from models import AuditLog
+from tests.auditrows import audit_rows
 from tests.conftest import MakeGateway, MakeUpstream, WriteConfig
 from tests.identity import bearer, identity_config, login, make_user
 from tests.processes import free_port, start_gateway, stop
@@ -109,14 +107,6 @@ async def closed_with(sock: aiohttp.ClientWebSocketResponse) -> int | None:
             msg = await sock.receive()
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
                 return sock.close_code
-
-
-async def audit_rows(client: Client) -> list[dict[str, Any]]:
-    services = client.app[SERVICES]
-    await services.audit.flush()
-    async with services.engine.connect() as connection:
-        result = await connection.execute(select(AuditLog).order_by(AuditLog.id))
-        return [dict(row) for row in result.mappings()]
 
 
 # --- frames both ways -------------------------------------------------------------
@@ -221,14 +211,18 @@ async def test_an_auth_none_websocket_route_needs_no_token(client: Client) -> No
 # --- the gateway closes what may no longer stay open ------------------------------
 
 
-async def test_logout_closes_an_open_websocket_with_1008(client: Client) -> None:
-    token = await user_token(client)
-    async with client.ws_connect("/live/ws", headers=bearer(token)) as sock:
+async def logout_closes(opened_on: Client, logout_on: Client, token: str) -> None:
+    """A WebSocket opened on one gateway is closed with 1008 once the token logs out."""
+    async with opened_on.ws_connect("/live/ws", headers=bearer(token)) as sock:
         await sock.send_str("before")
         assert (await sock.receive()).data == "before"
-        resp = await client.post("/auth/logout", headers=bearer(token), json={})
+        resp = await logout_on.post("/auth/logout", headers=bearer(token), json={})
         assert resp.status in (200, 204)
         assert await closed_with(sock) == 1008
+
+
+async def test_logout_closes_an_open_websocket_with_1008(client: Client) -> None:
+    await logout_closes(client, client, await user_token(client))
 
 
 async def test_a_reused_refresh_token_closes_the_websockets_of_its_family(
@@ -300,12 +294,7 @@ async def test_a_logout_on_one_instance_closes_the_websocket_on_another(
     a = await gateway(text, redis_url=redis_url, redis_prefix=redis_prefix)
     b = await gateway(text, redis_url=redis_url, redis_prefix=redis_prefix)
     token = await user_token(a)  # one database, one Redis: both instances know the user
-    async with b.ws_connect("/live/ws", headers=bearer(token)) as sock:
-        await sock.send_str("on b")
-        assert (await sock.receive()).data == "on b"
-        resp = await a.post("/auth/logout", headers=bearer(token), json={})
-        assert resp.status in (200, 204)
-        assert await closed_with(sock) == 1008
+    await logout_closes(b, a, token)
 
 
 async def test_a_ten_mib_message_passes_with_flat_memory(

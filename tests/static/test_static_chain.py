@@ -4,13 +4,10 @@ audit row apply to it as to any route."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from gateway.services import SERVICES
-from models import AuditLog
+from tests.auditrows import audit_rows
 from tests.conftest import MakeGateway
 from tests.identity import Client, bearer, identity_config, login, make_user
 
@@ -60,14 +57,6 @@ async def test_rate_limit_on_a_static_route(client: Client) -> None:
     resp = await client.get("/open/app.js")
     assert resp.status == 429
     assert (await resp.json())["code"] == "rate_limited"
-
-
-async def audit_rows(client: Client) -> list[dict[str, Any]]:
-    services = client.app[SERVICES]
-    await services.audit.flush()
-    async with services.engine.connect() as connection:
-        result = await connection.execute(select(AuditLog).order_by(AuditLog.id))
-        return [dict(row) for row in result.mappings()]
 
 
 async def test_each_static_request_is_one_audit_row_with_its_real_status(client: Client) -> None:
