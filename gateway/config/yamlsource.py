@@ -7,6 +7,7 @@ read, so unknown keys become errors instead of being ignored.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,10 +223,21 @@ class Section:
         self.problems.add(self.file, line, message)
 
     def check_unknown(self, allowed_hint: str = "") -> None:
+        """Report each key not read; `allowed_hint` lists the known keys, comma-separated.
+
+        A key close to a known one (a typo) gets that one suggested; any other
+        gets the list of known keys.
+        """
+        known = [k.strip() for k in allowed_hint.split(",") if k.strip()]
         for name, value in self._entries.items():
-            if name not in self._read:
-                hint = f" (known keys: {allowed_hint})" if allowed_hint else ""
-                self.problems.add(self.file, value.line, f"{value.key}: unknown key{hint}")
+            if name in self._read:
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+            if close:
+                message = f"unknown key `{name}`; did you mean `{close[0]}`?"
+            else:
+                message = f"unknown key (known keys: {allowed_hint})" if known else "unknown key"
+            self.problems.add(self.file, value.line, f"{value.key}: {message}")
 
 
 def read_yaml(path: Path, problems: Problems, data: bytes | None = None) -> Value | None:

@@ -182,7 +182,7 @@ def test_audit_section_is_strict(write_config: WriteConfig) -> None:
     assert [(p.line, p.message) for p in info.value.problems] == [
         (2, "audit.queue_size: must be at least 1"),
         (4, "audit.flush_interval: must be longer than zero"),
-        (5, f"audit.spool_dir: unknown key {known}"),
+        (5, "audit.spool_dir: unknown key `spool_dir`; did you mean `spool`?"),
         (6, f"audit.batch: unknown key {known}"),
     ]
 

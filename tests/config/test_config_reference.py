@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,32 @@ def test_reference_keys_are_the_keys_the_parser_knows(
         assert documented <= known
     else:
         assert documented == known
+
+
+def _typo(key: str) -> str:
+    """`key` with its last letter doubled: one edit away from it and from no other key."""
+    return key + key[-1]
+
+
+@pytest.mark.parametrize(("section", "cls"), SECTIONS, ids=[name for name, _ in SECTIONS])
+def test_a_misspelt_key_gets_the_nearest_known_key_suggested(
+    section: str, cls: type, tmp_path: Path
+) -> None:
+    """At every level: a key one letter off a known one names that one."""
+    keys = sorted(
+        key for _, meaning in documented_keys(cls) for key in str(meaning.key).split(", ")
+    )
+    wanted = max(keys, key=len)  # the longest: no other key is as close to its typo
+    path = tmp_path / "routes.yaml"
+    text = re.sub(r"\b(bogus|x): 1", f"{_typo(wanted)}: 1", UNKNOWN_KEY[section])
+    path.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    suggestions = [p.message for p in info.value.problems if "did you mean" in p.message]
+    assert len(suggestions) == 1, info.value.problems
+    assert suggestions[0].endswith(
+        f"unknown key `{_typo(wanted)}`; did you mean `{wanted}`?"
+    ), suggestions
 
 
 def test_bounds_are_read_from_the_field() -> None:

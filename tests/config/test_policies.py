@@ -265,7 +265,11 @@ def test_unknown_top_level_key(policies: Path) -> None:
           admin: {}
         """,
     )
-    assert only_problem(policies) == ("roles.yaml", 3, "role: unknown key (known keys: roles)")
+    assert only_problem(policies) == (
+        "roles.yaml",
+        3,
+        "role: unknown key `role`; did you mean `roles`?",
+    )
 
 
 def test_unknown_key_in_a_role(policies: Path) -> None:
