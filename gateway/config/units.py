@@ -20,7 +20,15 @@ _DURATION_UNITS = {
     "h": 3600.0,
     "d": 86400.0,
 }
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# A bare number (seconds), or parts like `1d12h`, `1h30m`, `2m30s`, `1.5s`, `500ms`:
+# each unit at most once, largest first (`ms` tried before `m`).
+_NUMBER = r"\d+(?:\.\d+)?"
+_BARE_DURATION = re.compile(rf"^\s*({_NUMBER})\s*$")
+_COMPOUND_DURATION = re.compile(
+    "".join(rf"(?:({_NUMBER})\s*{unit}\s*)?" for unit in ("d", "h", "m(?!s)", "s", "ms"))
+)
+_DURATION_PARTS = ("d", "h", "m", "s", "ms")
+DURATION_HINT = "write e.g. 30s, 5m, 1h30m"
 
 _SIZE_UNITS = {
     "b": 1,
@@ -45,7 +53,8 @@ _RATE_PERIODS = {
     "d": 86400.0,
     "day": 86400.0,
 }
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S.*?)\s*$")
+_RATE_WORD = re.compile(r"^(\d*)\s*([a-z]+)$")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -62,23 +71,31 @@ class Rate:
 
 
 def parse_duration(text: str | int | float) -> float:
-    """`250ms`, `30s`, `15m`, `2h`, `14d` → seconds. A bare number is seconds."""
+    """`250ms`, `30s`, `15m`, `2h`, `14d`, or parts of them largest first (`1h30m`,
+    `2m30s`, `1d12h`) → seconds. A bare number is seconds."""
     if isinstance(text, bool):
-        raise ValueError("expected a duration like 30s, got a boolean")
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(text)
-        if match is None:
-            raise ValueError(
-                f"{text!r} is not a duration; use a number with ms, s, m, h or d (e.g. 30s)"
-            )
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+        raise ValueError(f"expected a duration like 30s, got a boolean; {DURATION_HINT}")
+    seconds = float(text) if isinstance(text, int | float) else _duration_text(text)
     if not math.isfinite(seconds):
         raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
+
+
+def _duration_text(text: str) -> float:
+    bare = _BARE_DURATION.match(text)
+    if bare is not None:
+        return float(bare.group(1))
+    stripped = text.strip()
+    match = _COMPOUND_DURATION.fullmatch(stripped)
+    if not stripped or match is None or not any(match.groups()):
+        raise ValueError(f"`{text}` is not a duration; {DURATION_HINT}")
+    return sum(
+        float(amount) * _DURATION_UNITS[unit]
+        for amount, unit in zip(match.groups(), _DURATION_PARTS, strict=True)
+        if amount is not None
+    )
 
 
 def parse_positive_duration(text: str | int | float) -> float:
@@ -121,20 +138,28 @@ def parse_size(text: str | int | float) -> int:
 
 
 def parse_rate(text: str | int | float) -> Rate:
-    """`60/min`, `5/sec`, `100000/day`, `10/30s` → Rate."""
+    """`60/min`, `5/sec`, `100000/day`, `10/30s`, `10/1m30s` → Rate."""
     if not isinstance(text, str):
         raise ValueError(f"{text!r} is not a rate; give a period too, e.g. {text}/min")
     match = _RATE.match(text)
-    if match is None:
+    if match is None or _BARE_DURATION.match(match.group(2)):  # `5/30`: 30 of what?
         raise ValueError(
             f"{text!r} is not a rate; use N/sec, N/min, N/hour, N/day or N/<duration> (e.g. 60/min)"
         )
     limit = int(match.group(1))
-    count, unit = match.group(2), match.group(3)
-    if unit in _RATE_PERIODS:
-        period = _RATE_PERIODS[unit] * (int(count) if count else 1)
+    per = match.group(2)
+    word = _RATE_WORD.match(per)
+    if word is not None and word.group(2) in _RATE_PERIODS:
+        count = word.group(1)
+        period = _RATE_PERIODS[word.group(2)] * (int(count) if count else 1)
     else:
-        period = parse_duration(f"{count or 1}{unit}")
+        try:
+            period = parse_duration(per)
+        except ValueError:
+            raise ValueError(
+                f"`{text}` is not a rate; the period `{per}` is neither sec, min, hour, day "
+                f"nor a duration ({DURATION_HINT})"
+            ) from None
     if limit <= 0:
         raise ValueError("a rate limit must allow at least 1 request")
     if period <= 0:

@@ -334,8 +334,8 @@ def test_add_refuses_a_name_that_is_already_an_upstream(small: Path) -> None:
         ),
         (
             ("http://127.0.0.1:9010", "--timeout", "soon"),
-            f"{SMALL_ENTRY_LINE + 2}: models.sentiment.timeout: 'soon' is not a duration; "
-            "use a number with ms, s, m, h or d (e.g. 30s)",
+            f"{SMALL_ENTRY_LINE + 2}: models.sentiment.timeout: `soon` is not a duration; "
+            "write e.g. 30s, 5m, 1h30m",
         ),
     ],
 )

@@ -122,9 +122,9 @@ def test_a_misspelt_key_gets_the_nearest_known_key_suggested(
         load_config(path)
     suggestions = [p.message for p in info.value.problems if "did you mean" in p.message]
     assert len(suggestions) == 1, info.value.problems
-    assert suggestions[0].endswith(
-        f"unknown key `{_typo(wanted)}`; did you mean `{wanted}`?"
-    ), suggestions
+    assert suggestions[0].endswith(f"unknown key `{_typo(wanted)}`; did you mean `{wanted}`?"), (
+        suggestions
+    )
 
 
 def test_bounds_are_read_from_the_field() -> None:

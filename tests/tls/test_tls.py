@@ -136,8 +136,7 @@ def test_tls_problems_name_the_line_of_the_key(write_config: WriteConfig, pki: P
         (5, f"server.tls.key: {key} is not the private key of {cert}"),
         (
             6,
-            "server.tls.hsts: 'forever' is not a duration; use a number with ms, s, m, h or d "
-            "(e.g. 30s)",
+            "server.tls.hsts: `forever` is not a duration; write e.g. 30s, 5m, 1h30m",
         ),
         (7, "server.tls.redirect_http: port 8443 is the TLS listener's own; pick another"),
         (8, "server.tls.ciphers: unknown key (known keys: cert, key, hsts, redirect_http)"),
