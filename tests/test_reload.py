@@ -302,6 +302,33 @@ async def test_an_invalid_edit_keeps_the_old_config_and_reports_every_problem(
     assert (await client.get("/new/x")).status == 200
 
 
+async def test_a_yaml_syntax_error_keeps_the_old_config_and_logs_its_cause(
+    gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = "routes:\n  - {path: /old/**, handler: admin}\n"
+    client = await gateway(text)
+    holder = client.app[HOLDER]
+    old = holder.current
+    path = config_path(client)
+    # `handler:` indented with a tab: PyYAML's own words would be "while scanning ..."
+    path.write_text("routes:\n  - path: /new/**\n\t  handler: admin\n", encoding="utf-8")
+
+    async def failed() -> bool:
+        return holder.last_error is not None
+
+    await eventually(failed, "the syntax error was never reported")
+    assert holder.last_error is not None
+    assert holder.last_error.problems == (
+        f"{path}:3:1: YAML syntax: a tab in the indentation; indent with spaces, never tabs",
+    )
+    assert holder.current is old
+    errors = [r for r in caplog.records if r.name == "gateway.reload" and r.levelname == "ERROR"]
+    assert errors
+    assert holder.last_error.problems[0] in errors[-1].getMessage()
+    assert "while scanning" not in errors[-1].getMessage()
+    assert errors[-1].exc_info is None  # no traceback for a config fault
+
+
 async def test_an_invalid_policy_file_keeps_the_old_policy(
     gateway: MakeGateway, policies: Path
 ) -> None:

@@ -24,7 +24,7 @@ from gateway.config.schema.top import Config
 from gateway.config.schema.upstreams import UpstreamConfig
 from gateway.config.server_section import parse_audit, parse_database, parse_server
 from gateway.config.upstreams_section import parse_upstream
-from gateway.config.yamlsource import Invalid, Problems, Value, read_yaml
+from gateway.config.yamlsource import Invalid, Problems, Value, missing_space_hint, read_yaml
 
 # The local handlers a route may name. Kept beside the schema so `gateway
 # check` needs no aiohttp; tests pin it to the handler registry.
@@ -53,7 +53,8 @@ def load_config(path: str | Path, extra_handlers: Iterable[str] = ()) -> Config:
     try:
         top = root.section(problems)
     except Invalid:
-        problems.add(str(config_path), 1, "routes.yaml must be a mapping of sections")
+        hint = missing_space_hint(root.node)
+        problems.add(str(config_path), 1, f"routes.yaml must be a mapping of sections{hint}")
         problems.raise_if_any()
         raise
     base_dir = config_path.parent

@@ -8,6 +8,7 @@ read, so unknown keys become errors instead of being ignored.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,11 @@ class ConfigProblem:
     file: str
     line: int
     message: str
+    column: int | None = None  # given for YAML syntax errors: FILE:LINE:COLUMN
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+        where = f"{self.line}:{self.column}" if self.column is not None else str(self.line)
+        return f"{self.file}:{where}: {self.message}"
 
 
 class ConfigError(Exception):
@@ -44,8 +47,8 @@ class Problems:
 
     items: list[ConfigProblem] = field(default_factory=list)
 
-    def add(self, file: str, line: int, message: str) -> None:
-        self.items.append(ConfigProblem(file, line, message))
+    def add(self, file: str, line: int, message: str, column: int | None = None) -> None:
+        self.items.append(ConfigProblem(file, line, message, column))
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -155,7 +158,8 @@ class Value:
         if not isinstance(self.node, yaml.MappingNode):
             if self.is_null():
                 return Section({}, self.file, self.line, self.key, problems)
-            raise Invalid(f"{self.key}: expected a mapping of keys", self.line)
+            hint = missing_space_hint(self.node)
+            raise Invalid(f"{self.key}: expected a mapping of keys{hint}", self.line)
         entries: dict[str, Value] = {}
         for key_node, value_node in self.node.value:
             if not isinstance(key_node, yaml.ScalarNode):
@@ -254,14 +258,14 @@ def read_yaml(path: Path, problems: Problems, data: bytes | None = None) -> Valu
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        problems.add(str(path), line, f"YAML syntax: {exc.problem or exc}")
+        line, column, message = syntax_hint(text, exc)
+        problems.add(str(path), line, f"YAML syntax: {message}", column)
         return None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow; no mark
         line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
         char = f" (#x{exc.character:04x})" if isinstance(exc.character, int) else ""
-        problems.add(str(path), line, f"YAML syntax: {exc.reason}{char}")
+        problems.add(str(path), line, f"YAML syntax: {exc.reason}{char}", column)
         return None
     if node is None:
         node = yaml.MappingNode("tag:yaml.org,2002:map", [])
@@ -273,3 +277,100 @@ _LOADER = yaml.SafeLoader("")
 _TYPED_TAGS = frozenset(
     {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
 )
+
+
+# `key:value` at the start of a line (after any `- `): a key whose `:` lacks the
+# space YAML needs, so the whole line is one string. `http://…` is not one.
+_NO_SPACE = re.compile(r"^(\s*(?:-\s+)?)([A-Za-z_][\w.-]*):(?!//)(\S)")
+_CLOSERS = {"[": "]", "{": "}"}
+
+
+def missing_space_hint(node: yaml.Node) -> str:
+    """For a string where a mapping belongs: the hint when it reads as `key:value`."""
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None:
+        return ""
+    match = _NO_SPACE.match(str(node.value))
+    if match is None:
+        return ""
+    key = match.group(2)
+    return f"; `{key}:` needs a space after the colon (write `{key}: …`)"
+
+
+def syntax_hint(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int | None, str]:
+    """LINE, COLUMN (both from 1) and a plain description of a YAML syntax error.
+
+    PyYAML's messages describe its parser's state ("while scanning a simple
+    key"); an operator needs the usual cause: a tab, a missing space after
+    `:`, lines that do not line up, or a quote or bracket never closed.
+    """
+    lines = text.splitlines()
+    problem = exc.problem or ""
+    context = exc.context or ""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else 0
+    column = mark.column + 1 if mark is not None else None
+    opened = exc.context_mark
+    if "'\\t'" in problem or "'\t'" in problem:
+        return line, column, "a tab in the indentation; indent with spaces, never tabs"
+    if "quoted scalar" in context and opened is not None:
+        quote = _char_at(lines, opened.line, opened.column) or '"'
+        return (
+            opened.line + 1,
+            opened.column + 1,
+            f"unclosed quote: the {quote} here has no closing {quote}",
+        )
+    if ("flow sequence" in context or "flow mapping" in context) and opened is not None:
+        bracket = _char_at(lines, opened.line, opened.column) or "["
+        closer = _CLOSERS.get(bracket, "]")
+        got = re.search(r"but got '(.*)'$", problem)
+        if got is None or got.group(1) == "<stream end>":
+            found = "the file ends first"
+        else:
+            found = f"found `{got.group(1)}` at {line}:{column}"
+        return (
+            opened.line + 1,
+            opened.column + 1,
+            f"unclosed bracket: the {bracket} here has no closing {closer} ({found})",
+        )
+    if "mapping values are not allowed" in problem or "could not find expected ':'" in problem:
+        first = opened.line if opened is not None else max(0, line - 6)
+        for number in range(min(line, len(lines)) - 1, max(first, line - 6) - 1, -1):
+            found = _NO_SPACE.match(lines[number])
+            if found is not None:
+                key = found.group(2)
+                return (
+                    number + 1,
+                    len(found.group(1)) + len(key) + 1,
+                    f"`{key}:` needs a space after the colon (write `{key}: …`)",
+                )
+        if "mapping values are not allowed" in problem:
+            return (
+                line,
+                _indent(lines, line - 1) + 1,
+                "bad indentation: this line is indented deeper than the key above it "
+                "(or the line above is missing a `:`)",
+            )
+        return line, column, "a line without `key: value` where a key was expected"
+    if "expected <block end>" in problem:
+        return (
+            line,
+            column,
+            "bad indentation: this line does not line up with the lines above it "
+            "(keys of one mapping, and the `-` of one list, start in the same column)",
+        )
+    if "block" in context and "expected" in problem:
+        return line, column, "bad indentation or a missing `-` or `:` here"
+    return line, column, problem or str(exc)
+
+
+def _char_at(lines: list[str], line: int, column: int) -> str:
+    if 0 <= line < len(lines) and 0 <= column < len(lines[line]):
+        return lines[line][column]
+    return ""
+
+
+def _indent(lines: list[str], line: int) -> int:
+    """How many spaces line `line` (from 0) starts with."""
+    if not 0 <= line < len(lines):
+        return 0
+    return len(lines[line]) - len(lines[line].lstrip(" "))

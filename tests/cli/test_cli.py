@@ -104,7 +104,10 @@ def test_check_yaml_syntax_error(write_config: WriteConfig, tmp_path: Path) -> N
     path = write_config("server:\n  listen: [127.0.0.1\nroutes: []\n")
     result = gateway("check", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr == f"{path}:3: YAML syntax: expected ',' or ']', but got ':'\n"
+    assert result.stderr == (
+        f"{path}:2:11: YAML syntax: unclosed bracket: the [ here has no closing ] "
+        "(found `:` at 3:7)\n"
+    )
 
 
 def test_check_config_path_relative_to_cwd(write_config: WriteConfig, tmp_path: Path) -> None:

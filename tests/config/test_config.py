@@ -282,7 +282,10 @@ def test_yaml_syntax_error_gives_its_line(write_config: WriteConfig) -> None:
         upstreams: {}
         """
     )
-    assert only_problem(path) == (6, "YAML syntax: expected ',' or ']', but got ':'")
+    assert only_problem(path) == (
+        5,
+        "YAML syntax: unclosed bracket: the [ here has no closing ] (found `:` at 6:10)",
+    )
 
 
 def test_yaml_bad_indentation_gives_its_line(write_config: WriteConfig) -> None:
@@ -295,7 +298,8 @@ def test_yaml_bad_indentation_gives_its_line(write_config: WriteConfig) -> None:
     )
     assert only_problem(path) == (
         3,
-        "YAML syntax: expected <block end>, but found '<block mapping start>'",
+        "YAML syntax: bad indentation: this line does not line up with the lines above it "
+        "(keys of one mapping, and the `-` of one list, start in the same column)",
     )
 
 

@@ -402,7 +402,7 @@ def test_yaml_syntax_error_in_a_policy_file(policies: Path) -> None:
     assert only_problem(policies) == (
         "b.yaml",
         2,
-        "YAML syntax: expected ',' or ']', but got '}'",
+        "YAML syntax: unclosed bracket: the [ here has no closing ] (found `}` at 2:26)",
     )
 
 
