@@ -335,12 +335,12 @@ def syntax_hint(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int | None, 
     if "mapping values are not allowed" in problem or "could not find expected ':'" in problem:
         first = opened.line if opened is not None else max(0, line - 6)
         for number in range(min(line, len(lines)) - 1, max(first, line - 6) - 1, -1):
-            found = _NO_SPACE.match(lines[number])
-            if found is not None:
-                key = found.group(2)
+            no_space = _NO_SPACE.match(lines[number])
+            if no_space is not None:
+                key = no_space.group(2)
                 return (
                     number + 1,
-                    len(found.group(1)) + len(key) + 1,
+                    len(no_space.group(1)) + len(key) + 1,
                     f"`{key}:` needs a space after the colon (write `{key}: …`)",
                 )
         if "mapping values are not allowed" in problem:
