@@ -97,6 +97,13 @@ def needs_restart(old: Config, new: Config) -> list[str]:
     return [name for name, changed in checks.items() if changed]
 
 
+def build_problem(config_path: Path, exc: Exception) -> ConfigProblem:
+    """A failure to build a Runtime from a valid config, as FILE:LINE: message (the line
+    of the `auth.keys` entry at fault; 0 when no one line is)."""
+    line = exc.line if isinstance(exc, KeyConfigError) else 0
+    return ConfigProblem(str(config_path), line, str(exc) or type(exc).__name__)
+
+
 class Reloader:
     """Watches the config files of `holder.current` and swaps in a new Runtime."""
 
@@ -174,8 +181,7 @@ class Reloader:
             except ConfigError as exc:
                 problems, unforeseen = [str(p) for p in exc.problems], None
             except Exception as exc:  # unusable keys (KeyConfigError), or anything unforeseen
-                message = str(exc) or type(exc).__name__
-                problems = [str(ConfigProblem(str(self.path), 0, message))]
+                problems = [str(build_problem(self.path, exc))]
                 unforeseen = None if isinstance(exc, KeyConfigError) else exc
             else:
                 self.holder.swap(runtime)

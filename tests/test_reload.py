@@ -366,7 +366,9 @@ async def test_a_config_that_validates_but_cannot_be_built_is_refused(
     holder = client.app[HOLDER]
     old = holder.current
     # Parses and validates; only building the keys finds the secret too short.
-    replace_file(old.config.path, text + "auth:\n  keys: [{kid: a, secret: too-short}]\n")
+    broken = text + "auth:\n  keys: [{kid: a, secret: too-short}]\n"
+    key_line = broken.splitlines().index("  keys: [{kid: a, secret: too-short}]") + 1
+    replace_file(old.config.path, broken)
 
     async def failed() -> bool:
         return holder.last_error is not None
@@ -374,7 +376,7 @@ async def test_a_config_that_validates_but_cannot_be_built_is_refused(
     await eventually(failed, "the unusable key was never reported")
     assert holder.last_error is not None
     [problem] = holder.last_error.problems
-    assert problem.startswith(f"{old.config.path}:0: auth.keys: a: ")
+    assert problem.startswith(f"{old.config.path}:{key_line}: auth.keys: a: ")
     assert "at least 32 bytes" in problem
     assert holder.current is old
     assert (await client.get("/old/x")).status == 200

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,14 @@ _GENERATE_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
 class KeyConfigError(ValueError):
-    """The configured keys cannot be used; the message is for the operator."""
+    """The configured keys cannot be used; the message is for the operator.
+
+    `line`: the line in routes.yaml of the `auth.keys` entry at fault (0: no one entry).
+    """
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +77,20 @@ class KeySet:
         """Load and check `auth.keys` (or GATEWAY_JWT_SECRET); raise KeyConfigError if unusable."""
         algorithm = auth.algorithm
         if algorithm == "HS256":
-            keys = [_hmac_key(k) for k in auth.keys] if auth.keys else [_env_key(environ)]
+            keys = [_at(k, _hmac_key) for k in auth.keys] if auth.keys else [_env_key(environ)]
         elif algorithm in _KEY_RULES:
             if not auth.keys:
                 raise KeyConfigError(f"auth: {algorithm} needs auth.keys with PEM key files")
-            keys = [_pem_key(k, algorithm) for k in auth.keys]
+            keys = [_at(k, lambda k: _pem_key(k, algorithm)) for k in auth.keys]
         else:
             raise KeyConfigError(
                 f"auth.algorithm: {algorithm!r} is not supported; use HS256, RS256, ES256 or EdDSA"
             )
         kids = [key.kid for key in keys]
-        for kid in kids:
-            if kids.count(kid) > 1:
-                raise KeyConfigError(f"auth.keys: kid {kid!r} is used twice")
+        for i, kid in enumerate(kids):
+            if kid in kids[:i]:
+                line = auth.keys[i].line if auth.keys else 0
+                raise KeyConfigError(f"auth.keys: kid {kid!r} is used twice", line)
         return cls(algorithm, keys)
 
     @property
@@ -118,6 +126,15 @@ class KeySet:
 def hmac_kid(secret: bytes) -> str:
     """A kid derived from an HS256 secret, the same on every instance sharing it."""
     return "hs-" + hashlib.sha256(secret).hexdigest()[:8]
+
+
+def _at(key: KeyConfig, load: Callable[[KeyConfig], _Key]) -> _Key:
+    """`load(key)`, its KeyConfigError told at the line of `key`'s entry."""
+    try:
+        return load(key)
+    except KeyConfigError as exc:
+        exc.line = exc.line or key.line
+        raise
 
 
 def _env_key(environ: Mapping[str, str]) -> _Key:
