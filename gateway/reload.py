@@ -80,21 +80,34 @@ def fingerprint(config_path: Path, policies_dir: Path) -> Fingerprint:
     return tuple(entries)
 
 
+def _tls_file(name: str) -> Callable[[Config], object]:
+    return lambda c: getattr(c.server.tls, name) if c.server.tls is not None else None
+
+
+# What only a restart applies: each setting (as README "Hot reload" names it) and how to
+# read it from a Config. The listener, its certificate files (gateway/tls/server.py
+# watches the files named at start), the extra listeners, and what `Services` was
+# built from; everything else a reload applies.
+RESTART_ONLY: dict[str, Callable[[Config], object]] = {
+    "server.listen": lambda c: (c.server.host, c.server.port),
+    "server.tls.cert": _tls_file("cert"),
+    "server.tls.key": _tls_file("key"),
+    "server.tls.redirect_http": _tls_file("redirect_http"),
+    "server.status_listen": lambda c: c.server.status_listen,
+    "server.access_log": lambda c: c.server.access_log,
+    "server.shutdown_grace": lambda c: c.server.shutdown_grace,
+    "server.redis_failure": lambda c: c.server.redis_failure,
+    "auth.login_failures": lambda c: c.auth.login_failures,
+    "auth.password_min_length": lambda c: c.auth.password_min_length,
+    "auth.password_hashing": lambda c: c.auth.hashing,
+    "audit": lambda c: c.audit,
+    "database": lambda c: c.database,
+}
+
+
 def needs_restart(old: Config, new: Config) -> list[str]:
     """Settings changed by `new` that only a restart applies (the listener, `Services`)."""
-    checks = {
-        "server.listen": (old.server.host, old.server.port) != (new.server.host, new.server.port),
-        "server.tls": old.server.tls != new.server.tls,
-        "server.status_listen": old.server.status_listen != new.server.status_listen,
-        "server.access_log": old.server.access_log != new.server.access_log,
-        "server.shutdown_grace": old.server.shutdown_grace != new.server.shutdown_grace,
-        "server.redis_failure": old.server.redis_failure != new.server.redis_failure,
-        "auth.login_failures": old.auth.login_failures != new.auth.login_failures,
-        "auth.password_min_length": old.auth.password_min_length != new.auth.password_min_length,
-        "auth.password_hashing": old.auth.hashing != new.auth.hashing,
-        "audit": old.audit != new.audit,
-    }
-    return [name for name, changed in checks.items() if changed]
+    return [name for name, read in RESTART_ONLY.items() if read(old) != read(new)]
 
 
 def build_problem(config_path: Path, exc: Exception) -> ConfigProblem:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import textwrap
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.config import load_config
+from gateway.config.reference import SECTIONS, documented_keys
+from gateway.reload import RESTART_ONLY, needs_restart
 from gateway.runtime import HOLDER
 from gateway.services import SERVICES
 from gateway.store.audit import AuditFilter
@@ -615,3 +619,67 @@ async def test_a_reload_needing_a_restart_says_so(
         r for r in caplog.records if r.name == "gateway.reload" and r.levelname == "WARNING"
     ]
     assert [getattr(r, "settings", None) for r in warnings] == [["server.listen"]]
+
+
+# --- what a reload applies, and what needs a restart (README "Hot reload") ---------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+KEY_PATH = re.compile(r"`([a-z_]+(?:\.[a-z_]+)*)`")
+
+
+def readme_reload_lists() -> tuple[set[str], set[str]]:
+    """The key paths of README's "What a reload applies" and "What needs a restart"."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Hot reload") :]
+    section = section[: section.index("\n## ", 1)]
+    split = section.index("What needs a restart")
+    applies = section[section.index("What a reload applies:") : split]
+    restart = section[split:]
+    return set(KEY_PATH.findall(applies)), set(KEY_PATH.findall(restart))
+
+
+def schema_keys() -> dict[str, list[str]]:
+    """Each section of the reference ("" for the top level) → the keys written in it."""
+    keys: dict[str, list[str]] = {}
+    for name, cls in SECTIONS:
+        section = "" if name == "top level" else name
+        keys[section] = [k for _, m in documented_keys(cls) for k in str(m.key).split(", ")]
+    return keys
+
+
+def test_readme_says_for_every_key_whether_a_reload_applies_it() -> None:
+    applies, restart = readme_reload_lists()
+    assert not applies & restart, f"in both lists: {applies & restart}"
+    sections = schema_keys()
+    every_path = {f"{s}.{k}" if s else k for s, keys in sections.items() for k in keys}
+    named = applies | restart
+    assert named <= every_path, f"not keys of routes.yaml: {named - every_path}"
+
+    def covered(path: str) -> bool:
+        """Named itself, or a section each of whose keys is covered."""
+        if path in named:
+            return True
+        return path in sections and all(covered(f"{path}.{k}") for k in sections[path])
+
+    missing = [path for path in sections[""] if not covered(path)]
+    assert not missing, f"README 'Hot reload' says nothing of: {missing}"
+
+
+def test_readme_restart_list_is_what_a_reload_warns_of() -> None:
+    _, restart = readme_reload_lists()
+    assert restart == set(RESTART_ONLY)
+
+
+def test_needs_restart_names_what_changed(write_config: WriteConfig) -> None:
+    old = load_config(write_config("routes: []\n"))
+    new = load_config(
+        write_config(
+            "server: {listen: 127.0.0.1:9999, max_body: 1MiB}\n"
+            "database: {timeout: 2s}\n"
+            "auth: {access_ttl: 5m, login_failures: 3/min}\n"
+            "routes: []\n",
+            "new.yaml",
+        )
+    )
+    assert needs_restart(old, new) == ["server.listen", "auth.login_failures", "database"]
+    assert needs_restart(old, old) == []
