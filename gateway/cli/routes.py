@@ -1,4 +1,5 @@
-"""`gateway routes`: the resolved route table; with --diff, what changing a config would change."""
+"""`gateway routes`: the resolved route table; with --diff, what changing a config would change
+(routes, upstreams, roles, policy files and every other setting; see gateway/config/diff.py)."""
 
 from __future__ import annotations
 
@@ -72,5 +73,5 @@ def _diff(old_path: Path, new_path: Path) -> int:
     for line in lines:
         print(line)
     if not lines:
-        print("no differences in routes, upstreams or roles")
+        print("no differences")
     return 1 if lines else 0

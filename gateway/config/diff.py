@@ -1,18 +1,25 @@
-"""What a config change would change: routes, their order, upstreams and roles.
+"""What a config change would change: routes, their order, upstreams, roles and settings.
 
 `gateway routes --diff OLD NEW` prints one line per difference: `+` added,
 `-` removed, `~` changed (with old -> new). Routes are matched by methods
 and path; a route that keeps its place among the others but changes its
 target, auth, roles, rate limit or prefix stripping is one `~` line. Since
 the first matching route wins, a change in the order of the routes both
-files have is reported too. Pure: no I/O.
+files have is reported too. Every other setting (`server`, `auth`, `audit`,
+`database`, `policies`, each model's own keys) is one `~ KEY.PATH: old -> new`
+line, values written as in routes.yaml and paths relative to each file's
+folder; a secret's value is never shown. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from gateway.config.reference import SECTIONS, as_written, documented_keys
 from gateway.config.schema.routes import Route
 from gateway.config.schema.top import Config
 from gateway.config.schema.upstreams import UpstreamConfig
@@ -68,6 +75,10 @@ def diff(old: Config, new: Config) -> list[str]:
     lines += _diff_named(
         "upstream", old.upstreams, new.upstreams, _upstream_fields, _describe_upstream
     )
+    lines += [
+        f"~ {path}: {before} -> {after}" for path, before, after in settings_changes(old, new)
+    ]
+    lines += _diff_policy_files(old, new)
     old_roles = {r: ",".join(chain[1:]) or "-" for r, chain in _chains(old).items()}
     new_roles = {r: ",".join(chain[1:]) or "-" for r, chain in _chains(new).items()}
     for role in sorted(set(old_roles) | set(new_roles)):
@@ -142,3 +153,82 @@ def _diff_named(
             if changed:
                 lines.append(f"~ {kind} {name}: {changed}")
     return lines
+
+
+# --- settings: every key outside routes and upstreams, by its path ----------------
+
+_SECTION_CLASSES = frozenset(cls for _, cls in SECTIONS)
+# keys whose values are never printed: a changed one shows as `(hidden)`
+_SECRET = re.compile(r"(secret|password|token|key)$")
+ABSENT = "—"
+
+
+def settings_changes(old: Config, new: Config) -> list[tuple[str, str, str]]:
+    """(KEY.PATH, old value, new value) of each setting that differs, in file order."""
+    before, after = _settings(old), _settings(new)
+    changes = []
+    for path in list(before) + [p for p in after if p not in before]:
+        was, now = before.get(path, ABSENT), after.get(path, ABSENT)
+        if was == now:
+            continue
+        name = path.rsplit(".", 1)[-1]
+        if _SECRET.search(name):
+            was, now = (ABSENT if v == ABSENT else "(hidden)" for v in (was, now))
+            if was == now:
+                was, now = "(hidden)", "(hidden, changed)"
+        changes.append((path, was, now))
+    return changes
+
+
+def _settings(config: Config) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for section in ("server", "auth", "audit", "database"):
+        _flatten(getattr(config, section), section, config.base_dir, values)
+    values["policies"] = _path(config.policies_dir, config.base_dir)
+    for name, model in config.models.items():
+        _flatten(model, f"models.{name}", config.base_dir, values)
+    return values
+
+
+def _flatten(obj: Any, prefix: str, base: Path, into: dict[str, str]) -> None:
+    """Each documented key of the config dataclass `obj` → its value as written."""
+    fields = {each.name: each for each in dataclasses.fields(obj)}
+    for each, meaning in documented_keys(type(obj)):
+        key = str(meaning.key)
+        path = f"{prefix}.{key}"
+        value = getattr(obj, each.name)
+        if isinstance(value, frozenset):  # a set: the same set in any order
+            value = tuple(sorted(value, key=str))
+        if key == "listen" and "port" in fields:  # host and port are two fields
+            into[path] = f"{value}:{obj.port}"
+        elif type(value) in _SECTION_CLASSES:
+            _flatten(value, path, base, into)
+        elif isinstance(value, tuple) and value and type(value[0]) in _SECTION_CLASSES:
+            for i, item in enumerate(value):
+                label = getattr(item, "kid", None) or getattr(item, "issuer", None) or i
+                _flatten(item, f"{path}[{label}]", base, into)
+        elif value is None:
+            into[path] = ABSENT
+        elif isinstance(value, Path):
+            into[path] = _path(value, base)
+        elif key.endswith("listen") or key == "redirect_http":
+            into[path] = ":".join(str(part) for part in value)
+        else:
+            into[path] = as_written(each, meaning, value)
+
+
+def _path(path: Path, base: Path) -> str:
+    """`path` as written: relative to the config's folder when under it."""
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _diff_policy_files(old: Config, new: Config) -> list[str]:
+    """Policy files added or removed (by name in the policies folder)."""
+    before = {_path(f, old.policies_dir) for f in old.policy.files}
+    after = {_path(f, new.policies_dir) for f in new.policy.files}
+    return [f"- policy file {name}" for name in sorted(before - after)] + [
+        f"+ policy file {name}" for name in sorted(after - before)
+    ]

@@ -143,6 +143,11 @@ def _default(each: dataclasses.Field[Any], meaning: KeyDoc) -> str:
     return f"`{_written(value, _kind(each, meaning))}`"
 
 
+def as_written(each: dataclasses.Field[Any], meaning: KeyDoc, value: Any) -> str:
+    """The value of field `each` as routes.yaml would write it (`1m30s`, `10MiB`, `60/1m`)."""
+    return _written(value, _kind(each, meaning))
+
+
 def _written(value: Any, kind: str) -> str:
     """`value` as routes.yaml would write it."""
     if isinstance(value, bool):

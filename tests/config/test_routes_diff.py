@@ -87,8 +87,91 @@ def test_the_command_exits_like_diff(write_config: WriteConfig, policies: Path) 
     assert "- route * /old/**" in changed.stdout
     same = run(old, old)
     assert same.returncode == 0
-    assert same.stdout.strip() == "no differences in routes, upstreams or roles"
+    assert same.stdout.strip() == "no differences"
     broken = write_config("routes: [{path: /x}]\n", "broken.yaml")
     invalid = run(old, broken)
     assert invalid.returncode == 2
     assert "broken.yaml:1" in invalid.stderr
+
+
+SETTINGS_OLD = """\
+server:
+  listen: 127.0.0.1:8443
+  max_body: 10MiB
+  cors: {origins: ["https://a.example"]}
+auth:
+  access_ttl: 15m
+  keys: [{kid: a, secret: first-secret-of-the-diff-test-0123456789}]
+models:
+  chat: {url: "http://127.0.0.1:9002", usage: openai}
+routes: []
+"""
+
+SETTINGS_NEW = """\
+server:
+  listen: 127.0.0.1:9443
+  max_body: 1MiB
+  cors: {origins: ["https://a.example", "https://b.example"], max_age: 1h}
+  status_listen: 127.0.0.1:9000
+auth:
+  access_ttl: 1h
+  keys: [{kid: a, secret: second-secret-of-the-diff-test-0123456789}]
+database: {timeout: 2s}
+models:
+  chat: {url: "http://127.0.0.1:9002", usage: openai, max_attempts: 2}
+routes: []
+"""
+
+
+def test_settings_changes_are_listed_by_key_path(write_config: WriteConfig) -> None:
+    old, new = pair(write_config, SETTINGS_OLD, SETTINGS_NEW)
+    assert diff(load_config(old), load_config(new)) == [
+        "~ server.listen: 127.0.0.1:8443 -> 127.0.0.1:9443",
+        "~ server.max_body: 10MiB -> 1MiB",
+        "~ server.cors.origins: [https://a.example] -> [https://a.example, https://b.example]",
+        "~ server.cors.max_age: 10m -> 1h",
+        "~ server.status_listen: — -> 127.0.0.1:9000",
+        "~ auth.access_ttl: 15m -> 1h",
+        "~ auth.keys[a].secret: (hidden) -> (hidden, changed)",
+        "~ database.timeout: 5s -> 2s",
+        "~ models.chat.max_attempts: 0 -> 2",
+    ]
+
+
+def test_a_secret_is_never_printed(write_config: WriteConfig) -> None:
+    old, new = pair(write_config, SETTINGS_OLD, SETTINGS_NEW)
+
+    argv = [sys.executable, "-m", "gateway", "routes", "--diff", str(old), str(new)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "~ auth.keys[a].secret: (hidden) -> (hidden, changed)" in result.stdout.splitlines()
+    assert "secret-of-the-diff-test" not in result.stdout + result.stderr
+
+
+def test_files_in_other_folders_compare_by_what_they_say(tmp_path: Path) -> None:
+    """Paths are compared as written, relative to each routes.yaml: a copy elsewhere is
+    the same config."""
+    for folder in ("a", "b"):
+        (tmp_path / folder / "policies").mkdir(parents=True)
+        (tmp_path / folder / "policies" / "roles.yaml").write_text("roles: {user: {}}\n")
+        (tmp_path / folder / "routes.yaml").write_text(
+            "routes: [{path: /u, handler: users, roles: [user]}]\n"
+        )
+    old = load_config(tmp_path / "a" / "routes.yaml")
+    assert diff(old, load_config(tmp_path / "b" / "routes.yaml")) == []
+
+
+def test_policy_changes_are_listed(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "roles.yaml").write_text("roles: {user: {}, admin: {}}\n")
+    (tmp_path / "routes.yaml").write_text("routes: []\n")
+    old = load_config(tmp_path / "routes.yaml")
+    (tmp_path / "policies" / "roles.yaml").write_text(
+        "roles: {user: {}, admin: {inherits: [user]}}\n"
+    )
+    (tmp_path / "policies" / "ops.yaml").write_text("roles: {ops: {inherits: [user]}}\n")
+    assert diff(old, load_config(tmp_path / "routes.yaml")) == [
+        "+ policy file ops.yaml",
+        "~ role admin: inherits - -> user",
+        "+ role ops (inherits user)",
+    ]
