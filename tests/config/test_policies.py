@@ -291,6 +291,15 @@ def test_unknown_key_in_a_role(policies: Path) -> None:
     )
 
 
+def test_a_misspelt_key_in_a_role_names_the_key_meant(policies: Path) -> None:
+    write(policies, "roles.yaml", "roles:\n  user: {}\n  admin:\n    inherit: [user]\n")
+    assert only_problem(policies) == (
+        "roles.yaml",
+        4,
+        "roles.admin.inherit: unknown key `inherit`; did you mean `inherits`?",
+    )
+
+
 def test_role_defined_twice_in_one_file_names_both_places(policies: Path) -> None:
     write(
         policies,
