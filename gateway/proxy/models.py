@@ -11,8 +11,13 @@ own pool, usage format and token quota, while
   out connection, no healthy target, a timeout before the response head, a
   connection closed before it, or a head with status 429 or 5xx;
 - fewer than `max_attempts` calls were made and the `fallback_budget` (time
-  from arrival to a response head, across every attempt) is not spent;
+  from arrival to a response head, across every attempt; by default the sum
+  of the chain's timeouts) is not spent;
 - the body can be sent again (it was read whole: at most server.max_body).
+
+Each attempt is bounded by its own model's `timeout` (and `first_byte_timeout`),
+so a primary that is slow to start gives way to its fallback when its own
+timeout passes, not when the whole budget does.
 
 A fallback model that the caller's role may not use is never tried; one whose
 token quota is spent is passed over. The quota of the model that answered is
@@ -109,7 +114,7 @@ async def forward_model(
         else:
             stream = streamed_body(request, ctx, server.max_body)
     path = upstream_path(ctx, route) + ("?" + ctx.query if ctx.query else "")
-    budget = primary.fallback_budget or runtime.pools[primary.name].config.timeout or math.inf
+    budget = primary.fallback_budget or _chain_time(chain, runtime)
     state = _Chain(ctx.started + budget, primary.attempts) if replay else None
 
     error: GatewayError | None = None
@@ -185,6 +190,13 @@ def _usable_chain(primary: ModelConfig, ctx: RequestContext, runtime: Runtime) -
             continue
         chain.append(name)
     return chain
+
+
+def _chain_time(chain: list[str], runtime: Runtime) -> float:
+    """The default fallback_budget: every model in the chain its whole `timeout`
+    (each attempt is bounded by its own model's timeout; none: no bound)."""
+    timeouts = [runtime.pools[name].config.timeout for name in chain]
+    return math.inf if not all(timeouts) else sum(timeouts)
 
 
 def _small(request: Incoming) -> bool:

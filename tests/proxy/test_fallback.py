@@ -204,6 +204,20 @@ async def test_the_whole_chain_is_tried_in_order(
     assert (second.calls, third.calls) == (1, 1)
 
 
+async def test_a_model_whose_own_timeout_passes_falls_back(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
+) -> None:
+    # Each attempt has its own model's timeout; the chain's budget defaults to the sum
+    # of them (1s + 5m), so the primary's timeout is not the whole chain's.
+    main = await start(upstream, "main", delay_first=3)
+    client = await pair(gateway, main.url, backup.url, main=", timeout: 1s")
+    resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
+    assert resp.status == 200
+    assert resp.headers["X-Gateway-Model"] == "backup"
+    assert (await resp.json())["model"] == "backup"
+    assert (main.calls, backup.calls) == (1, 1)
+
+
 async def test_the_time_budget_stops_further_attempts(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:

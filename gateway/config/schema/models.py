@@ -32,7 +32,8 @@ class ModelConfig:
         maximum=10,
     )
     fallback_budget: float | None = doc(
-        "time from arrival for a response head, across attempts; absent: timeout",
+        "time from arrival for a response head, across attempts; absent: the sum of the "
+        "timeouts of the models in the chain",
         default=None,
         above=0,
     )
