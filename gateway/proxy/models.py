@@ -38,7 +38,7 @@ from gateway.config.schema.models import ModelConfig
 from gateway.config.schema.routes import RateLimitConfig, Route
 from gateway.config.schema.server import ServerConfig
 from gateway.context import Outcome, RequestContext
-from gateway.pipeline.rate_limit import decide_quota, quota_key
+from gateway.pipeline.rate_limit import decide_quota, over_quota, quota_key
 from gateway.pipeline.verdict import Deny
 from gateway.problems import GatewayError
 from gateway.proxy.exchange import Incoming, Outgoing
@@ -249,6 +249,9 @@ async def _reserve(
     # the reservation is minimal (1 token): the quota must have something left,
     # and the real usage is charged when the call is over.
     reserve = plan.max_tokens if plan is not None and plan.max_tokens else 1
+    too_large = over_quota(limit, reserve)
+    if too_large is not None:
+        raise too_large  # a fallback with a smaller quota is passed over, as when spent
     rate = limit.rate
     key = quota_key(ctx, model.name, limit.key)
     decision = await quotas.hit(key, rate.limit, rate.period, cost=reserve)

@@ -291,14 +291,43 @@ async def test_the_requested_models_own_quota_is_final(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main")
-    client = await pair(gateway, main.url, backup.url, usage=True, main=", token_limit: 10/day")
-    resp = await client.post(
-        "/models/main" + PATH, json=chat(max_tokens=25), headers=await signed_in(client)
-    )
+    client = await pair(gateway, main.url, backup.url, usage=True, main=", token_limit: 30/day")
+    token = await signed_in(client)
+    first = await client.post("/models/main" + PATH, json=chat(max_tokens=25), headers=token)
+    assert first.headers["X-Gateway-Model"] == "main"  # 20 of 30 charged
+    resp = await client.post("/models/main" + PATH, json=chat(max_tokens=25), headers=token)
     # A spent quota is the caller's limit, not a model failure: no way around it.
     assert resp.status == 429
     assert (await resp.json())["code"] == "token_quota"
-    assert (main.calls, backup.calls) == (0, 0)
+    # Nor is a max_tokens over the quota's whole limit.
+    resp = await client.post("/models/main" + PATH, json=chat(max_tokens=31), headers=token)
+    assert resp.status == 400
+    assert (await resp.json())["code"] == "max_tokens_over_quota"
+    assert (main.calls, backup.calls) == (1, 0)
+
+
+async def test_a_fallback_whose_whole_quota_is_below_max_tokens_is_passed_over(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
+) -> None:
+    main = await start(upstream, "main", fail="503")
+    third = await start(upstream, "third")
+    client = await gateway(
+        config(
+            {
+                "main": f'url: "{main.url}", usage: openai, roles: [user],'
+                " fallback: [backup, third]",
+                "backup": f'url: "{backup.url}", usage: openai, roles: [user],'
+                " token_limit: 10/day",
+                "third": f'url: "{third.url}", usage: openai, roles: [user]',
+            }
+        )
+    )
+    resp = await client.post(
+        "/models/main" + PATH, json=chat(max_tokens=25), headers=await signed_in(client)
+    )
+    assert resp.status == 200
+    assert resp.headers["X-Gateway-Model"] == "third"
+    assert (main.calls, backup.calls, third.calls) == (1, 0, 1)
 
 
 async def test_a_model_without_fallback_names_itself(
