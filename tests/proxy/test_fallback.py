@@ -316,8 +316,7 @@ async def test_a_fallback_whose_whole_quota_is_below_max_tokens_is_passed_over(
             {
                 "main": f'url: "{main.url}", usage: openai, roles: [user],'
                 " fallback: [backup, third]",
-                "backup": f'url: "{backup.url}", usage: openai, roles: [user],'
-                " token_limit: 10/day",
+                "backup": f'url: "{backup.url}", usage: openai, roles: [user], token_limit: 10/day',
                 "third": f'url: "{third.url}", usage: openai, roles: [user]',
             }
         )

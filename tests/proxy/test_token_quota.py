@@ -137,9 +137,8 @@ async def test_every_429_says_retry_after_within_ratelimit_reset(
     if redis:
         url = request.getfixturevalue("redis_url")
         shared = {"redis_url": url, "redis_prefix": request.getfixturevalue("redis_prefix")}
-    text = quota_config(model.port, "60/day").replace(
-        "  dead:", f'  limited: {{url: "http://127.0.0.1:{model.port}", rate_limit: 2/min}}\n  dead:'
-    )
+    limited_model = f'  limited: {{url: "http://127.0.0.1:{model.port}", rate_limit: 2/min}}\n'
+    text = quota_config(model.port, "60/day").replace("  dead:", limited_model + "  dead:")
     client = await gateway(text, **shared)
     await make_user(client, "rita")
     token = bearer(await login(client, "rita"))
