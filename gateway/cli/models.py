@@ -183,15 +183,22 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _as_original(problem: ConfigProblem, temp: Path, path: Path, placement: Placement) -> str:
-    """A problem found in the temp file, told as FILE:LINE of routes.yaml."""
+    """A problem found in the temp file, told in routes.yaml's terms: FILE:LINE only for
+    lines routes.yaml has; a problem of the new entry (not in routes.yaml) names no line."""
+    new = range(placement.shifted_from - placement.added_lines, placement.shifted_from)
 
     def where(match: re.Match[str]) -> str:
-        return f"{path}:{placement.original_line(int(match.group(1)))}"
+        line = int(match.group(1))
+        if line in new:
+            return "the new entry"
+        return f"{path}:{placement.original_line(line)}"
 
     message = re.sub(re.escape(str(temp)) + r":(\d+)", where, problem.message)
     message = message.replace(str(temp), str(path))
     if problem.file != str(temp):  # policies/ and the like: their own files
         return str(ConfigProblem(problem.file, problem.line, message))
+    if problem.line in new:
+        return f"gateway models add: {message}"
     return str(ConfigProblem(str(path), placement.original_line(problem.line), message))
 
 
