@@ -433,10 +433,29 @@ def test_place_entry_refuses_an_anchored_models_section() -> None:
 # --- models list ---------------------------------------------------------------------
 
 
+ASKED = web.AppKey("asked", list[str])
+
+
+def status_app(status: int, only: str | None = None) -> web.Application:
+    """Answers `status` to every GET (or only at path `only`, 503 elsewhere); keeps the
+    paths it was asked for."""
+    asked: list[str] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        asked.append(request.path)
+        code = status if only is None or request.path == only else 503
+        return web.Response(status=code, text="health")
+
+    app = web.Application()
+    app[ASKED] = asked
+    app.router.add_get("/{tail:.*}", answer)
+    return app
+
+
 async def test_list_shows_each_model_and_probes_its_targets(
     write_config: WriteConfig, policies: Path, upstream: MakeUpstream
 ) -> None:
-    server: TestServer = await upstream(echo_app())
+    server: TestServer = await upstream(status_app(200))
     closed = free_port()
     path = write_config(
         f"""\
@@ -477,7 +496,7 @@ async def test_list_shows_each_model_and_probes_its_targets(
         "user",
         "5m",
     ]
-    assert up[column:].startswith("ok ")
+    assert up[column:].startswith("up 200 (")
     assert up.endswith("usage openai; token_limit 1000/1d by user; fallback down")
     assert down.split()[1:7] == [
         f"http://127.0.0.1:{closed}",
@@ -487,8 +506,58 @@ async def test_list_shows_each_model_and_probes_its_targets(
         "(connect",
         "1s)",
     ]
-    assert down[column:].startswith("FAIL connection refused (")
+    assert down[column:].startswith("DOWN connect failed: Connection refused (")
     assert down.endswith(" -")
+
+
+async def test_list_health_is_an_http_answer_below_500_at_the_health_path(
+    write_config: WriteConfig, policies: Path, upstream: MakeUpstream
+) -> None:
+    ok, missing, failing, custom = (
+        await upstream(status_app(200)),
+        await upstream(status_app(404)),
+        await upstream(status_app(503)),
+        await upstream(status_app(204, only="/base/v1/health")),
+    )
+    closed = free_port()
+    path = write_config(
+        f"""\
+        models:
+          ok: {{url: http://127.0.0.1:{ok.port}}}
+          missing: {{url: http://127.0.0.1:{missing.port}}}
+          failing: {{url: http://127.0.0.1:{failing.port}}}
+          closed: {{url: http://127.0.0.1:{closed}}}
+          custom: {{url: http://127.0.0.1:{custom.port}/base, health_path: /v1/health}}
+        """
+    )
+    result = await asyncio.to_thread(
+        gateway, "models", "list", "--config", str(path), cwd=path.parent
+    )
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    column = header.index("HEALTH")
+    health = {row.split()[0]: row[column:].split(" (")[0] for row in rows}
+    assert health == {
+        "ok": "up 200",
+        "missing": "up 404",  # it answered: the server is up, whatever the path
+        "failing": "DOWN answered 503",
+        "closed": "DOWN connect failed: Connection refused",
+        "custom": "up 204",
+    }
+    # GET / by default; health_path after the target's base path
+    assert ok.app[ASKED] == ["/"]
+    assert custom.app[ASKED] == ["/base/v1/health"]
+
+
+def test_health_path_must_be_a_path(write_config: WriteConfig) -> None:
+    path = write_config("models:\n  chat: {url: http://127.0.0.1:9002, health_path: health}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:2: models.chat.health_path: must be a path starting with /, got 'health'"
+    ]
+    chat = load_config(write_config("models:\n  chat: {url: http://127.0.0.1:9002}\n"))
+    assert chat.models["chat"].health_path == "/"
 
 
 def test_list_without_models(write_config: WriteConfig) -> None:

@@ -37,6 +37,11 @@ class ModelConfig:
         default=None,
         above=0,
     )
+    health_path: str = doc(
+        "path `gateway models list` GETs on each target (after its base path); "
+        "an answer below 500 is up",
+        default="/",
+    )
     line: int = doc("line of the entry in routes.yaml, for messages", default=0, key=None)
 
     @property
