@@ -23,7 +23,8 @@ A fallback model that the caller's role may not use is never tried; one whose
 token quota is spent is passed over. The quota of the model that answered is
 charged; the reservations of the ones that failed are given back. The
 response names the model that answered in `X-Gateway-Model`, and the report
-row charges that model and counts the attempts.
+row charges that model, counts the attempts and names the models that failed
+before it (`/admin/usage` counts their failed attempts and fallbacks).
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ async def forward_model(
                 await quota.settle(-quota.reserved)
             error = failed.error
             ctx.outcome = Outcome.NONE
+            if ctx.fell_back is None:
+                ctx.fell_back = []
+            ctx.fell_back.append(name)
             log.warning(
                 "model failed, falling back",
                 extra={
@@ -170,8 +174,11 @@ async def forward_model(
             total = usage.total_tokens if usage is not None else None
             await quota.settle(0 if total is None else total - quota.reserved)
         return
-    # Every model failed and nothing else may be tried: the last failure answers.
+    # Every model failed and nothing else may be tried: the last failure answers,
+    # charged to the model that failed last (ctx.model), which handed nothing on.
     assert error is not None
+    assert ctx.fell_back
+    ctx.fell_back.pop()
     raise error
 
 

@@ -103,6 +103,38 @@ async def test_a_5xx_or_429_answer_falls_back(
     assert main.bodies == backup.bodies
 
 
+async def test_admin_usage_shows_the_primary_that_fell_back_and_the_backup_that_answered(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
+) -> None:
+    main = await start(upstream, "main", fail="503")
+    client = await pair(gateway, main.url, backup.url, usage=True)
+    resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
+    assert resp.headers["X-Gateway-Model"] == "backup"
+    [row] = await reports(client)
+    assert (row["model"], row["failed_models"]) == ("backup", "main")
+    admin = await signed_in(client, "root", role="admin")
+    usage = await client.get("/admin/usage?group_by=model", headers=admin)
+    assert usage.status == 200
+    figures = {
+        i["model"]: (i["calls"], i["errors"], i["failed_attempts"], i["fell_back"])
+        for i in (await usage.json())["items"]
+    }
+    # calls, errors, failed attempts, fell back
+    assert figures == {"backup": (1, 0, 0, 0), "main": (0, 0, 1, 1)}
+
+
+async def test_when_every_model_fails_the_last_is_charged_the_error_not_a_fallback(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream
+) -> None:
+    main = await start(upstream, "main", fail="503")
+    backup = await start(upstream, "backup", fail="500")
+    client = await pair(gateway, main.url, backup.url)
+    resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
+    assert (resp.status, resp.headers["X-Gateway-Model"]) == (500, "backup")
+    [row] = await reports(client)
+    assert (row["model"], row["status"], row["failed_models"]) == ("backup", 500, "main")
+
+
 async def test_a_client_error_is_the_models_answer(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
