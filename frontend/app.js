@@ -24,6 +24,7 @@ function show(signedIn) {
 }
 
 function signOut() {
+  closeLive();
   state.token = null;
   state.user = null;
   sessionStorage.removeItem("frontend.token");
@@ -107,11 +108,70 @@ async function ask(event) {
   }
 }
 
-// ===== WEBSOCKET PANEL: reserved ==========================================================
-// The code of the live panel (index.html's #websocket-panel) goes here.
-// ===== end of WEBSOCKET PANEL =============================================================
+// The live panel: one WebSocket to the demo model, opened on the first message. A browser
+// cannot set headers on a WebSocket, so the token rides as ?access_token= (upgrades only;
+// the gateway strips it before forwarding and never logs it).
+const LIVE_PATH = "/models/demo/v1/live";
+let live = null;
+
+function liveStatus(text, state) {
+  $("live-status").textContent = text;
+  $("live-status").dataset.state = state;
+}
+
+// {"done": true, "model": …} ends an answer; every other frame is a word of it.
+function isEnd(data) {
+  try {
+    return JSON.parse(data).done === true;
+  } catch {
+    return false;
+  }
+}
+
+function openLive() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const query = new URLSearchParams({ access_token: state.token });
+  const socket = new WebSocket(`${scheme}://${location.host}${LIVE_PATH}?${query}`);
+  liveStatus("connecting", "connecting");
+  socket.addEventListener("open", () => liveStatus("open", "open"));
+  socket.addEventListener("message", (event) => {
+    const answer = $("live-answer");
+    if (isEnd(event.data)) {
+      answer.textContent = answer.textContent.trim();
+      answer.dataset.state = "done";
+      return;
+    }
+    answer.textContent += event.data;
+    answer.dataset.frames = String(Number(answer.dataset.frames) + 1);
+  });
+  // 1008: the gateway closed it because the token no longer admits this route (expired,
+  // signed out, role changed); 1001: idle or the gateway is restarting.
+  socket.addEventListener("close", (event) => {
+    live = null;
+    liveStatus(`closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`, "closed");
+    $("live-status").dataset.code = String(event.code);
+  });
+  return socket;
+}
+
+function sendLive(event) {
+  event.preventDefault();
+  const answer = $("live-answer");
+  answer.textContent = "";
+  answer.dataset.state = "streaming";
+  answer.dataset.frames = "0";
+  const text = $("live-prompt").value;
+  if (live === null) live = openLive();
+  if (live.readyState === WebSocket.OPEN) live.send(text);
+  else live.addEventListener("open", () => live.send(text), { once: true });
+}
+
+function closeLive() {
+  if (live !== null) live.close(1000, "signed out");
+}
 
 $("signin-form").addEventListener("submit", signIn);
 $("chat-form").addEventListener("submit", ask);
+$("live-form").addEventListener("submit", sendLive);
 $("signout").addEventListener("click", signOut);
 show(Boolean(state.token));

@@ -8,7 +8,12 @@ reading, token limits and fallbacks.
 from __future__ import annotations
 
 from gateway.config.bounded import duration, whole_number
-from gateway.config.routes_section import ROUTE_KEYS, parse_rate_limit, route_common
+from gateway.config.routes_section import (
+    ROUTE_KEYS,
+    parse_rate_limit,
+    route_common,
+    websocket_fields,
+)
 from gateway.config.schema.fields import key_doc
 from gateway.config.schema.models import ModelConfig
 from gateway.config.schema.routes import RateLimitConfig, Route
@@ -82,6 +87,7 @@ def parse_model(
     )
     upstream = upstream_fields(sec, defaults)
     common = route_common(sec, problems, role_refs)
+    sockets = websocket_fields(sec, f"{value.key}")
     if sec.get("rate_limit") is None:  # absent: the default; `off` gave None on purpose
         common["rate_limit"] = MODEL_RATE_LIMIT
     usage = sec.field("usage", _usage_format, None)
@@ -98,7 +104,7 @@ def parse_model(
     fallback_budget = sec.field("fallback_budget", duration(ModelConfig, "fallback_budget"), None)
     health_path = sec.field("health_path", _health_path, "/")
     sec.check_unknown(", ".join(("url", *UPSTREAM_KEYS, *ROUTE_KEYS, *_MODEL_KEYS)))
-    if not targets:
+    if not targets or sockets is None:
         return
     upstreams[name] = upstream
     models[name] = ModelConfig(
@@ -119,6 +125,7 @@ def parse_model(
             strip_prefix=f"/models/{name}",
             model=name,
             source=f"{value.file}:{value.line}",
+            **sockets,  # type: ignore[arg-type]
             **common,  # type: ignore[arg-type]
         )
     )

@@ -18,8 +18,17 @@ from gateway.config.units import Rate, parse_duration, parse_rate
 from gateway.config.yamlsource import Invalid, Problems, Section, Value
 from gateway.routing import compile_pattern, literal_prefix
 
-# the keys `route_common` reads: a models: entry takes them too
-ROUTE_KEYS = ("methods", "auth", "roles", "rate_limit", "retry_after_send")
+# the route keys a models: entry takes too (`route_common` and `websocket_fields` read them)
+ROUTE_KEYS = (
+    "methods",
+    "auth",
+    "roles",
+    "rate_limit",
+    "retry_after_send",
+    "websocket",
+    "websocket_idle_timeout",
+    "websocket_max_duration",
+)
 _METHOD = re.compile(r"^[A-Z]+$")
 _PARAM_NAME = re.compile(r"\{[^/{}]+\}")
 _HEADER = re.compile(r"^[A-Za-z0-9-]+$")
@@ -57,15 +66,13 @@ def parse_route(
     spa = sec.field("spa", Value.boolean, False)
     strip = sec.field("strip_prefix", lambda v: v.convert_text(_strip_prefix), None)
     common = route_common(sec, problems, role_refs)
-    websocket = sec.field("websocket", Value.boolean, False)
-    idle = read_duration(sec, _ROUTE_DEFAULTS, "websocket_idle_timeout")
-    longest = read_duration(sec, _ROUTE_DEFAULTS, "websocket_max_duration")
+    sockets = websocket_fields(sec, f"{value.key}")
     sec.check_unknown(
         "path, methods, handler, upstream, static, spa, strip_prefix, auth, roles, rate_limit, "
         "retry_after_send, websocket, websocket_idle_timeout, websocket_max_duration"
     )
     where = f"{value.key}"
-    ok = True
+    ok = sockets is not None
     if sec.get("path") is None:  # absent or empty
         sec.report(value, f"{where}: needs a path")
         ok = False
@@ -92,13 +99,9 @@ def parse_route(
             sec.get("retry_after_send"), f"{where}.retry_after_send: only applies to upstreams"
         )
         ok = False
-    if websocket and local:
+    if sockets and sockets["websocket"] and local:
         sec.report(sec.get("websocket"), f"{where}.websocket: only applies to upstreams")
         ok = False
-    for key in ("websocket_idle_timeout", "websocket_max_duration"):
-        if not websocket and sec.get(key) is not None:
-            sec.report(sec.get(key), f"{where}.{key}: only applies with websocket: true")
-            ok = False
     if strip is not None and path is not None and not _is_segment_prefix(strip, path):
         sec.report(
             sec.get("strip_prefix"),
@@ -110,7 +113,7 @@ def parse_route(
     elif sec.get("spa") is not None:
         sec.report(sec.get("spa"), f"{where}.spa: only applies with static")
         ok = False
-    if not ok or path is None:
+    if not ok or path is None or sockets is None:
         return None
     return Route(
         index=index,
@@ -121,11 +124,26 @@ def parse_route(
         spa=spa,
         strip_prefix=strip,
         source=f"{value.file}:{value.line}",
-        websocket=websocket,
-        websocket_idle_timeout=idle,
-        websocket_max_duration=longest,
+        **sockets,  # type: ignore[arg-type]
         **common,  # type: ignore[arg-type]
     )
+
+
+def websocket_fields(sec: Section, where: str) -> dict[str, object] | None:
+    """`websocket` and its two limits, shared by routes and models: entries; None when a
+    limit is given without `websocket: true` (reported)."""
+    websocket = sec.field("websocket", Value.boolean, False)
+    fields: dict[str, object] = {
+        "websocket": websocket,
+        "websocket_idle_timeout": read_duration(sec, _ROUTE_DEFAULTS, "websocket_idle_timeout"),
+        "websocket_max_duration": read_duration(sec, _ROUTE_DEFAULTS, "websocket_max_duration"),
+    }
+    usable = True
+    for key in ("websocket_idle_timeout", "websocket_max_duration"):
+        if not websocket and sec.get(key) is not None:
+            sec.report(sec.get(key), f"{where}.{key}: only applies with websocket: true")
+            usable = False
+    return fields if usable else None
 
 
 def _folder(value: Value, base_dir: Path) -> Path:
@@ -160,7 +178,8 @@ def _static_shape(sec: Section, where: str, path: str | None, common: dict[str, 
 def route_common(
     sec: Section, problems: Problems, role_refs: list[tuple[str, Value]]
 ) -> dict[str, object]:
-    """The ROUTE_KEYS fields of a Route, as keyword arguments; roles go to `role_refs`."""
+    """methods, auth, roles, rate_limit and retry_after_send of a Route, as keyword
+    arguments; roles go to `role_refs`."""
     methods = sec.field("methods", _methods, None)
     auth = sec.field("auth", _auth_mode, "required")
     roles = sec.field("roles", parse_roles, _NO_ROLES)

@@ -34,6 +34,7 @@ from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError
 from gateway.server.connections import ConnectionGuard
 from gateway.server.protocol import GatewayRunner, GatewaySite
+from gateway.server.siblings import serve_registry, siblings_folder
 from gateway.server.status import StatusLimits, start_status_listener
 from gateway.server.workers import exit_with_parent
 from gateway.services import SERVICES, StartupError
@@ -151,13 +152,20 @@ async def serve(
         },
     )
 
+    registry_server = None
     if worker_of is not None:
         tasks.append(asyncio.create_task(exit_with_parent(worker_of, stop.set)))
+        siblings = siblings_folder()
+        if siblings is not None:  # one /metrics scrape answers for every worker
+            folder, worker, _ = siblings
+            registry_server = await serve_registry(folder, worker, app[SERVICES].metrics.render)
     await stop.wait()
     for task in tasks:
         task.cancel()
 
     log.info("draining", extra={"grace_seconds": server.shutdown_grace})
+    if registry_server is not None:
+        registry_server.close()
     app[HOLDER].draining = True
     if redirect is not None:
         await redirect.cleanup()

@@ -440,6 +440,34 @@ def test_websocket_keys_apply_to_upstream_routes_only(write_config: WriteConfig)
     ]
 
 
+def test_a_model_entry_takes_the_websocket_keys(write_config: WriteConfig) -> None:
+    """models: entries take every route key: `websocket` and its limits included."""
+    config = load(
+        write_config(
+            """\
+            models:
+              live: {url: "http://127.0.0.1:9002", websocket: true, websocket_max_duration: 1h}
+              plain: {url: "http://127.0.0.1:9003"}
+            """
+        )
+    )
+    live, plain = config.routes
+    assert (live.path, live.websocket, live.websocket_max_duration) == (
+        "/models/live/**",
+        True,
+        3600.0,
+    )
+    assert plain.websocket is False
+    assert problems(
+        write_config(
+            """\
+            models:
+              plain: {url: "http://127.0.0.1:9003", websocket_idle_timeout: 1m}
+            """
+        )
+    ) == [(2, "models.plain.websocket_idle_timeout: only applies with websocket: true")]
+
+
 def test_unknown_key_in_model(write_config: WriteConfig) -> None:
     path = write_config(
         """\

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.demo.model import build_demo_app
 from gateway.proxy.websocket import Frames, close_frame
 from tests.auditrows import audit_rows
 from tests.conftest import MakeGateway, MakeUpstream, WriteConfig
@@ -206,6 +207,34 @@ async def test_an_auth_none_websocket_route_needs_no_token(client: Client) -> No
     async with client.ws_connect("/anon/ws") as sock:
         await sock.send_str("open")
         assert (await sock.receive()).data == "open"
+
+
+async def test_a_model_entry_with_websocket_proxies_the_models_live_chat(
+    gateway: MakeGateway, upstream: MakeUpstream, policies: Path
+) -> None:
+    """models: entries take every route key, `websocket` included: the demo model's
+    /v1/live through /models/demo/**, while a model without it refuses the upgrade."""
+    demo = await upstream(build_demo_app("demo"))
+    models = (
+        "models:\n"
+        f"  demo: {{url: 'http://127.0.0.1:{demo.port}', websocket: true}}\n"
+        f"  quiet: {{url: 'http://127.0.0.1:{demo.port}'}}\n"
+    )
+    client = await gateway(identity_config() + models)
+    token = await user_token(client)
+    words: list[str] = []
+    async with client.ws_connect("/models/demo/v1/live", headers=bearer(token)) as sock:
+        await sock.send_str("over the socket")
+        async with asyncio.timeout(WAIT):
+            while (msg := await sock.receive()).type == WSMsgType.TEXT:
+                if msg.data.startswith("{"):
+                    assert msg.json() == {"done": True, "model": "demo"}
+                    break
+                words.append(msg.data)
+    assert "".join(words).strip().endswith("over the socket")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/models/quiet/v1/live", headers=bearer(token))
+    assert info.value.status == 400
 
 
 # --- the gateway closes what may no longer stay open ------------------------------

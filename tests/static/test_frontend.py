@@ -40,10 +40,9 @@ def test_the_page_and_its_assets_come_from_the_gateway_only() -> None:
     assert "https://" not in page  # no CDN: every asset is served by the static route
     assert 'src="/app.js"' in page
     assert "https://" not in script
-    # the spot another feature fills in, marked in both files
-    assert 'id="websocket-panel"' in page
-    assert "WEBSOCKET PANEL" in page
-    assert "WEBSOCKET PANEL" in script
+    # the live panel reaches the gateway's own origin, the token as ?access_token=
+    assert "${location.host}${LIVE_PATH}" in script
+    assert 'id="live-form"' in page
 
 
 @pytest.fixture
@@ -105,8 +104,26 @@ async def test_sign_in_and_see_the_model_answer_stream_in(live: str) -> None:
         # one chunk per word: the answer was shown as it streamed, not in one piece
         assert int(await page.get_attribute("#answer", "data-chunks") or 0) > 5
         assert await page.inner_text("#chat-error") == ""
+        # the live panel: a WebSocket to the demo model through the gateway
+        await page.fill("#live-prompt", "live hello")
+        await page.click("#live-send")
+        await page.wait_for_selector("#live-answer[data-state=done]", timeout=15_000)
+        live_answer = await page.inner_text("#live-answer")
+        assert live_answer.startswith("This is the demo model behind the gateway.")
+        assert live_answer.endswith("live hello")
+        assert int(await page.get_attribute("#live-answer", "data-frames") or 0) > 5
+        assert await page.get_attribute("#live-status", "data-state") == "open"
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "frontend.png"), full_page=True)
+        # signing out elsewhere (another tab, the API) revokes the token: the gateway
+        # closes the open WebSocket with 1008 and the page says so
+        status = await page.evaluate(
+            """async () => (await fetch("/auth/logout", {method: "POST", headers: {
+                 Authorization: `Bearer ${sessionStorage.getItem("frontend.token")}`}})).status"""
+        )
+        assert status == 204
+        await page.wait_for_selector("#live-status[data-code='1008']", timeout=15_000)
+        assert "1008" in await page.inner_text("#live-status")
         await browser.close()
     assert (ARTIFACTS / "frontend.png").stat().st_size > 5_000
 
