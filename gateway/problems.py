@@ -42,6 +42,17 @@ class GatewayError(Exception):
         return cls(400, code, detail)
 
     @classmethod
+    def max_tokens_over_quota(cls, max_tokens: int, limit: int, period: str) -> GatewayError:
+        """400: the request's max_tokens alone is over its token quota's whole limit, so
+        no wait would ever let it pass (a 429 would have nothing true to say in Retry-After)."""
+        return cls(
+            400,
+            "max_tokens_over_quota",
+            f"max_tokens {max_tokens} is over this quota's whole limit of {limit} tokens "
+            f"per {period}",
+        )
+
+    @classmethod
     def unauthorized(cls, code: str, detail: str, token_presented: bool) -> GatewayError:
         """401 with the RFC 6750 challenge; error codes only when a token was presented."""
         challenge = 'Bearer realm="gateway"'

@@ -480,7 +480,7 @@ def test_unknown_key_in_model(write_config: WriteConfig) -> None:
     line, message = only_problem(path)
     assert line == 4
     assert message.startswith("models.chat.temperature: unknown key (known keys: url, targets, ")
-    assert "usage, token_limit, fallback" in message
+    assert "usage, token_limit, fallback, max_attempts, fallback_budget, health_path" in message
 
 
 def test_unknown_key_in_rate_limit(write_config: WriteConfig) -> None:
