@@ -143,3 +143,10 @@ class ServerConfig:
         default=None,
         kind="HOST:PORT",
     )
+    # aiohttp's own value names Python's and aiohttp's versions, a map for attackers;
+    # set on every response (a proxied one's upstream Server replaced, as Envoy and nginx do)
+    server_header: str = doc(
+        'the Server header of every response, the proxied ones included; "": none',
+        default="gateway",
+        kind="text",
+    )
