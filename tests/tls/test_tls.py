@@ -275,6 +275,7 @@ def test_https_responses_carry_no_hsts_by_default_and_http_redirects_everything(
         assert response.getheader("Location") == f"https://{location_host}:{port}{target}"
         assert response.getheader("Strict-Transport-Security") is None  # never over plain HTTP
         assert response.getheader("X-Request-Id")
+        assert response.getheader("Server") == "gateway"  # server.server_header, no versions
     plain.close()
 
 
