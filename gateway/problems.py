@@ -44,7 +44,7 @@ class GatewayError(Exception):
     # as the reason, and the codes stay in one file.
 
     @classmethod
-    def bad_request(cls, detail: str, code: str = "bad_request") -> GatewayError:
+    def bad_request(cls, detail: str, code: str) -> GatewayError:
         return cls(400, code, detail)
 
     @classmethod
@@ -95,9 +95,7 @@ class GatewayError(Exception):
         return cls(502, code, detail)
 
     @classmethod
-    def unavailable(
-        cls, detail: str, code: str = "unavailable", retry_after: int | None = None
-    ) -> GatewayError:
+    def unavailable(cls, detail: str, code: str, retry_after: int | None = None) -> GatewayError:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return cls(503, code, detail, headers)
 

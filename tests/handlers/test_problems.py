@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import html
+import inspect
 import re
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -12,6 +13,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 
 from gateway.problem_types import BY_CODE, PROBLEM_TYPES, between_markers, readme_table, type_uri
+from gateway.problems import GatewayError
 from tests.conftest import MakeGateway
 from tests.identity import Client
 
@@ -172,6 +174,12 @@ def raised_codes() -> dict[str, str]:
 
 def test_every_code_the_gateway_raises_has_a_page() -> None:
     raised = raised_codes()
+    for name, member in vars(GatewayError).items():  # the named constructors' default codes
+        function = getattr(member, "__func__", None)
+        if function is not None and "code" in inspect.signature(function).parameters:
+            default = inspect.signature(function).parameters["code"].default
+            if isinstance(default, str):
+                raised[default] = f"GatewayError.{name}"
     assert {"missing_token", "upstream_invalid", "role_forbidden", "database_down"} <= set(raised)
     missing = {code: where for code, where in raised.items() if code not in BY_CODE}
     assert missing == {}, "add these codes to gateway/problem_types.py"
