@@ -127,7 +127,9 @@ async def serve(
     guard.start(loop)
     status = None
     if server.status_listen is not None:  # before the main port: probes answer first
-        limits = StatusLimits(server.header_timeout, server.keepalive_timeout)
+        limits = StatusLimits(
+            server.header_timeout, server.keepalive_timeout, server_header=server.server_header
+        )
         status = await start_status_listener(
             app, server.status_listen, limits, reuse_port=worker_of is not None
         )
@@ -140,7 +142,7 @@ async def serve(
         tasks.append(asyncio.create_task(watcher.run()))
         if tls.redirect_http is not None:
             redirect = await start_redirect_listener(
-                tls.redirect_http, bound, reuse_port=worker_of is not None
+                tls.redirect_http, bound, holder, reuse_port=worker_of is not None
             )
     log.info(
         "listening",
