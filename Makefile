@@ -45,11 +45,13 @@ check: venv
 test: lint check
 	$(PY) -m pytest -n auto --dist loadfile -q $(PYTEST_ARGS)
 
-## bench: the benchmarks under bench/ (figures, not pass/fail; about 3 minutes). chain.py needs
+## bench: the benchmarks under bench/ (figures, not pass/fail; about 8 minutes). chain.py needs
 ## 2 cores, taskset, and Debian's nginx and wrk, which it installs with apt-get when missing
 bench: $(BENCH_STAMP)
 	$(PY) bench/route_matching.py
 	$(PY) bench/chain.py
+	$(PY) bench/surfaces.py
+	$(PY) bench/observability.py
 
 ## bench-memory: RSS over 300,000 full-chain requests and 1 GiB each way (about 3 minutes)
 bench-memory: $(BENCH_STAMP)

@@ -130,6 +130,9 @@ class ReportLog(Base):
     total_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     journal_id: Mapped[str | None] = mapped_column(String(40), default=None)  # its request's
+    # the models whose calls failed before `model` answered, comma-separated in the order
+    # tried (the requested model first; at most 9 names of 128); NULL: none (migration 0004)
+    failed_models: Mapped[str | None] = mapped_column(String(1300), default=None)
 
     __table_args__ = (
         Index("ix_report_logs_model_ts", "model", "ts"),

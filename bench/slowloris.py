@@ -164,6 +164,7 @@ class Limits:
     header_timeout = 10.0
     keepalive_timeout = 75.0
     max_connections = 100_000
+    server_header = "gateway"
 
 
 def guard_cost(open_connections: int = 20_000, cycles: int = 200_000) -> dict[str, float]:

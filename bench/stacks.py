@@ -91,6 +91,7 @@ GATEWAY_CONF = """\
 server:
   listen: 127.0.0.1:{port}
   shutdown_grace: 2s
+  access_log: ${{BENCH_ACCESS_LOG:-stdout}}  # bench/observability.py turns it off
 auth:
   issuer: gateway
   access_ttl: 15m

@@ -78,6 +78,9 @@ class RequestContext:
     usage: Usage | None = None  # token usage of a model call with a `usage:` format
     model: str | None = None  # the model called last (a fallback's, after a failure)
     attempts: int = 0  # models called for this request, fallbacks included
+    # the models whose calls failed and handed the request on to a fallback, in order
+    # (the requested model first): /admin/usage counts their failed attempts
+    fell_back: list[str] | None = None
     # each try on an upstream target: (upstream, seconds to its head, failure kind or None),
     # for /metrics (gateway/metrics.py ATTEMPT_KINDS); None until the first
     upstream_attempts: list[tuple[str, float | None, str | None]] | None = None

@@ -31,8 +31,8 @@ from gateway.state.stores import Stores
 from gateway.static.serve import serve_static
 
 # Local handlers that answer another media type than JSON, so Accept's JSON
-# check (406) does not apply: Prometheus asks for its text format.
-NOT_JSON = frozenset({"builtin.metrics", "builtin.ui"})
+# check (406) does not apply: Prometheus asks for its text format, a browser for HTML.
+NOT_JSON = frozenset({"builtin.metrics", "builtin.ui", "builtin.problems"})
 # (handler, path, format=) of local exports a client asks for by query: their
 # Accept (e.g. text/csv) is not held against them. Errors stay problem+json.
 EXPORTS = frozenset({("admin", "/admin/usage", "csv")})

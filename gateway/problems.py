@@ -2,7 +2,12 @@
 
 A `GatewayError` carries an HTTP status, a stable reason `code` and a human
 `detail`; `render` is the only place that turns one into bytes. The problem
-`type` is a stable URI derived from the code, documented in the README.
+`type` is `/problems/CODE`, the gateway's own page for the code (every code
+and what it means: gateway/problem_types.py, and the README's table).
+
+A `detail` is for the client: it never carries an upstream's address, an
+exception's or the TLS library's text, or anything of the gateway's state;
+those go to the log, with the request id.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from http import HTTPStatus
 
 import orjson
 
+from gateway.problem_types import type_uri
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-TYPE_BASE = "https://gateway.dev/problems/"
 
 
 class GatewayError(Exception):
@@ -38,8 +44,19 @@ class GatewayError(Exception):
     # as the reason, and the codes stay in one file.
 
     @classmethod
-    def bad_request(cls, detail: str, code: str = "bad_request") -> GatewayError:
+    def bad_request(cls, detail: str, code: str) -> GatewayError:
         return cls(400, code, detail)
+
+    @classmethod
+    def max_tokens_over_quota(cls, max_tokens: int, limit: int, period: str) -> GatewayError:
+        """400: the request's max_tokens alone is over its token quota's whole limit, so
+        no wait would ever let it pass (a 429 would have nothing true to say in Retry-After)."""
+        return cls(
+            400,
+            "max_tokens_over_quota",
+            f"max_tokens {max_tokens} is over this quota's whole limit of {limit} tokens "
+            f"per {period}",
+        )
 
     @classmethod
     def unauthorized(cls, code: str, detail: str, token_presented: bool) -> GatewayError:
@@ -89,9 +106,7 @@ class GatewayError(Exception):
         return cls(502, code, detail)
 
     @classmethod
-    def unavailable(
-        cls, detail: str, code: str = "unavailable", retry_after: int | None = None
-    ) -> GatewayError:
+    def unavailable(cls, detail: str, code: str, retry_after: int | None = None) -> GatewayError:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return cls(503, code, detail, headers)
 
@@ -137,7 +152,7 @@ def render(error: GatewayError, request_id: str) -> bytes:
     """The RFC 9457 body for `error`; the only serialisation of a problem."""
     return orjson.dumps(
         {
-            "type": TYPE_BASE + error.code,
+            "type": type_uri(error.code),
             "title": title_for(error.status),
             "status": error.status,
             "detail": error.detail,

@@ -46,6 +46,14 @@ BUILTIN_PATHS = {
     "/admin/ui": "builtin.ui",
     "/admin/ui/app.js": "builtin.ui",
     "/admin/ui/app.css": "builtin.ui",
+    # what each problem code means (the `type` of every problem): their index
+    "/problems": "builtin.problems",
+    "/problems/": "builtin.problems",
+}
+# path template → handler name: a built-in answering every path under the template's
+# prefix (the part before `{`), after the exact paths above
+BUILTIN_TEMPLATES = {
+    "/problems/{code}": "builtin.problems",  # a page per code; 404 unknown_code for others
 }
 
 
@@ -60,7 +68,7 @@ def builtin_routes() -> dict[str, Route]:
             auth="none",
             source="built-in",
         )
-        for i, (path, handler) in enumerate(BUILTIN_PATHS.items())
+        for i, (path, handler) in enumerate({**BUILTIN_PATHS, **BUILTIN_TEMPLATES}.items())
     }
 
 
@@ -113,6 +121,8 @@ class Runtime:
     model_routes: Mapping[str, Route]
     version: int
     loaded_at: float
+    # (prefix, route) of the built-ins that answer every path under a prefix (BUILTIN_TEMPLATES)
+    builtin_prefixes: tuple[tuple[str, Route], ...] = ()
     occupancy: Occupancy = field(default_factory=Occupancy, compare=False, repr=False)
 
     @classmethod
@@ -148,11 +158,15 @@ class Runtime:
         # Pools last: nothing that can fail comes after sessions are opened.
         fresh = make_pools({n: u for n, u in config.upstreams.items() if n not in kept})
         allowed = {r.index: allowed_roles(policy, r.roles) for r in config.routes if r.roles}
+        builtins = builtin_routes()
         return cls(
             config=config,
             table=table,
             pools={name: kept[name] if name in kept else fresh[name] for name in config.upstreams},
-            builtins=builtin_routes(),
+            builtins=builtins,
+            builtin_prefixes=tuple(
+                (template.partition("{")[0], builtins[template]) for template in BUILTIN_TEMPLATES
+            ),
             keys=keys,
             issuer=issuer,
             verifier=verifier,

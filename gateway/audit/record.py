@@ -98,9 +98,12 @@ def record(
         access.write(access_line(final, model, ctx.trace_id))
     report = None
     if model_call and route is not None and route.model is not None:
-        # Charged to the model that answered, with the number of models called.
+        # Charged to the model that answered, with the number of models called and
+        # the ones that failed before it (their failed attempts, in /admin/usage).
         model = ctx.model or route.model
-        report = report_row(final, model, ctx.ttfb, ctx.usage, attempts=max(ctx.attempts, 1))
+        report = report_row(
+            final, model, ctx.ttfb, ctx.usage, attempts=max(ctx.attempts, 1), failed=ctx.fell_back
+        )
         writer.submit(report)
     if streamed:
         if ctx.journal_whole and report is None and reason is None:

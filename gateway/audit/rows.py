@@ -8,6 +8,7 @@ to their column's width, so no value can make the database refuse a batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -38,6 +39,7 @@ _UPSTREAM = _width(_AUDIT, "upstream")
 _IP = _width(_AUDIT, "client_ip")
 _REASON = _width(_AUDIT, "reason")
 _MODEL = _width(_REPORT, "model")
+_FAILED = _width(_REPORT, "failed_models")
 
 
 class AuditRow(NamedTuple):
@@ -82,6 +84,9 @@ class ReportRow(NamedTuple):
     total_tokens: int | None = None
     attempts: int = 1  # models called (more than one after a fallback)
     journal_id: str | None = None  # its request's (see AuditRow)
+    # the models that failed and fell back before `model`, comma-separated (None: none);
+    # last, so that journal and spool lines written before it still read
+    failed_models: str | None = None
 
 
 Row = AuditRow | ReportRow
@@ -134,16 +139,31 @@ def audit_row(
     )
 
 
+def _names(models: Sequence[str] | None) -> str | None:
+    """Model names comma-separated, each cut to the model column's width; whole names
+    only, as many as fit the column (None: none)."""
+    if not models:
+        return None
+    text = ""
+    for name in models:
+        more = f"{text},{name[:_MODEL]}" if text else name[:_MODEL]
+        if len(more) > _FAILED:
+            break
+        text = more
+    return text
+
+
 def report_row(
     row: AuditRow,
     model: str,
     ttfb: float | None = None,
     usage: Usage | None = None,
     attempts: int = 1,
+    failed: Sequence[str] | None = None,
 ) -> ReportRow:
     """The report row of a model call, from the call's audit row, its time to first
-    byte (seconds), the token usage its response reported (None: unknown) and the
-    number of models called."""
+    byte (seconds), the token usage its response reported (None: unknown), the
+    number of models called and the ones among them that failed and fell back."""
     known = usage if usage is not None else UNKNOWN
     return ReportRow(
         row.ts,
@@ -162,6 +182,7 @@ def report_row(
         known.total_tokens,
         attempts,
         row.journal_id,
+        _names(failed),
     )
 
 

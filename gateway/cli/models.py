@@ -4,7 +4,7 @@
 writes the result to a temp file beside routes.yaml, validates it with the
 real `load_config`, and only then replaces routes.yaml, by one atomic rename
 (what a reloading gateway watches for). `list` prints one line per model,
-with a TCP probe of every target.
+with an HTTP probe of every target: a GET of the model's `health_path`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 
 from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config import Config, ConfigError, ConfigProblem, load_config
-from gateway.config.schema.upstreams import UpstreamTarget
+from gateway.config.schema.upstreams import UpstreamConfig, UpstreamTarget
 from gateway.config.units import format_duration
-from gateway.store.connection_errors import describe_connection_error
 
-if TYPE_CHECKING:  # model_entry brings ruamel.yaml: imported when `models add` runs
+if TYPE_CHECKING:  # imported when `models add` (ruamel.yaml) or `list` (aiohttp) runs
+    import aiohttp
+
     from gateway.config.model_entry import Placement
 
 
@@ -183,15 +184,22 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _as_original(problem: ConfigProblem, temp: Path, path: Path, placement: Placement) -> str:
-    """A problem found in the temp file, told as FILE:LINE of routes.yaml."""
+    """A problem found in the temp file, told in routes.yaml's terms: FILE:LINE only for
+    lines routes.yaml has; a problem of the new entry (not in routes.yaml) names no line."""
+    new = range(placement.shifted_from - placement.added_lines, placement.shifted_from)
 
     def where(match: re.Match[str]) -> str:
-        return f"{path}:{placement.original_line(int(match.group(1)))}"
+        line = int(match.group(1))
+        if line in new:
+            return "the new entry"
+        return f"{path}:{placement.original_line(line)}"
 
     message = re.sub(re.escape(str(temp)) + r":(\d+)", where, problem.message)
     message = message.replace(str(temp), str(path))
     if problem.file != str(temp):  # policies/ and the like: their own files
         return str(ConfigProblem(problem.file, problem.line, message))
+    if problem.line in new:
+        return f"gateway models add: {message}"
     return str(ConfigProblem(str(path), placement.original_line(problem.line), message))
 
 
@@ -218,32 +226,71 @@ def _print_added(config: Config, name: str, path: Path) -> None:
 # --- list ---------------------------------------------------------------------------
 
 
+ANSWER_TIMEOUT = 5.0  # seconds after connecting for a health answer's head
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """A TCP connect to one target: whether it answered, how fast, and if not, why."""
+    """A GET of a target's health path: up (any answer below 500) or down, and why."""
 
     ms: float
-    error: OSError | None = None  # None: it answered
+    status: int | None = None  # the answer's status; None: no answer
+    reason: str | None = None  # why it is down; None: up
+
+    @property
+    def up(self) -> bool:
+        return self.reason is None
 
     def __str__(self) -> str:
-        if self.error is None:
-            return f"ok {self.ms:.1f} ms"
-        return f"FAIL {describe_connection_error(self.error)} ({self.ms:.1f} ms)"
+        if self.up:
+            return f"up {self.status} ({self.ms:.1f} ms)"
+        return f"DOWN {self.reason} ({self.ms:.1f} ms)"
 
 
-async def probe(target: UpstreamTarget, seconds: float) -> Probe:
-    """Connect to `target` within `seconds` (the upstream's connect_timeout), then hang up."""
+async def probe(
+    session: aiohttp.ClientSession, upstream: UpstreamConfig, target: UpstreamTarget, path: str
+) -> Probe:
+    """GET the target's base path + `path`: connected within the upstream's connect_timeout,
+    answered within ANSWER_TIMEOUT more. Below 500 is up (a 404 still answers); a 5xx,
+    a failed connection or no answer in time is down."""
+    import aiohttp
+
+    from gateway.tls.upstream import upstream_ssl
+
+    url = target.origin + target.base_path + path
+    timeout = aiohttp.ClientTimeout(
+        total=upstream.connect_timeout + ANSWER_TIMEOUT,
+        sock_connect=upstream.connect_timeout,
+        sock_read=ANSWER_TIMEOUT,
+    )
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(seconds):
-            _, writer = await asyncio.open_connection(target.host, target.port)
-    except OSError as exc:  # TimeoutError included; described later, off the clock
-        return Probe(_ms(started), exc)
+        async with session.get(
+            url,
+            timeout=timeout,
+            ssl=upstream_ssl(upstream),
+            allow_redirects=False,  # a 3xx is an answer
+            headers={"User-Agent": "gateway-models-list"},
+        ) as response:
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Probe(_ms(started), reason=_why(exc, upstream))
     elapsed = _ms(started)
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return Probe(elapsed)
+    if status >= 500:
+        return Probe(elapsed, status, f"answered {status}")
+    return Probe(elapsed, status)
+
+
+def _why(exc: BaseException, upstream: UpstreamConfig) -> str:
+    import aiohttp
+
+    from gateway.proxy.health import failure_text
+
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"no connection within {format_duration(upstream.connect_timeout)}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {format_duration(ANSWER_TIMEOUT)}"
+    return failure_text(exc)
 
 
 def _ms(started: float) -> float:
@@ -252,11 +299,19 @@ def _ms(started: float) -> float:
 
 async def probe_models(config: Config) -> dict[str, list[Probe]]:
     """Every target of every model probed at once; results in config order."""
+    import aiohttp
+
     names = list(config.models)
     targets = [(n, t) for n in names for t in config.upstreams[n].targets]
-    results = await asyncio.gather(
-        *(probe(t, config.upstreams[n].connect_timeout) for n, t in targets)
-    )
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True, limit=0)
+    ) as session:
+        results = await asyncio.gather(
+            *(
+                probe(session, config.upstreams[n], t, config.models[n].health_path)
+                for n, t in targets
+            )
+        )
     probes: dict[str, list[Probe]] = {name: [] for name in names}
     for (name, _), result in zip(targets, results, strict=True):
         probes[name].append(result)

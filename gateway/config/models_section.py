@@ -32,7 +32,14 @@ MODEL_TIMEOUT = 300.0  # models answer slowly: a long default whole-response tim
 MODEL_CONNECT_TIMEOUT = 5.0
 # models cost per call: 60/min per user unless the entry says otherwise (`rate_limit: off`)
 MODEL_RATE_LIMIT = RateLimitConfig(rate=Rate(60, 60.0), key="user")
-_MODEL_KEYS = ("usage", "token_limit", "fallback", "max_attempts", "fallback_budget")
+_MODEL_KEYS = (
+    "usage",
+    "token_limit",
+    "fallback",
+    "max_attempts",
+    "fallback_budget",
+    "health_path",
+)
 _NO_FALLBACK: tuple[str, ...] = ()
 
 
@@ -95,6 +102,7 @@ def parse_model(
                 fallback_refs.append((other, item))
     max_attempts = sec.field("max_attempts", whole_number(ModelConfig, "max_attempts"), 0)
     fallback_budget = sec.field("fallback_budget", duration(ModelConfig, "fallback_budget"), None)
+    health_path = sec.field("health_path", _health_path, "/")
     sec.check_unknown(", ".join(("url", *UPSTREAM_KEYS, *ROUTE_KEYS, *_MODEL_KEYS)))
     if not targets or sockets is None:
         return
@@ -106,6 +114,7 @@ def parse_model(
         fallback=fallback,
         max_attempts=max_attempts,
         fallback_budget=fallback_budget,
+        health_path=health_path,
         line=value.line,
     )
     routes.append(
@@ -124,6 +133,13 @@ def parse_model(
 
 def _names(value: Value) -> tuple[str, ...]:
     return tuple(item.text() for item in value.items())
+
+
+def _health_path(value: Value) -> str:
+    text = value.text()
+    if not text.startswith("/") or any(c.isspace() or c == "#" for c in text):
+        raise Invalid(f"{value.key}: must be a path starting with /, got {text!r}", value.line)
+    return text
 
 
 def _usage_format(value: Value) -> str:

@@ -35,6 +35,7 @@ from gateway.tls.files import pair_problem
 # A web origin as the Fetch standard serialises it: scheme://host[:port], no path
 _ORIGIN = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:]+\](:[0-9]{1,5})?")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name or method
+_FIELD_VALUE = re.compile(r"[\x20-\x7e]{0,200}")  # a header value we send (RFC 9110 §5.5)
 
 
 def parse_server(top: Section, base_dir: Path) -> ServerConfig:
@@ -59,14 +60,29 @@ def parse_server(top: Section, base_dir: Path) -> ServerConfig:
         body_timeout=read_duration(sec, default, "body_timeout"),
         status_listen=sec.field("status_listen", parse_listen, None),
         access_log=sec.field("access_log", _access_log, default.access_log),
+        server_header=sec.field("server_header", _server_header, default.server_header),
     )
     sec.check_unknown(
         "listen, tls, trusted_proxies, max_body, shutdown_grace, redis_failure, cors, "
         "header_timeout, keepalive_timeout, max_connections, body_timeout, status_listen, "
-        "access_log"
+        "access_log, server_header"
     )
     _distinct_ports(sec, server)
     return server
+
+
+def _server_header(value: Value) -> str:
+    """A field value (RFC 9110 §5.5): visible ASCII and inner spaces; "" for none."""
+    raw = value.scalar()
+    text = "" if raw is None else str(raw)  # `server_header:` alone, like "": no header
+    if isinstance(raw, bool) or text != text.strip() or not _FIELD_VALUE.fullmatch(text):
+        raise Invalid(
+            f"{value.key}: {text!r} is not a header value "
+            "(printable ASCII up to 200 characters, no leading or trailing space); "
+            '"" for no header',
+            value.line,
+        )
+    return text
 
 
 def _distinct_ports(sec: Section, server: ServerConfig) -> None:

@@ -1,4 +1,7 @@
-"""GET /metrics: this process's Prometheus metrics, for loopback clients and admins.
+"""GET /metrics: the Prometheus metrics, for loopback clients and admins.
+
+One process's registry; under `--workers N`, every worker's series, each
+labelled `worker` (gateway/server/siblings.py).
 
 Built in, so it is served whatever routes.yaml says. A client on loopback
 (the client IP after `server.trusted_proxies`, so a proxy on the same host
@@ -18,6 +21,7 @@ from gateway.pipeline.authentication import MISSING_TOKEN, Authenticator, bearer
 from gateway.pipeline.forwarded import is_loopback
 from gateway.pipeline.policy import admin_roles, decide
 from gateway.pipeline.verdict import Deny
+from gateway.server.siblings import gather, siblings_folder
 from gateway.services import SERVICES, STORES
 
 
@@ -44,4 +48,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         verdict = decide(caller.role, admin_roles(runtime.config.policy), ctx.path, (ADMIN_ROLE,))
         if isinstance(verdict, Deny):
             raise verdict.error()
-    return web.Response(body=services.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    body = services.metrics.render()
+    siblings = siblings_folder()
+    if siblings is not None:  # --workers N: every worker's series, labelled by worker
+        body = await gather(*siblings, body)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -19,7 +19,7 @@ from gateway.handlers.subroutes import SubRoutes
 from gateway.handlers.users import ROUTES as USERS_ROUTES
 from gateway.middleware import Handler
 from gateway.problems import GatewayError
-from gateway.runtime import BUILTIN_PATHS, Runtime
+from gateway.runtime import BUILTIN_PATHS, BUILTIN_TEMPLATES, Runtime
 
 MOUNTED: dict[str, SubRoutes] = {"users": USERS_ROUTES, "admin": ADMIN_ROUTES}
 
@@ -39,7 +39,7 @@ def operations(runtime: Runtime, handlers: dict[str, Handler]) -> list[tuple[str
         op = _required(declared(handlers[route.handler]))
         methods = sorted(route.methods - {"HEAD"}) if route.methods else [op.method]
         found.extend((route.path, method, op) for method in methods)
-    for path, name in BUILTIN_PATHS.items():
+    for path, name in {**BUILTIN_PATHS, **BUILTIN_TEMPLATES}.items():
         found.append((path, "GET", _required(declared(handlers[name]))))
     return found
 

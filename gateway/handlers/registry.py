@@ -7,6 +7,7 @@ from gateway.handlers.auth import login, logout, refresh, register
 from gateway.handlers.health import healthz, jwks, readyz
 from gateway.handlers.metrics import metrics
 from gateway.handlers.openapi import openapi_endpoint
+from gateway.handlers.problems import problems
 from gateway.handlers.ui import ui
 from gateway.handlers.users import users
 from gateway.middleware import Handler
@@ -29,4 +30,5 @@ BUILTIN: dict[str, Handler] = {
     # The tables are passed in (read when the document is made), not imported by openapi.py.
     "builtin.openapi": openapi_endpoint(lambda: {**ROUTABLE, **BUILTIN}),
     "builtin.ui": ui,
+    "builtin.problems": problems,
 }

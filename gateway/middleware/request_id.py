@@ -8,10 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from gateway import tracing
+from gateway.config.schema.server import ServerConfig
 from gateway.context import CTX, RequestContext
 from gateway.logs import current_request, current_trace
 from gateway.middleware import Handler, Middleware
@@ -118,15 +119,30 @@ def stamp_headers(
             # The audit journal gets the request's record before a byte of the head leaves.
             if stores.audit is not None:
                 journal_prepared(stores, request, ctx, response)
+        runtime = ctx.runtime if ctx is not None else None
+        if runtime is None and isinstance(request, web.Request):
+            holder = request.app.get(HOLDER)  # not routed: the live config's
+            runtime = holder.current if holder is not None else None
+        if runtime is None:
+            stamp_server(response.headers, DEFAULT_SERVER_HEADER)
+            return
+        stamp_server(response.headers, runtime.config.server.server_header)
         if request.scheme == "https":  # the connection itself is TLS (never X-Forwarded-Proto)
-            runtime = ctx.runtime if ctx is not None else None
-            if runtime is None and isinstance(request, web.Request):
-                holder = request.app.get(HOLDER)  # not routed: the live config's
-                runtime = holder.current if holder is not None else None
-            if runtime is not None:
-                stamp_hsts(response.headers, runtime)
+            stamp_hsts(response.headers, runtime)
 
     return stamp
+
+
+DEFAULT_SERVER_HEADER = ServerConfig().server_header
+
+
+def stamp_server(headers: CIMultiDict[str], name: str) -> None:
+    """The Server header per server.server_header, replacing aiohttp's (which names Python's
+    and aiohttp's versions) and an upstream's; none for ""."""
+    if name:
+        headers[hdrs.SERVER] = name
+    else:
+        headers.popall(hdrs.SERVER, None)
 
 
 def stamp_hsts(headers: CIMultiDict[str], runtime: Runtime) -> None:

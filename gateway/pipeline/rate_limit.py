@@ -1,5 +1,8 @@
 """The rate-limit decisions: the route's GCRA bucket (429 rate_limited) and a model's
-token quota (429 token_quota), each with its RateLimit-* headers.
+token quota (429 token_quota; 400 max_tokens_over_quota for a max_tokens no wait
+would let pass), each with its RateLimit-* headers. On every 429, Retry-After is
+when this request would pass and RateLimit-Reset when the whole quota is back,
+never less than Retry-After (gateway/state/gcra.py `refused`).
 
 A route's bucket key is the route plus the route's `key`: the caller's user
 id (the default; the client IP when nobody is signed in), the client IP (from
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gateway.config.units import format_duration
 from gateway.pipeline.verdict import Deny, Pass, RequestView
+from gateway.problems import GatewayError
 
 if TYPE_CHECKING:
     from gateway.config.schema.routes import RateLimitConfig, Route
@@ -77,6 +82,15 @@ def describe(key: str, limit: RateLimitConfig, decision: Decision | None) -> str
         f"bucket {key}: {decision.remaining} of {limit.rate.limit} left "
         f"({limit.rate} by {limit.key}); nothing was counted"
     )
+
+
+def over_quota(limit: RateLimitConfig, max_tokens: int) -> GatewayError | None:
+    """400 `max_tokens_over_quota` when a request's stated max_tokens alone is over the
+    quota's whole limit: it could never be reserved, however long the caller waited."""
+    rate = limit.rate
+    if max_tokens <= rate.limit:
+        return None
+    return GatewayError.max_tokens_over_quota(max_tokens, rate.limit, format_duration(rate.period))
 
 
 def decide_quota(

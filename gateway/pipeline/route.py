@@ -1,8 +1,9 @@
 """The route decision: normalise the path and find its route (400 bad_path, 404, 405),
 and whether it takes a WebSocket upgrade (400 upgrade_not_allowed).
 
-Built-in endpoints (/healthz, /metrics, ...) come first, whatever routes.yaml
-says; then the compiled route table's first match (gateway/routing.py).
+Built-in endpoints (/healthz, /metrics, ..., and every path under /problems/)
+come first, whatever routes.yaml says; then the compiled route table's first
+match (gateway/routing.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def normalise(raw_path: str) -> str | Deny:
 def find_route(runtime: Runtime, method: str, path: str) -> RouteMatch | Deny:
     """The route for `method` and the normalised `path` on this config, or 404/405."""
     builtin = runtime.builtins.get(path)
+    if builtin is None:
+        for prefix, route in runtime.builtin_prefixes:  # /problems/CODE
+            if path.startswith(prefix):
+                builtin = route
+                break
     if builtin is not None:
         methods = builtin.methods or frozenset()
         if method not in methods:

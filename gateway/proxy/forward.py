@@ -243,6 +243,8 @@ async def attempts(
                     attempt = retry
                     continue
             error = _send_failure(exc, ctx, upstream.name, server.max_body)
+            if error.status >= 500:
+                _log_failure(exc, error, upstream.name, attempt.target.url)
             too_large = ctx.outcome is Outcome.BODY_TOO_LARGE
             if fallback is not None and not too_large and fallback.possible():
                 raise FellThrough(error) from None
@@ -405,23 +407,40 @@ def _log_ejection(balancer: Balancer, attempt: Attempt, name: str) -> None:
     )
 
 
+def _log_failure(exc: BaseException, error: GatewayError, name: str, target: str) -> None:
+    """The whole story of an upstream failure, for the operator: the target's address and
+    the exception's text, which the client's problem never carries (README "Errors")."""
+    log.warning(
+        "upstream failed",
+        extra={
+            "upstream": name,
+            "target": target,
+            "code": error.code,
+            "error": f"{type(exc).__name__}: {exc}",
+        },
+    )  # the request id is added by the log formatter (gateway/logs.py)
+
+
 def _send_failure(
     exc: BaseException, ctx: RequestContext, name: str, max_body: int
 ) -> GatewayError:
-    """Map a failure before the response head arrived to the problem the client gets."""
+    """Map a failure before the response head arrived to the problem the client gets.
+
+    Each detail is a fixed text with the upstream's name from routes.yaml: never its
+    address, the OS's or the TLS library's words or the exception's (`_log_failure`
+    logs those)."""
     if ctx.outcome == Outcome.BODY_TOO_LARGE:
         # The chunked request body outgrew server.max_body mid-stream.
         return GatewayError.too_large(max_body)
     if isinstance(exc, TargetUnreachable):
         # Refused, unreachable, DNS or TLS failure: nothing reached the target.
-        reason = exc.os_error.strerror or "connect failed"
-        return GatewayError.bad_gateway(f"upstream {name} refused the connection ({reason})")
+        return GatewayError.bad_gateway(f"upstream {name} could not be reached")
     if isinstance(exc, UpstreamBusy):
         # Every connection busy and max_pending requests already waiting for one:
         # refused at once rather than queued without bound (Envoy's overflow 503).
         ctx.outcome = Outcome.UPSTREAM_BUSY
         return GatewayError.unavailable(
-            f"upstream {name} is busy: every connection in use and {exc}",
+            f"upstream {name} is busy: every connection in use and max_pending requests waiting",
             code="upstream_busy",
             retry_after=1,
         )
@@ -430,7 +449,7 @@ def _send_failure(
         # connection was closed, and the answer is never relayed.
         ctx.outcome = Outcome.UPSTREAM_INVALID
         return GatewayError.bad_gateway(
-            f"upstream {name} answered with invalid HTTP ({exc})", code="upstream_invalid"
+            f"upstream {name} answered with invalid HTTP", code="upstream_invalid"
         )
     if isinstance(exc, PoolTimeout):
         # `timeout` passed while waiting in line for a free connection.
@@ -465,6 +484,10 @@ async def _relay_small(
         body = await upstream_response.content.read()
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         upstream_response.close()
+        log.warning(
+            "upstream broke mid-response",
+            extra={"upstream": upstream_name, "error": f"{type(exc).__name__}: {exc}"},
+        )
         if isinstance(exc, TimeoutError):
             ctx.outcome = Outcome.UPSTREAM_TIMEOUT
             raise GatewayError.gateway_timeout(

@@ -11,14 +11,20 @@ own pool, usage format and token quota, while
   out connection, no healthy target, a timeout before the response head, a
   connection closed before it, or a head with status 429 or 5xx;
 - fewer than `max_attempts` calls were made and the `fallback_budget` (time
-  from arrival to a response head, across every attempt) is not spent;
+  from arrival to a response head, across every attempt; by default the sum
+  of the chain's timeouts) is not spent;
 - the body can be sent again (it was read whole: at most server.max_body).
+
+Each attempt is bounded by its own model's `timeout` (and `first_byte_timeout`),
+so a primary that is slow to start gives way to its fallback when its own
+timeout passes, not when the whole budget does.
 
 A fallback model that the caller's role may not use is never tried; one whose
 token quota is spent is passed over. The quota of the model that answered is
 charged; the reservations of the ones that failed are given back. The
 response names the model that answered in `X-Gateway-Model`, and the report
-row charges that model and counts the attempts.
+row charges that model, counts the attempts and names the models that failed
+before it (`/admin/usage` counts their failed attempts and fallbacks).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from gateway.config.schema.models import ModelConfig
 from gateway.config.schema.routes import RateLimitConfig, Route
 from gateway.config.schema.server import ServerConfig
 from gateway.context import Outcome, RequestContext
-from gateway.pipeline.rate_limit import decide_quota, quota_key
+from gateway.pipeline.rate_limit import decide_quota, over_quota, quota_key
 from gateway.pipeline.verdict import Deny
 from gateway.problems import GatewayError
 from gateway.proxy.exchange import Incoming, Outgoing
@@ -109,7 +115,7 @@ async def forward_model(
         else:
             stream = streamed_body(request, ctx, server.max_body)
     path = upstream_path(ctx, route) + ("?" + ctx.query if ctx.query else "")
-    budget = primary.fallback_budget or runtime.pools[primary.name].config.timeout or math.inf
+    budget = primary.fallback_budget or _chain_time(chain, runtime)
     state = _Chain(ctx.started + budget, primary.attempts) if replay else None
 
     error: GatewayError | None = None
@@ -142,6 +148,9 @@ async def forward_model(
                 await quota.settle(-quota.reserved)
             error = failed.error
             ctx.outcome = Outcome.NONE
+            if ctx.fell_back is None:
+                ctx.fell_back = []
+            ctx.fell_back.append(name)
             log.warning(
                 "model failed, falling back",
                 extra={
@@ -165,8 +174,11 @@ async def forward_model(
             total = usage.total_tokens if usage is not None else None
             await quota.settle(0 if total is None else total - quota.reserved)
         return
-    # Every model failed and nothing else may be tried: the last failure answers.
+    # Every model failed and nothing else may be tried: the last failure answers,
+    # charged to the model that failed last (ctx.model), which handed nothing on.
     assert error is not None
+    assert ctx.fell_back
+    ctx.fell_back.pop()
     raise error
 
 
@@ -185,6 +197,13 @@ def _usable_chain(primary: ModelConfig, ctx: RequestContext, runtime: Runtime) -
             continue
         chain.append(name)
     return chain
+
+
+def _chain_time(chain: list[str], runtime: Runtime) -> float:
+    """The default fallback_budget: every model in the chain its whole `timeout`
+    (each attempt is bounded by its own model's timeout; none: no bound)."""
+    timeouts = [runtime.pools[name].config.timeout for name in chain]
+    return math.inf if not all(timeouts) else sum(timeouts)
 
 
 def _small(request: Incoming) -> bool:
@@ -237,6 +256,9 @@ async def _reserve(
     # the reservation is minimal (1 token): the quota must have something left,
     # and the real usage is charged when the call is over.
     reserve = plan.max_tokens if plan is not None and plan.max_tokens else 1
+    too_large = over_quota(limit, reserve)
+    if too_large is not None:
+        raise too_large  # a fallback with a smaller quota is passed over, as when spent
     rate = limit.rate
     key = quota_key(ctx, model.name, limit.key)
     decision = await quotas.hit(key, rate.limit, rate.period, cost=reserve)

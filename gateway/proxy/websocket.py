@@ -339,6 +339,15 @@ async def proxy_websocket(
             attempted(ctx, upstream.name, time.monotonic() - sent, kind)
             if pool.balancer.failed(attempt, str(exc) or type(exc).__name__):
                 log.warning("upstream target ejected", extra={"upstream": upstream.name})
+            # the address and the exception's words for the log, never for the client
+            log.warning(
+                "upstream failed",
+                extra={
+                    "upstream": upstream.name,
+                    "target": attempt.target.url,
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
+            )
             if timed_out:
                 raise GatewayError.gateway_timeout(
                     f"upstream {upstream.name} did not answer the WebSocket handshake in time"

@@ -71,6 +71,8 @@ class Limits(Protocol):
     def keepalive_timeout(self) -> float: ...
     @property
     def max_connections(self) -> int: ...
+    @property
+    def server_header(self) -> str: ...
 
 
 class Guarded(Protocol):
@@ -91,13 +93,15 @@ class Tracked:
         self.since = now  # when its current clock started
 
 
-def raw_problem(error: GatewayError) -> bytes:
+def raw_problem(error: GatewayError, server: str) -> bytes:
     """A whole `Connection: close` HTTP/1.1 response carrying `error` as RFC 9457, for
-    answers written outside any request (no request id came with one: a new one)."""
+    answers written outside any request (no request id came with one: a new one);
+    `server`: server.server_header ("" for no Server header)."""
     request_id = str(uuid.uuid4())
     body = render(error, request_id)
     lines = [
         f"HTTP/1.1 {error.status} {title_for(error.status)}",
+        *([f"Server: {server}"] if server else []),
         f"Content-Type: {PROBLEM_CONTENT_TYPE}",
         f"Content-Length: {len(body)}",
         f"X-Request-Id: {request_id}",
@@ -160,11 +164,14 @@ class ConnectionGuard:
             victim = self._longest_waiting()
             if victim is None:  # every connection has a request in progress
                 self.refused += 1
-                conn.drop(raw_problem(_OVERLOADED))
+                conn.drop(raw_problem(_OVERLOADED, self._limits_of().server_header))
                 return None
             self.evicted += 1
             # A half-sent head gets told why; a silent connection is just closed.
-            self._drop(victim, raw_problem(_OVERLOADED) if victim.state == HEAD else None)
+            answer = None
+            if victim.state == HEAD:
+                answer = raw_problem(_OVERLOADED, self._limits_of().server_header)
+            self._drop(victim, answer)
         tracked = Tracked(conn, self._clock())
         self._heads[tracked] = None
         self.open += 1
@@ -254,7 +261,7 @@ class ConnectionGuard:
             batch -= 1
             if tracked.state == HEAD:
                 self.head_timeouts += 1
-                self._drop(tracked, raw_problem(_HEAD_TIMEOUT))
+                self._drop(tracked, raw_problem(_HEAD_TIMEOUT, limits.server_header))
             else:
                 self._drop(tracked, None)
         idle_start = now - limits.keepalive_timeout

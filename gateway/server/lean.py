@@ -13,9 +13,10 @@ the same functions: the request id, the route found once, CORS headers, then
 `Expect: 100-continue`, the proxy (gateway/proxy/forward.py, models.py), one
 audit row (gateway/audit/record.py), and problems for every failure. Its
 answer is written by `LeanOutgoing`, with the headers aiohttp's
-StreamResponse would have added (Date, Server, Connection, Content-Length or
-chunked framing, RFC 9112 §6): a whole one in one transport write, a
-streamed one through aiohttp's low-level StreamWriter.
+StreamResponse would have added (Date, Connection, Content-Length or
+chunked framing, RFC 9112 §6) and server.server_header's Server: a whole
+one in one transport write, a streamed one through aiohttp's low-level
+StreamWriter.
 What it skips per request: web.Request, the URL dispatcher, eight middleware
 wrappers, StreamResponse and the response signal.
 """
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs
 from aiohttp.client_exceptions import ClientConnectionResetError
 from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time, should_remove_content_length
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion, HttpVersion11, RawRequestMessage
+from aiohttp.http import HttpVersion, HttpVersion11, RawRequestMessage
 from aiohttp.http_writer import StreamWriter
 from aiohttp.http_writer import _serialize_headers as serialize_head  # C, and checks for CR/LF
 from aiohttp.streams import EmptyStreamReader, StreamReader
@@ -48,6 +49,7 @@ from gateway.middleware.request_id import (
     sane_request_id,
     stamp_context,
     stamp_hsts,
+    stamp_server,
 )
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.forwarded import client_ip
@@ -328,7 +330,10 @@ class LeanOutgoing:
             headers.setdefault(hdrs.CONTENT_TYPE, _OCTETS)  # RFC 9110 §8.3
         if hdrs.DATE not in headers:
             headers[hdrs.DATE] = rfc822_formatted_time()
-        headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+        ctx = request.ctx
+        runtime = ctx.runtime
+        assert runtime is not None  # a lean request is routed
+        stamp_server(headers, runtime.config.server.server_header)  # the upstream's replaced
         if hdrs.CONNECTION not in headers:
             if keep_alive:
                 if version[1] == 0:
@@ -336,10 +341,9 @@ class LeanOutgoing:
             elif version == HttpVersion11:
                 headers[hdrs.CONNECTION] = "close"
         request.keep_alive = keep_alive
-        ctx = request.ctx
         stamp_context(headers, ctx)
-        if request.scheme == "https" and ctx.runtime is not None:  # the connection is TLS
-            stamp_hsts(headers, ctx.runtime)
+        if request.scheme == "https":  # the connection is TLS
+            stamp_hsts(headers, runtime)
         self.status = status
         return f"HTTP/{version[0]}.{version[1]} {status} {reason}"
 

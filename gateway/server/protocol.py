@@ -40,8 +40,9 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo, _RequestFactory
 from aiohttp.web_request import BaseRequest
 
+from gateway.middleware.request_id import DEFAULT_SERVER_HEADER, stamp_server
 from gateway.problems import PROBLEM_CONTENT_TYPE, GatewayError, render
-from gateway.runtime import HOLDER
+from gateway.runtime import HOLDER, RuntimeHolder
 from gateway.server.connections import (
     BUSY,
     HEAD,
@@ -233,7 +234,8 @@ class ProblemRequestHandler(RequestHandler, _TransportOnly):
             return True
         if verdict == LINE_VERSION:
             version = line.rpartition(b" ")[2].decode("latin-1")
-            self.drop(raw_problem(GatewayError.version_not_supported(version)))
+            error = GatewayError.version_not_supported(version)
+            self.drop(raw_problem(error, self._server_header()))
         else:
             self.drop(None)  # HTTP/0.9 cannot read a status line: close without one
         return False
@@ -250,6 +252,13 @@ class ProblemRequestHandler(RequestHandler, _TransportOnly):
             messages[index] = (_ErrInfo(status=505, exc=exc, message=version), EMPTY_PAYLOAD)
 
     # --- errors before routing -----------------------------------------------
+
+    def _server_header(self) -> str:
+        """server.server_header of the live config ("": none), for answers made here."""
+        holder = getattr(self._manager, "holder", None)
+        if holder is None:
+            return DEFAULT_SERVER_HEADER
+        return str(holder.current.config.server.server_header)
 
     def handle_error(
         self,
@@ -275,7 +284,8 @@ class ProblemRequestHandler(RequestHandler, _TransportOnly):
             # The parser's message names what was wrong with the request, not our state.
             detail = (message or "malformed HTTP request").splitlines()[0][:200]
             error = GatewayError(status, "bad_http_request", detail)
-        response = web.Response(
+        response = _BareResponse(
+            self._server_header(),
             status=status,
             body=render(error, request_id),
             content_type=PROBLEM_CONTENT_TYPE,
@@ -283,6 +293,19 @@ class ProblemRequestHandler(RequestHandler, _TransportOnly):
         )
         response.force_close()
         return response
+
+
+class _BareResponse(web.Response):
+    """A response to a bare request (no app, so no on_response_prepare, stamp_headers):
+    its Server header is set after aiohttp's own default, which names its version."""
+
+    def __init__(self, server: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._server = server
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        stamp_server(self._headers, self._server)
 
 
 def close_after_response(request: BaseRequest, close: bool = True) -> None:
@@ -295,6 +318,7 @@ def close_after_response(request: BaseRequest, close: bool = True) -> None:
 
 class ProblemServer(web.Server):
     guard: ConnectionGuard | None = None
+    holder: RuntimeHolder | None = None  # the app's live config, when it has one
 
     def __call__(self) -> RequestHandler:
         return ProblemRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
@@ -323,6 +347,7 @@ class GatewayRunner(web.AppRunner):
         assert isinstance(server, ProblemServer)
         server.guard = self._guard
         holder, stores = self._app.get(HOLDER), self._app.get(STORES)
+        server.holder = holder
         if self._lean and holder is not None and stores is not None:
             server.request_factory = routed(LeanPath(holder, stores), server.request_factory)
         return server

@@ -34,6 +34,7 @@ from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError
 from gateway.server.connections import ConnectionGuard
 from gateway.server.protocol import GatewayRunner, GatewaySite
+from gateway.server.siblings import serve_registry, siblings_folder
 from gateway.server.status import StatusLimits, start_status_listener
 from gateway.server.workers import exit_with_parent
 from gateway.services import SERVICES, StartupError
@@ -126,7 +127,9 @@ async def serve(
     guard.start(loop)
     status = None
     if server.status_listen is not None:  # before the main port: probes answer first
-        limits = StatusLimits(server.header_timeout, server.keepalive_timeout)
+        limits = StatusLimits(
+            server.header_timeout, server.keepalive_timeout, server_header=server.server_header
+        )
         status = await start_status_listener(
             app, server.status_listen, limits, reuse_port=worker_of is not None
         )
@@ -139,7 +142,7 @@ async def serve(
         tasks.append(asyncio.create_task(watcher.run()))
         if tls.redirect_http is not None:
             redirect = await start_redirect_listener(
-                tls.redirect_http, bound, reuse_port=worker_of is not None
+                tls.redirect_http, bound, holder, reuse_port=worker_of is not None
             )
     log.info(
         "listening",
@@ -151,13 +154,20 @@ async def serve(
         },
     )
 
+    registry_server = None
     if worker_of is not None:
         tasks.append(asyncio.create_task(exit_with_parent(worker_of, stop.set)))
+        siblings = siblings_folder()
+        if siblings is not None:  # one /metrics scrape answers for every worker
+            folder, worker, _ = siblings
+            registry_server = await serve_registry(folder, worker, app[SERVICES].metrics.render)
     await stop.wait()
     for task in tasks:
         task.cancel()
 
     log.info("draining", extra={"grace_seconds": server.shutdown_grace})
+    if registry_server is not None:
+        registry_server.close()
     app[HOLDER].draining = True
     if redirect is not None:
         await redirect.cleanup()

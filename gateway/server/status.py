@@ -41,6 +41,7 @@ class StatusLimits:
     header_timeout: float
     keepalive_timeout: float
     max_connections: int = STATUS_MAX_CONNECTIONS
+    server_header: str = "gateway"  # the main listener's server.server_header
 
 
 def status_app(main: web.Application) -> web.Application:

@@ -18,16 +18,19 @@ import asyncio
 import collections
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from types import FrameType
 
 from gateway.config.schema.top import Config
 from gateway.logs import WORKER_ENV
+from gateway.server.siblings import SIBLINGS_ENV
 
 log = logging.getLogger("gateway.workers")
 
@@ -120,17 +123,19 @@ class Supervisor:
         self.signals: list[int] = []  # received, not yet forwarded
         self.stop_at: float | None = None  # monotonic time SIGTERM/SIGINT arrived
         self.failed = False
+        self.folder = ""  # the workers' metrics sockets (gateway/server/siblings.py)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)  # the loop forwards it; a handler does no more
 
     def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
         """Worker `slot` (its log lines say `worker: slot + 1`, gateway/logs.py)."""
-        env = {**os.environ, WORKER_ENV: str(slot + 1)}
+        env = {**os.environ, WORKER_ENV: str(slot + 1), SIBLINGS_ENV: f"{self.folder}:{self.count}"}
         return subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=env)
 
     def run(self) -> int:
         previous = {signum: signal.signal(signum, self._on_signal) for signum in FORWARDED}
+        self.folder = tempfile.mkdtemp(prefix="gateway-workers-")  # mode 0700
         try:
             self.procs = [self._spawn(slot) for slot in range(self.count)]
             log.info("workers started", extra={"pids": [p.pid for p in self.procs]})
@@ -139,6 +144,7 @@ class Supervisor:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            shutil.rmtree(self.folder, ignore_errors=True)
         codes = [p.returncode for p in self.procs]
         log.info("workers stopped", extra={"exit_codes": codes})
         return 0 if not self.failed and all(code == 0 for code in codes) else 1

@@ -20,7 +20,7 @@ class Decision:
     allowed: bool
     limit: int
     remaining: int  # requests that would pass right now, after this one
-    reset: int  # whole seconds until the full quota is back
+    reset: int  # whole seconds until the full quota is back (never below retry_after)
     retry_after: int  # whole seconds until the next request may pass (0 when allowed)
 
     def headers(self) -> tuple[tuple[str, str], ...]:
@@ -35,6 +35,22 @@ class Decision:
         return (*fields, ("Retry-After", str(self.retry_after)))
 
 
+def refused(limit: int, to_full: float, to_retry: float) -> Decision:
+    """A refusal, from the seconds until the full quota is back and until this request
+    would pass. Both headers come from here: `Retry-After` is when this request fits,
+    `RateLimit-Reset` when the whole quota is back, and never earlier than
+    `Retry-After` (a cost above the whole limit would otherwise say Reset 1 and
+    Retry-After in days; the token quota refuses such a request with a 400 first)."""
+    retry_after = max(1, math.ceil(to_retry))
+    return Decision(
+        allowed=False,
+        limit=limit,
+        remaining=0,
+        reset=max(retry_after, math.ceil(to_full)),
+        retry_after=retry_after,
+    )
+
+
 def decide(
     tat: float | None, now: float, limit: int, period: float, cost: int = 1
 ) -> tuple[Decision, float]:
@@ -45,16 +61,7 @@ def decide(
     allow_at = new_tat - period
     if allow_at > now + EPSILON:  # (now + period) - period need not be exactly now
         # Refused: nothing is consumed, so the stored TAT stays as it was.
-        return (
-            Decision(
-                allowed=False,
-                limit=limit,
-                remaining=0,
-                reset=max(1, math.ceil(start - now)),
-                retry_after=max(1, math.ceil(allow_at - now)),
-            ),
-            start,
-        )
+        return refused(limit, start - now, allow_at - now), start
     remaining = min(limit, int((now - allow_at) / interval + 1e-9))
     return (
         Decision(

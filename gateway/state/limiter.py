@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.problems import GatewayError
-from gateway.state.gcra import Decision, decide
+from gateway.state.gcra import Decision, decide, refused
 from gateway.state.redis_health import RedisHealth
 
 log = logging.getLogger("gateway.ratelimit")
@@ -218,7 +218,7 @@ def decision_of(reply: list[object], limit: int) -> Decision:
     full, retry = float(_text(to_full)), float(_text(to_retry))
     if int(_text(allowed)) == 1:
         return Decision(True, limit, int(_text(remaining)), max(0, _ceil(full)), 0)
-    return Decision(False, limit, 0, max(1, _ceil(full)), max(1, _ceil(retry)))
+    return refused(limit, full, retry)
 
 
 def _text(value: object) -> str:

@@ -8,14 +8,20 @@ lacks: which file (never one outside the folder, never a dotfile), the
 `spa: true` fallback, an explicit Content-Type, Cache-Control (RFC 9111), and
 Accept-Encoding weights (FileResponse looks for `br` or `gzip` anywhere in the
 header, so `br;q=0` would still get brotli).
+
+The common case, a whole small file with no condition and no range, is answered
+from memory by `_whole_small_file` with the headers FileResponse would send: no
+thread hop (under uvloop FileResponse reads through the thread pool, three hops a
+request). Where to find the file is decided on the event loop too: a few
+`stat`/`readlink` calls of a local folder, as nginx makes them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import os
 import stat
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +56,7 @@ class Found:
 
 def locate(folder: Path, parts: tuple[str, ...]) -> Found | Miss:
     """The file `parts` (from `file_parts`) names under `folder`, following symlinks only
-    while they stay inside it. Blocking: called in a thread."""
+    while they stay inside it."""
     try:
         root = folder.resolve(strict=True)  # each time: the folder may be a switched symlink
         asked_folder = parts[-1:] == ("",)
@@ -107,23 +113,108 @@ async def serve_static(request: web.Request, route: Route, path: str) -> web.Str
     parts = file_parts(route.path, path)
     if parts is None:
         raise GatewayError.no_file()
-    loop = asyncio.get_running_loop()
-    found = await loop.run_in_executor(None, locate, folder, parts)
+    found = locate(folder, parts)
     if found is Miss.MISSING and route.spa and accepts_html(request.headers.get(hdrs.ACCEPT)):
         # A client-side route (/settings/profile): the page, which reads the path itself.
-        found = await loop.run_in_executor(None, locate, folder, ("",))
+        found = locate(folder, ("",))
     if not isinstance(found, Found):
         raise GatewayError.no_file()
-    response = StaticFileResponse(
-        found.path,
-        headers={
-            hdrs.CONTENT_TYPE: media_type(found.name),
-            hdrs.CACHE_CONTROL: cache_control(found.name),
-            # on every answer, not only the compressed ones: a cache must key on it
-            # whenever a sibling may exist (RFC 9110 §12.5.5)
-            hdrs.VARY: hdrs.ACCEPT_ENCODING,
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
-    await response.prepare(_negotiated(request))
+    headers = {
+        hdrs.CONTENT_TYPE: media_type(found.name),
+        hdrs.CACHE_CONTROL: cache_control(found.name),
+        # on every answer, not only the compressed ones: a cache must key on it
+        # whenever a sibling may exist (RFC 9110 §12.5.5)
+        hdrs.VARY: hdrs.ACCEPT_ENCODING,
+        "X-Content-Type-Options": "nosniff",
+    }
+    negotiated = _negotiated(request)
+    if not any(name in request.headers for name in _CONDITIONAL):
+        whole = _whole_small_file(found.path, negotiated.headers.get(hdrs.ACCEPT_ENCODING, ""))
+        if whole is not None:
+            body, st, coding = whole
+            small = web.Response(body=body, headers=headers)
+            _describe(small, st, coding)
+            return small
+    response = StaticFileResponse(found.path, headers=headers)
+    await response.prepare(negotiated)
     return response
+
+
+# Any of these and FileResponse answers: it knows 304, 206, 416 and If-Range.
+_CONDITIONAL = (
+    hdrs.RANGE,
+    hdrs.IF_RANGE,
+    hdrs.IF_MATCH,
+    hdrs.IF_NONE_MATCH,
+    hdrs.IF_MODIFIED_SINCE,
+    hdrs.IF_UNMODIFIED_SINCE,
+)
+SMALL_FILE = 256 * 1024  # bytes: files up to this size are answered from memory
+CACHE_BYTES = 32 * 1024 * 1024  # what the small files kept in memory may add up to
+# real path → (mtime_ns, size, inode, content); checked against a fresh stat each time
+_cache: OrderedDict[str, tuple[int, int, int, bytes]] = OrderedDict()
+_cached_bytes = 0
+
+
+def _whole_small_file(
+    path: Path, accept_encoding: str
+) -> tuple[bytes, os.stat_result, str | None] | None:
+    """The file FileResponse would pick (a regular `.br`/`.gz` sibling the client takes,
+    else the file itself), its stat and coding, when it is small; else None."""
+    coding: str | None = None
+    chosen = path
+    for ext, name in ((".br", "br"), (".gz", "gzip")):
+        if name not in accept_encoding:
+            continue
+        sibling = path.with_name(path.name + ext)
+        try:
+            st = sibling.lstat()  # a symlinked sibling is never sent (as in FileResponse)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            chosen, coding = sibling, name
+            break
+    else:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+    if st.st_size > SMALL_FILE:
+        return None
+    body = _read(str(chosen), st)
+    return None if body is None else (body, st, coding)
+
+
+def _read(path: str, st: os.stat_result) -> bytes | None:
+    """The file's bytes, from memory while its mtime, size and inode are unchanged."""
+    global _cached_bytes
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    held = _cache.get(path)
+    if held is not None and held[:3] == key:
+        _cache.move_to_end(path)
+        return held[3]
+    try:
+        with open(path, "rb") as file:
+            body = file.read(SMALL_FILE + 1)
+    except OSError:
+        return None
+    if len(body) != st.st_size:
+        return None  # changing while read: FileResponse sends what is there
+    if held is not None:
+        _cached_bytes -= len(held[3])
+    _cache[path] = (*key, body)
+    _cache.move_to_end(path)
+    _cached_bytes += len(body)
+    while _cached_bytes > CACHE_BYTES:
+        _, (_, _, _, dropped) = _cache.popitem(last=False)
+        _cached_bytes -= len(dropped)
+    return body
+
+
+def _describe(response: web.Response, st: os.stat_result, coding: str | None) -> None:
+    """The validators and encoding FileResponse would set for the same file."""
+    response.etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+    response.last_modified = st.st_mtime
+    response.headers[hdrs.ACCEPT_RANGES] = "bytes"
+    if coding is not None:
+        response.headers[hdrs.CONTENT_ENCODING] = coding

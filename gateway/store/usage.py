@@ -5,6 +5,12 @@ and `UsageTally` folds them as they come: per group it keeps counters and the
 latencies (percentiles need every value), never whole rows. Token sums count
 only calls whose usage is known; a call without usage (NULL `total_tokens`)
 adds to `unknown_usage_calls`, never to the sums as zero.
+
+A call counts for the model that answered it (`calls`, `errors`, tokens,
+latencies). The models that failed before it, by fallback (`failed_models`),
+count a `failed_attempts` each, and the first of them, the model the request
+asked for, a `fell_back`: so a primary that keeps falling back shows, with
+`calls` 0 when no request of the window was answered by it.
 """
 
 from __future__ import annotations
@@ -34,11 +40,15 @@ FIGURES = (
     "p50_ms",
     "p95_ms",
     "ttfb_p50_ms",
+    "failed_attempts",
+    "fell_back",
 )
 _PARTITION = 1000  # rows fetched per round trip while streaming a window
 
-# (model, username, status, latency_ms, ttfb_ms, prompt, completion, total)
-UsageRow = tuple[str, str | None, int, float, float | None, int | None, int | None, int | None]
+# (model, username, status, latency_ms, ttfb_ms, prompt, completion, total, failed_models)
+UsageRow = tuple[
+    str, str | None, int, float, float | None, int | None, int | None, int | None, str | None
+]
 
 
 def columns(group_by: Sequence[str]) -> tuple[str, ...]:
@@ -54,6 +64,8 @@ class _Group:
     completion_tokens: int = 0
     total_tokens: int = 0
     unknown_usage_calls: int = 0
+    failed_attempts: int = 0
+    fell_back: int = 0
     latencies: list[float] = field(default_factory=list)
     ttfbs: list[float] = field(default_factory=list)
 
@@ -67,12 +79,23 @@ class UsageTally:
         self.columns = columns(group_by)
         self._groups: dict[tuple[str | None, str | None], _Group] = {}
 
+    def _group(self, model: str, username: str | None) -> _Group:
+        key = (model if self._by_model else None, username if self._by_user else None)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group()
+        return group
+
     def add(self, rows: Iterable[UsageRow]) -> None:
-        for model, username, status, latency, ttfb, prompt, completion, total in rows:
-            key = (model if self._by_model else None, username if self._by_user else None)
-            group = self._groups.get(key)
-            if group is None:
-                group = self._groups[key] = _Group()
+        for model, username, status, latency, ttfb, prompt, completion, total, failed in rows:
+            if failed:
+                # Each model that failed and handed the request on; the first one is
+                # the model the request asked for, which therefore fell back.
+                for position, name in enumerate(failed.split(",")):
+                    other = self._group(name, username)
+                    other.failed_attempts += 1
+                    other.fell_back += not position
+            group = self._group(model, username)
             group.calls += 1
             group.errors += is_error(status)
             group.latencies.append(latency)
@@ -110,6 +133,8 @@ class UsageTally:
                 "p50_ms": percentile(group.latencies, 50),
                 "p95_ms": percentile(group.latencies, 95),
                 "ttfb_p50_ms": percentile(group.ttfbs, 50),
+                "failed_attempts": group.failed_attempts,
+                "fell_back": group.fell_back,
             }
             items.append({name: values[name] for name in self.columns})
         return items
@@ -142,6 +167,7 @@ class UsageStore:
             ReportLog.prompt_tokens,
             ReportLog.completion_tokens,
             ReportLog.total_tokens,
+            ReportLog.failed_models,
         ).where(ReportLog.ts >= since, ReportLog.ts < until)
         tally = UsageTally(group_by)
         async with self._engine.connect() as connection:

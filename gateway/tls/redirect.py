@@ -9,6 +9,7 @@ import re
 from aiohttp import web
 
 from gateway.middleware.request_id import RequestIdConfig, request_id, stamp_headers
+from gateway.runtime import HOLDER, RuntimeHolder
 from gateway.server.protocol import GatewayRunner
 from gateway.state.stores import Stores
 
@@ -42,8 +43,9 @@ def _header_host(header: str) -> str | None:
     return host if _HOST_NAME.fullmatch(host) else None
 
 
-def redirect_app(https_port: int) -> web.Application:
-    """server.tls.redirect_http: every request, whatever its path, gets a 308 to https."""
+def redirect_app(https_port: int, holder: RuntimeHolder | None = None) -> web.Application:
+    """server.tls.redirect_http: every request, whatever its path, gets a 308 to https;
+    `holder`: the live config (its server.server_header), when given."""
 
     async def to_https(request: web.Request) -> web.StreamResponse:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
@@ -56,15 +58,20 @@ def redirect_app(https_port: int) -> web.Application:
     # Not the gateway's chain: no route, no auth, nothing proxied; only the request id.
     app = web.Application(middlewares=[request_id(RequestIdConfig())])
     app.router.add_route("*", "/{tail:.*}", to_https)
+    if holder is not None:
+        app[HOLDER] = holder
     app.on_response_prepare.append(stamp_headers(Stores()))  # no audit here
     return app
 
 
 async def start_redirect_listener(
-    address: tuple[str, int], https_port: int, reuse_port: bool = False
+    address: tuple[str, int],
+    https_port: int,
+    holder: RuntimeHolder | None = None,
+    reuse_port: bool = False,
 ) -> web.AppRunner:
     """Listen on `address` with `redirect_app`; the caller cleans the runner up."""
-    runner = GatewayRunner(redirect_app(https_port), handle_signals=False, access_log=None)
+    runner = GatewayRunner(redirect_app(https_port, holder), handle_signals=False, access_log=None)
     await runner.setup()
     host, port = address
     await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()

@@ -83,6 +83,17 @@ async function loadModels() {
   drawCharts();
 }
 
+async function loadUsage() {
+  // failed_attempts: calls of the model that failed and went on to a fallback;
+  // fell_back: requests for the model that a fallback took over (README "Token usage")
+  const { items } = await api("/admin/usage?group_by=model");
+  fill("usage", items, [
+    (u) => [u.model], (u) => [u.calls], (u) => [u.errors, u.errors ? "bad" : null],
+    (u) => [u.failed_attempts, u.failed_attempts ? "bad" : null], (u) => [u.fell_back],
+    (u) => [u.total_tokens], (u) => [u.unknown_usage_calls], (u) => [u.p50_ms], (u) => [u.p95_ms],
+  ]);
+}
+
 function polyline(points, color) {
   const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
   line.setAttribute("points", points.join(" "));
@@ -151,6 +162,7 @@ function showDashboard(username) {
   every(5000, loadUpstreams);
   every(2000, loadAudit);
   every(5000, loadModels);
+  every(5000, loadUsage);
 }
 
 function signOut() {

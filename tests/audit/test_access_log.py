@@ -135,7 +135,7 @@ async def test_a_reader_that_never_reads_costs_dropped_lines_not_a_stalled_loop(
     try:
         for _ in range(2000):  # 2 MB: far more than the pipe and the backlog hold
             access.write(line)
-            await asyncio.sleep(0)  # a loop turn: the batch goes to the writer thread
+            await asyncio.sleep(0)  # a loop turn; every 64 KiB of lines go to the writer
         assert access.dropped > 0  # the loop went on; the lines beyond the backlog were dropped
         assert os.read(read_end, 100).startswith(b'{"path": "/x"}')  # the first ones went out
     finally:

@@ -43,7 +43,6 @@ routes:                        # first match wins
     upstream: analytics
     strip_prefix: /analytics
 """
-SMALL_ENTRY_LINE = 8  # where `  sentiment:` goes: right after `  chat: …`
 
 
 def gateway(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -310,32 +309,28 @@ def test_add_refuses_a_name_that_is_already_an_upstream(small: Path) -> None:
     [
         (
             ("ftp://x",),
-            f"{SMALL_ENTRY_LINE + 1}: models.sentiment.url: "
-            "'ftp://x' must be an http:// or https:// URL",
+            "models.sentiment.url: 'ftp://x' must be an http:// or https:// URL",
         ),
         (
             ("http://127.0.0.1:0",),
-            f"{SMALL_ENTRY_LINE + 1}: models.sentiment.url: "
-            "'http://127.0.0.1:0' has an invalid port",
+            "models.sentiment.url: 'http://127.0.0.1:0' has an invalid port",
         ),
         (
             ("http://127.0.0.1:9010", "--roles", "user,wizard"),
-            f"{SMALL_ENTRY_LINE + 2}: models.sentiment.roles: "
-            "unknown role 'wizard' (roles: admin, analyst, user)",
+            "models.sentiment.roles: unknown role 'wizard' (roles: admin, analyst, user)",
         ),
         (
             ("http://127.0.0.1:9010", "--rate-limit", "lots"),
-            f"{SMALL_ENTRY_LINE + 2}: models.sentiment.rate_limit: 'lots' is not a rate; "
+            "models.sentiment.rate_limit: 'lots' is not a rate; "
             "use N/sec, N/min, N/hour, N/day or N/<duration> (e.g. 60/min)",
         ),
         (
             ("http://127.0.0.1:9010", "--fallback", "chat,nothing"),
-            f"{SMALL_ENTRY_LINE + 2}: models.sentiment.fallback[1]: 'nothing' is not a model",
+            "models.sentiment.fallback[1]: 'nothing' is not a model",
         ),
         (
             ("http://127.0.0.1:9010", "--timeout", "soon"),
-            f"{SMALL_ENTRY_LINE + 2}: models.sentiment.timeout: `soon` is not a duration; "
-            "write e.g. 30s, 5m, 1h30m",
+            "models.sentiment.timeout: `soon` is not a duration; write e.g. 30s, 5m, 1h30m",
         ),
     ],
 )
@@ -346,8 +341,10 @@ def test_add_refuses_what_the_loader_refuses(
     result = add(small.parent, "sentiment", *args)
     assert result.returncode == 1
     assert result.stdout == ""
+    # The problem is in the new entry, which routes.yaml does not have: no FILE:LINE
+    # of routes.yaml (its line there holds something else), nor of the temp file.
     assert result.stderr.splitlines() == [
-        f"{small}:{problem}",  # routes.yaml's name, not the temp file's
+        f"gateway models add: {problem}",
         f"gateway models add: 'sentiment' not added; {small} is unchanged",
     ]
     assert small.read_bytes() == before
@@ -362,7 +359,7 @@ def test_lines_below_the_entry_are_told_in_routes_yamls_numbering(
     result = add(path.parent, "sentiment", "http://127.0.0.1:9010")
     assert result.returncode == 1
     assert result.stderr.splitlines()[0] == (
-        f"{path}:{SMALL_ENTRY_LINE}: route path /models/sentiment/** is already used by the "
+        "gateway models add: route path /models/sentiment/** is already used by the "
         f"route at {path}:13"  # line 13 of routes.yaml as it is (15 of the result)
     )
     assert path.read_text() == text
@@ -435,10 +432,29 @@ def test_place_entry_refuses_an_anchored_models_section() -> None:
 # --- models list ---------------------------------------------------------------------
 
 
+ASKED = web.AppKey("asked", list[str])
+
+
+def status_app(status: int, only: str | None = None) -> web.Application:
+    """Answers `status` to every GET (or only at path `only`, 503 elsewhere); keeps the
+    paths it was asked for."""
+    asked: list[str] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        asked.append(request.path)
+        code = status if only is None or request.path == only else 503
+        return web.Response(status=code, text="health")
+
+    app = web.Application()
+    app[ASKED] = asked
+    app.router.add_get("/{tail:.*}", answer)
+    return app
+
+
 async def test_list_shows_each_model_and_probes_its_targets(
     write_config: WriteConfig, policies: Path, upstream: MakeUpstream
 ) -> None:
-    server: TestServer = await upstream(echo_app())
+    server: TestServer = await upstream(status_app(200))
     closed = free_port()
     path = write_config(
         f"""\
@@ -479,7 +495,7 @@ async def test_list_shows_each_model_and_probes_its_targets(
         "user",
         "5m",
     ]
-    assert up[column:].startswith("ok ")
+    assert up[column:].startswith("up 200 (")
     assert up.endswith("usage openai; token_limit 1000/1d by user; fallback down")
     assert down.split()[1:7] == [
         f"http://127.0.0.1:{closed}",
@@ -489,8 +505,58 @@ async def test_list_shows_each_model_and_probes_its_targets(
         "(connect",
         "1s)",
     ]
-    assert down[column:].startswith("FAIL connection refused (")
+    assert down[column:].startswith("DOWN connect failed: Connection refused (")
     assert down.endswith(" -")
+
+
+async def test_list_health_is_an_http_answer_below_500_at_the_health_path(
+    write_config: WriteConfig, policies: Path, upstream: MakeUpstream
+) -> None:
+    ok, missing, failing, custom = (
+        await upstream(status_app(200)),
+        await upstream(status_app(404)),
+        await upstream(status_app(503)),
+        await upstream(status_app(204, only="/base/v1/health")),
+    )
+    closed = free_port()
+    path = write_config(
+        f"""\
+        models:
+          ok: {{url: http://127.0.0.1:{ok.port}}}
+          missing: {{url: http://127.0.0.1:{missing.port}}}
+          failing: {{url: http://127.0.0.1:{failing.port}}}
+          closed: {{url: http://127.0.0.1:{closed}}}
+          custom: {{url: http://127.0.0.1:{custom.port}/base, health_path: /v1/health}}
+        """
+    )
+    result = await asyncio.to_thread(
+        gateway, "models", "list", "--config", str(path), cwd=path.parent
+    )
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    column = header.index("HEALTH")
+    health = {row.split()[0]: row[column:].split(" (")[0] for row in rows}
+    assert health == {
+        "ok": "up 200",
+        "missing": "up 404",  # it answered: the server is up, whatever the path
+        "failing": "DOWN answered 503",
+        "closed": "DOWN connect failed: Connection refused",
+        "custom": "up 204",
+    }
+    # GET / by default; health_path after the target's base path
+    assert ok.app[ASKED] == ["/"]
+    assert custom.app[ASKED] == ["/base/v1/health"]
+
+
+def test_health_path_must_be_a_path(write_config: WriteConfig) -> None:
+    path = write_config("models:\n  chat: {url: http://127.0.0.1:9002, health_path: health}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:2: models.chat.health_path: must be a path starting with /, got 'health'"
+    ]
+    chat = load_config(write_config("models:\n  chat: {url: http://127.0.0.1:9002}\n"))
+    assert chat.models["chat"].health_path == "/"
 
 
 def test_list_without_models(write_config: WriteConfig) -> None:

@@ -482,7 +482,7 @@ def test_unknown_key_in_model(write_config: WriteConfig) -> None:
     line, message = only_problem(path)
     assert line == 4
     assert message.startswith("models.chat.temperature: unknown key (known keys: url, targets, ")
-    assert "usage, token_limit, fallback" in message
+    assert "usage, token_limit, fallback, max_attempts, fallback_budget, health_path" in message
 
 
 def test_unknown_key_in_rate_limit(write_config: WriteConfig) -> None:
@@ -1529,7 +1529,7 @@ def test_several_problems_reported_together_sorted_by_line(write_config: WriteCo
             5,
             "server.colour: unknown key (known keys: listen, tls, trusted_proxies, max_body, "
             "shutdown_grace, redis_failure, cors, header_timeout, keepalive_timeout, "
-            "max_connections, body_timeout, status_listen, access_log)",
+            "max_connections, body_timeout, status_listen, access_log, server_header)",
         ),
         (7, "upstreams.up.targets[0]: 'ftp://x' must be an http:// or https:// URL"),
         (9, "routes[0].path: ** may only be the last segment of a route path"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.demo.model import REPLY, build_demo_app
+from gateway.runtime import HOLDER
+from tests.conftest import MakeGateway, MakeUpstream
+from tests.identity import bearer, login, make_user
+from tests.modelhelp import reports
+from tests.processes import free_port, shipped_config
 
 Client = TestClient[web.Request, web.Application]
 CHAT = "/v1/chat/completions"
@@ -295,3 +301,26 @@ async def test_the_live_websocket_answers_word_by_word_and_echoes_binary(client:
         assert "".join(words).strip() == REPLY + "hello"
         await sock.send_bytes(b"\x00\x01")
         assert (await sock.receive(timeout=10)).data == b"\x00\x01"
+
+
+async def test_the_shipped_config_counts_the_demo_models_usage(
+    gateway: MakeGateway, upstream: MakeUpstream, tmp_path: Path
+) -> None:
+    """The shipped routes.yaml reads the demo model's usage (`usage: openai`): a call
+    through it is charged its tokens in the report, never left as unknown."""
+    demo = await upstream(build_demo_app("demo"))
+    assert demo.port is not None
+    config = shipped_config(tmp_path, free_port(), demo.port)
+    client = await gateway(config.read_text())
+    assert client.app[HOLDER].current.config.models["demo"].usage == "openai"
+    await make_user(client, "dora")
+    token = bearer(await login(client, "dora"))
+    for stream in (False, True):
+        resp = await client.post(
+            "/models/demo" + CHAT, json=chat_body(stream=stream), headers=token
+        )
+        assert resp.status == 200
+        await resp.read()
+    rows = await reports(client)
+    assert [r["total_tokens"] for r in rows] == [PROMPT_TOKENS + WORDS] * 2
+    assert [r["prompt_tokens"] for r in rows] == [PROMPT_TOKENS] * 2

@@ -35,6 +35,8 @@ FIGURES = [
     "p50_ms",
     "p95_ms",
     "ttfb_p50_ms",
+    "failed_attempts",
+    "fell_back",
 ]
 
 Usage = tuple[int | None, int | None, int | None]  # prompt, completion, total
@@ -50,6 +52,7 @@ def call(
     usage: Usage = UNKNOWN,
     at: timedelta = timedelta(0),
     base: datetime = TEN,
+    failed: str | None = None,
 ) -> dict[str, Any]:
     prompt, completion, total = usage
     return {
@@ -67,7 +70,8 @@ def call(
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": total,
-        "attempts": 1,
+        "attempts": 1 + (failed.count(",") + 1 if failed else 0),
+        "failed_models": failed,
     }
 
 
@@ -96,8 +100,10 @@ CALLS = [
 ]
 
 
-def figures(*values: Any) -> dict[str, Any]:
-    return dict(zip(FIGURES, values, strict=True))
+def figures(*values: Any, failed_attempts: int = 0, fell_back: int = 0) -> dict[str, Any]:
+    """The nine figures of every item in order, then the fallback counts."""
+    extra = {"failed_attempts": failed_attempts, "fell_back": fell_back}
+    return dict(zip(FIGURES[:-2], values, strict=True)) | extra
 
 
 BY_MODEL = [
@@ -191,6 +197,43 @@ async def test_unknown_usage_is_never_counted_as_zero(client: Client, root: dict
     await plant(client, call("gamma", "carol", 200, 5.0), call("gamma", "carol", 200, 6.0))
     (item,) = await items(client, root, WINDOW)
     assert item == {"model": "gamma", **figures(2, 0, 0, 0, 0, 2, 5.0, 6.0, None)}
+
+
+async def test_the_models_that_failed_before_an_answer_count_per_model(
+    client: Client, root: dict[str, str]
+) -> None:
+    await plant(
+        client,
+        # main failed, backup answered; main failed, backup failed, spare answered
+        call("backup", "alice", 200, 5.0, failed="main", at=second(0)),
+        call("spare", "alice", 200, 6.0, failed="main,backup", at=second(1)),
+        # backup asked for and answering
+        call("backup", "bob", 200, 7.0, at=second(2)),
+    )
+    assert await items(client, root, WINDOW) == [
+        {"model": "backup", **figures(2, 0, 0, 0, 0, 2, 5.0, 7.0, None, failed_attempts=1)},
+        # main never answered: no calls, its two failures each fell back
+        {
+            "model": "main",
+            **figures(0, 0, 0, 0, 0, 0, None, None, None, failed_attempts=2, fell_back=2),
+        },
+        {"model": "spare", **figures(1, 0, 0, 0, 0, 1, 6.0, 6.0, None)},
+    ]
+    by_both = await items(client, root, WINDOW + "&group_by=model,user")
+    assert [(i["model"], i["user"], i["calls"], i["failed_attempts"]) for i in by_both] == [
+        ("backup", "alice", 1, 1),
+        ("backup", "bob", 1, 0),
+        ("main", "alice", 0, 2),
+        ("spare", "alice", 1, 0),
+    ]
+    _, rows = read_csv(
+        await (await client.get(f"/admin/usage?{WINDOW}&format=csv", headers=root)).text()
+    )
+    assert [(r["model"], r["failed_attempts"], r["fell_back"]) for r in rows] == [
+        ("backup", 1, 0),
+        ("main", 2, 2),
+        ("spare", 0, 0),
+    ]
 
 
 async def test_an_empty_window_has_no_items(client: Client, root: dict[str, str]) -> None:

@@ -111,6 +111,22 @@ async def test_sign_in_see_routes_and_the_audit_tail(live: tuple[str, str]) -> N
         charts = await page.inner_text("#charts")
         assert "demo calls" in charts
         assert "demo latency ms" in charts
+        # The usage table: per model, with its failed attempts and fallbacks; the shipped
+        # demo model's usage is read (usage: openai), so its tokens are counted.
+        await page.wait_for_selector("#usage tbody tr", timeout=15_000)
+        headings = await page.locator("#usage th").all_inner_texts()
+        assert headings[:5] == ["Model", "Calls", "Errors", "Failed attempts", "Fell back"]
+        cells = await page.locator("#usage tbody tr:first-child td").all_inner_texts()
+        model, calls, errors, failed, fell_back, tokens, unknown = cells[:7]
+        assert (model, calls, errors, failed, fell_back, unknown) == (
+            "demo",
+            "2",
+            "0",
+            "0",
+            "0",
+            "0",
+        )
+        assert int(tokens) > 0
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         await browser.close()

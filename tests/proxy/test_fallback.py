@@ -103,6 +103,38 @@ async def test_a_5xx_or_429_answer_falls_back(
     assert main.bodies == backup.bodies
 
 
+async def test_admin_usage_shows_the_primary_that_fell_back_and_the_backup_that_answered(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
+) -> None:
+    main = await start(upstream, "main", fail="503")
+    client = await pair(gateway, main.url, backup.url, usage=True)
+    resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
+    assert resp.headers["X-Gateway-Model"] == "backup"
+    [row] = await reports(client)
+    assert (row["model"], row["failed_models"]) == ("backup", "main")
+    admin = await signed_in(client, "root", role="admin")
+    usage = await client.get("/admin/usage?group_by=model", headers=admin)
+    assert usage.status == 200
+    figures = {
+        i["model"]: (i["calls"], i["errors"], i["failed_attempts"], i["fell_back"])
+        for i in (await usage.json())["items"]
+    }
+    # calls, errors, failed attempts, fell back
+    assert figures == {"backup": (1, 0, 0, 0), "main": (0, 0, 1, 1)}
+
+
+async def test_when_every_model_fails_the_last_is_charged_the_error_not_a_fallback(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream
+) -> None:
+    main = await start(upstream, "main", fail="503")
+    backup = await start(upstream, "backup", fail="500")
+    client = await pair(gateway, main.url, backup.url)
+    resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
+    assert (resp.status, resp.headers["X-Gateway-Model"]) == (500, "backup")
+    [row] = await reports(client)
+    assert (row["model"], row["status"], row["failed_models"]) == ("backup", 500, "main")
+
+
 async def test_a_client_error_is_the_models_answer(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
@@ -204,6 +236,20 @@ async def test_the_whole_chain_is_tried_in_order(
     assert (second.calls, third.calls) == (1, 1)
 
 
+async def test_a_model_whose_own_timeout_passes_falls_back(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
+) -> None:
+    # Each attempt has its own model's timeout; the chain's budget defaults to the sum
+    # of them (1s + 5m), so the primary's timeout is not the whole chain's.
+    main = await start(upstream, "main", delay_first=3)
+    client = await pair(gateway, main.url, backup.url, main=", timeout: 1s")
+    resp = await client.post("/models/main" + PATH, json=chat(), headers=await signed_in(client))
+    assert resp.status == 200
+    assert resp.headers["X-Gateway-Model"] == "backup"
+    assert (await resp.json())["model"] == "backup"
+    assert (main.calls, backup.calls) == (1, 1)
+
+
 async def test_the_time_budget_stops_further_attempts(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
@@ -277,14 +323,42 @@ async def test_the_requested_models_own_quota_is_final(
     gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
 ) -> None:
     main = await start(upstream, "main")
-    client = await pair(gateway, main.url, backup.url, usage=True, main=", token_limit: 10/day")
-    resp = await client.post(
-        "/models/main" + PATH, json=chat(max_tokens=25), headers=await signed_in(client)
-    )
+    client = await pair(gateway, main.url, backup.url, usage=True, main=", token_limit: 30/day")
+    token = await signed_in(client)
+    first = await client.post("/models/main" + PATH, json=chat(max_tokens=25), headers=token)
+    assert first.headers["X-Gateway-Model"] == "main"  # 20 of 30 charged
+    resp = await client.post("/models/main" + PATH, json=chat(max_tokens=25), headers=token)
     # A spent quota is the caller's limit, not a model failure: no way around it.
     assert resp.status == 429
     assert (await resp.json())["code"] == "token_quota"
-    assert (main.calls, backup.calls) == (0, 0)
+    # Nor is a max_tokens over the quota's whole limit.
+    resp = await client.post("/models/main" + PATH, json=chat(max_tokens=31), headers=token)
+    assert resp.status == 400
+    assert (await resp.json())["code"] == "max_tokens_over_quota"
+    assert (main.calls, backup.calls) == (1, 0)
+
+
+async def test_a_fallback_whose_whole_quota_is_below_max_tokens_is_passed_over(
+    gateway: MakeGateway, policies: Path, upstream: MakeUpstream, backup: CountedModel
+) -> None:
+    main = await start(upstream, "main", fail="503")
+    third = await start(upstream, "third")
+    client = await gateway(
+        config(
+            {
+                "main": f'url: "{main.url}", usage: openai, roles: [user],'
+                " fallback: [backup, third]",
+                "backup": f'url: "{backup.url}", usage: openai, roles: [user], token_limit: 10/day',
+                "third": f'url: "{third.url}", usage: openai, roles: [user]',
+            }
+        )
+    )
+    resp = await client.post(
+        "/models/main" + PATH, json=chat(max_tokens=25), headers=await signed_in(client)
+    )
+    assert resp.status == 200
+    assert resp.headers["X-Gateway-Model"] == "third"
+    assert (main.calls, backup.calls, third.calls) == (1, 0, 1)
 
 
 async def test_a_model_without_fallback_names_itself(

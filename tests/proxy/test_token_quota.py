@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -99,6 +100,68 @@ async def test_max_tokens_is_reserved_before_the_call(
     fits = await client.post(CHAT, json=chat(max_tokens=30), headers=token)
     assert fits.status == 200
     assert model.calls == 2
+
+
+async def test_a_max_tokens_over_the_whole_quota_is_a_400_naming_the_limit(
+    client: Client, token: dict[str, str], model: CountedModel
+) -> None:
+    refused = await client.post(CHAT, json=chat(max_tokens=100), headers=token)
+    assert refused.status == 400
+    assert refused.content_type == "application/problem+json"
+    problem = await refused.json()
+    assert problem["code"] == "max_tokens_over_quota"
+    assert problem["detail"] == (
+        "max_tokens 100 is over this quota's whole limit of 60 tokens per 1d"
+    )
+    assert "Retry-After" not in refused.headers  # waiting would never help
+    assert model.calls == 0
+    # nothing was reserved: the whole quota is still there
+    assert (await client.post(CHAT, json=chat(max_tokens=60), headers=token)).status == 200
+
+
+def assert_retry_within_reset(resp: aiohttp.ClientResponse) -> None:
+    """Retry-After <= RateLimit-Reset + 1, both whole seconds from now."""
+    retry, reset = int(resp.headers["Retry-After"]), int(resp.headers["RateLimit-Reset"])
+    assert 1 <= retry <= reset + 1, (retry, reset)
+
+
+@pytest.mark.parametrize("redis", [False, True], ids=["in-process", "redis"])
+async def test_every_429_says_retry_after_within_ratelimit_reset(
+    gateway: MakeGateway,
+    policies: Path,
+    model: CountedModel,
+    redis: bool,
+    request: pytest.FixtureRequest,
+) -> None:
+    shared = {}
+    if redis:
+        url = request.getfixturevalue("redis_url")
+        shared = {"redis_url": url, "redis_prefix": request.getfixturevalue("redis_prefix")}
+    limited_model = f'  limited: {{url: "http://127.0.0.1:{model.port}", rate_limit: 2/min}}\n'
+    text = quota_config(model.port, "60/day").replace("  dead:", limited_model + "  dead:")
+    client = await gateway(text, **shared)
+    await make_user(client, "rita")
+    token = bearer(await login(client, "rita"))
+    # A token quota 429 for a call that reserves max_tokens (fits the limit, not now) and
+    # for one that reserves a single token, after usage beyond the reservations.
+    assert (await client.post(CHAT, json=chat(), headers=token)).status == 200  # 20 used
+    for max_tokens in (50, 41, None):
+        if max_tokens is None:
+            for _ in range(2):
+                assert (await client.post(CHAT, json=chat(), headers=token)).status == 200
+        refused = await client.post(CHAT, json=chat(max_tokens), headers=token)
+        assert refused.status == 429
+        assert (await refused.json())["code"] == "token_quota"
+        assert_retry_within_reset(refused)
+    # The request rate limit of a model route.
+    limited = "/models/limited/v1/chat/completions"
+    statuses = []
+    for _ in range(3):
+        resp = await client.post(limited, json=chat(), headers=token)
+        statuses.append(resp.status)
+    assert statuses == [200, 200, 429]
+    assert (await resp.json())["code"] == "rate_limited"
+    assert_retry_within_reset(resp)
 
 
 async def test_an_over_reservation_is_refunded(client: Client, token: dict[str, str]) -> None:

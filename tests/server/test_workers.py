@@ -17,6 +17,7 @@ import aiohttp
 import psutil
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cli import main
 from gateway.server.workers import workers_problem
@@ -200,6 +201,71 @@ async def test_two_workers_listen_on_one_port_and_share_one_rate_limit(
         assert collections.Counter(statuses) == {200: 3, 429: 17}
         async with session.get(f"http://127.0.0.1:{port}/up/hello") as response:
             assert response.status == 200  # another route: its own (absent) limit
+
+
+async def test_one_metrics_scrape_counts_the_requests_of_every_worker(
+    start_workers: Start, upstream: MakeUpstream
+) -> None:
+    """Whichever worker the kernel hands the scrape to, /metrics has every worker's
+    series, labelled `worker` (README "Metrics"), so the totals are the whole gateway's."""
+    server = await upstream(upstream_app())
+    assert server.port is not None
+    _, port, _ = await asyncio.to_thread(start_workers, config_text(server.port))
+    connector = aiohttp.TCPConnector(force_close=True)  # a new connection each: both workers
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(40):
+            async with session.get(f"http://127.0.0.1:{port}/up/hello") as response:
+                assert response.status == 200
+        for _ in range(4):  # scrapes land on either worker; each sees both
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            per_worker = collections.Counter[str]()
+            for sample in families["gateway_requests"].samples:
+                if sample.name == "gateway_requests_total" and sample.labels["route"] == "/up/**":
+                    per_worker[sample.labels["worker"]] += int(sample.value)
+            assert sum(per_worker.values()) == 40
+            assert set(per_worker) == {"1", "2"}  # the kernel spread 40 connections over both
+            assert all(count > 0 for count in per_worker.values())
+            states = {
+                s.labels["state"]: s.value for s in families["gateway_metrics_workers"].samples
+            }
+            assert states == {"answered": 2, "missing": 0}
+            builds = {s.labels["worker"] for s in families["gateway_build_info"].samples}
+            assert builds == {"1", "2"}  # every family, not only the request counters
+            pids = {s.value for s in families["process_start_time_seconds"].samples}
+            assert len(pids) == 2 or len(families["process_open_fds"].samples) == 2
+
+
+async def test_a_worker_that_does_not_answer_is_missing_from_the_scrape_not_failing_it(
+    start_workers: Start, upstream: MakeUpstream
+) -> None:
+    server = await upstream(upstream_app())
+    assert server.port is not None
+    process, port, _ = await asyncio.to_thread(start_workers, config_text(server.port))
+    stuck = sorted(listening_pids(process.pid, port))[0]
+    os.kill(stuck, signal.SIGSTOP)  # alive but answering nothing
+    try:
+        connector = aiohttp.TCPConnector(force_close=True)
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            text = None
+            for _ in range(20):  # a connection the kernel queues for the stopped one waits
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                        assert response.status == 200
+                        text = await response.text()
+                        break
+                except TimeoutError:
+                    continue
+        assert text is not None, "the running worker never got the scrape"
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        states = {s.labels["state"]: s.value for s in families["gateway_metrics_workers"].samples}
+        assert states == {"answered": 1, "missing": 1}
+        assert len({s.labels["worker"] for s in families["gateway_build_info"].samples}) == 1
+    finally:
+        os.kill(stuck, signal.SIGCONT)
 
 
 async def test_sigterm_drains_every_worker_and_the_parent_exits_0(

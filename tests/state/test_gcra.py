@@ -6,7 +6,7 @@ import bisect
 import random
 
 from gateway.state.gcra import decide
-from gateway.state.limiter import LocalLimiter
+from gateway.state.limiter import LocalLimiter, decision_of
 
 
 def run(times: list[float], limit: int, period: float) -> list[bool]:
@@ -85,3 +85,21 @@ def test_a_limit_of_one_admits_the_first_request_whatever_the_clock() -> None:
         now = rng.uniform(0, 1e7)
         decision, _ = decide(None, now, limit=1, period=60.0)
         assert decision.allowed, now
+
+
+def test_a_refusal_never_resets_before_it_may_be_retried() -> None:
+    # A cost above the whole limit (1000 tokens a day, 2500 asked) fits only after
+    # 1.5 days: RateLimit-Reset must not say 1 while Retry-After says 129600.
+    decision, _ = decide(None, 0.0, limit=1000, period=86400, cost=2500)
+    assert not decision.allowed
+    assert decision.retry_after == 129600
+    assert decision.reset >= decision.retry_after
+    # The Redis script's reply is turned into a Decision the same way.
+    redis = decision_of([0, 0, "0.5", "129599.5"], 1000)
+    assert (redis.reset, redis.retry_after) == (129600, 129600)
+    # Within the limit the full quota comes back last, as before.
+    tat = 0.0
+    for _ in range(5):
+        _, tat = decide(tat, 0.0, limit=5, period=60)
+    refused, _ = decide(tat, 0.0, limit=5, period=60)
+    assert (refused.reset, refused.retry_after) == (60, 12)

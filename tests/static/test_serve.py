@@ -341,3 +341,53 @@ async def test_an_encoded_slash_is_400_bad_path(client: Client, secrets: Path) -
     resp = await client.get(URL("/app/..%2fsecret.txt", encoded=True))
     assert resp.status == 400
     assert (await resp.json())["code"] == "bad_path"
+
+
+# --- small files from memory, large ones streamed: the same answer ------------------
+
+
+async def test_a_small_and_a_large_file_carry_the_same_headers(
+    client: Client, tmp_path: Path
+) -> None:
+    """Files up to SMALL_FILE are answered from memory, larger ones by FileResponse
+    (README "Serving the frontend"); a client cannot tell which."""
+    from gateway.static.serve import SMALL_FILE
+
+    large = b"x" * (SMALL_FILE + 1)
+    (tmp_path / "frontend" / "large.js").write_bytes(large)
+    small = await client.get("/app/app.js")
+    streamed = await client.get("/app/large.js")
+    assert await small.read() == SCRIPT
+    assert await streamed.read() == large
+    for resp, body in ((small, SCRIPT), (streamed, large)):
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(len(body))
+        assert resp.headers["Accept-Ranges"] == "bytes"
+        assert resp.headers["Vary"] == "Accept-Encoding"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["ETag"].startswith('"')
+        assert "Last-Modified" in resp.headers
+    # the validator the small path sent is the one the conditional path checks
+    again = await client.get("/app/app.js", headers={"If-None-Match": small.headers["ETag"]})
+    assert again.status == 304
+    head = await client.head("/app/app.js")
+    assert head.headers["Content-Length"] == str(len(SCRIPT))
+    assert head.headers["ETag"] == small.headers["ETag"]
+    assert await head.read() == b""
+
+
+async def test_a_changed_file_is_served_fresh_from_the_next_request(
+    client: Client, tmp_path: Path
+) -> None:
+    script = tmp_path / "frontend" / "app.js"
+    first = await client.get("/app/app.js")
+    assert await first.read() == SCRIPT
+    script.write_bytes(b"changed")  # another size
+    os.utime(script, ns=(1, 2_000_000_000))  # and another mtime
+    second = await client.get("/app/app.js")
+    assert await second.read() == b"changed"
+    assert second.headers["ETag"] != first.headers["ETag"]
+    script.write_bytes(b"CHANGED")  # the same size: the mtime tells
+    os.utime(script, ns=(1, 3_000_000_000))
+    third = await client.get("/app/app.js")
+    assert await third.read() == b"CHANGED"

@@ -32,9 +32,15 @@ class ModelConfig:
         maximum=10,
     )
     fallback_budget: float | None = doc(
-        "time from arrival for a response head, across attempts; absent: timeout",
+        "time from arrival for a response head, across attempts; absent: the sum of the "
+        "timeouts of the models in the chain",
         default=None,
         above=0,
+    )
+    health_path: str = doc(
+        "path `gateway models list` GETs on each target (after its base path); "
+        "an answer below 500 is up",
+        default="/",
     )
     line: int = doc("line of the entry in routes.yaml, for messages", default=0, key=None)
 

@@ -11,7 +11,9 @@ from gateway.config.schema.fields import config_dataclass, doc
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
-DEFAULT_HSTS = 365 * 86400  # one year, as browsers' preload lists expect
+# No Strict-Transport-Security unless the operator sets server.tls.hsts: once a browser has
+# seen it, the host is HTTPS-only for max-age, so a development certificate must never send it.
+DEFAULT_HSTS = 0
 RedisFailure = Literal["open", "closed"]
 AccessLogTarget = Literal["stdout", "stderr", "off"]
 
@@ -27,9 +29,11 @@ class TLSConfig:
     cert: Path = doc("PEM chain: the server certificate first, then intermediates", kind="path")
     key: Path = doc("unencrypted PEM private key of the certificate", kind="path")
     hsts: int = doc(
-        "Strict-Transport-Security max-age (RFC 6797), whole seconds; 0: no header",
+        "Strict-Transport-Security max-age (RFC 6797), whole seconds, e.g. 365d; "
+        "0: no header (never sent unless set)",
         default=DEFAULT_HSTS,
         kind="duration",
+        default_text="0",
     )
     redirect_http: tuple[str, int] | None = doc(
         "HOST:PORT of a plain-HTTP listener answering every request with a 308 to https",
@@ -138,4 +142,11 @@ class ServerConfig:
         "outside max_connections; absent: none",
         default=None,
         kind="HOST:PORT",
+    )
+    # aiohttp's own value names Python's and aiohttp's versions, a map for attackers;
+    # set on every response (a proxied one's upstream Server replaced, as Envoy and nginx do)
+    server_header: str = doc(
+        'the Server header of every response, the proxied ones included; "": none',
+        default="gateway",
+        kind="text",
     )
