@@ -297,9 +297,24 @@ def routes_with(upstreams: dict[str, int], models: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The line for Redis when GATEWAY_REDIS_URL is unset: nothing reached, so no latency.
+NO_REDIS_LINE = "ok   redis     not configured: in-process state"
+
+
 def parsed(stdout: str) -> list[dict[str, str]]:
     rows = []
     for line in stdout.splitlines():
+        if line == NO_REDIS_LINE:
+            rows.append(
+                {
+                    "status": "ok  ",
+                    "kind": "redis",
+                    "subject": "not configured",
+                    "ms": "",
+                    "detail": "in-process state",
+                }
+            )
+            continue
         match = LINE.match(line)
         assert match is not None, f"not a check line: {line!r}"
         rows.append(match.groupdict())
@@ -317,6 +332,7 @@ async def test_connection_all_ok(
     rows = parsed(result.stdout)
     assert [(r["status"], r["kind"], r["subject"], r["detail"]) for r in rows] == [
         ("ok  ", "database", sqlite_url, f"(schema {HEAD}, head)"),
+        ("ok  ", "redis", "not configured", "in-process state"),
         ("ok  ", "upstream", f"analytics http://127.0.0.1:{listening}", ""),
         ("ok  ", "model", f"demo http://127.0.0.1:{listening}", ""),
     ]
@@ -332,11 +348,12 @@ async def test_connection_fails_for_an_upstream_on_a_closed_port(
 
     assert result.returncode == 1
     lines = result.stdout.splitlines()
+    assert lines[1] == NO_REDIS_LINE
     assert re.fullmatch(
         rf"FAIL upstream  analytics http://127\.0\.0\.1:{closed}  \d+\.\d ms connection refused",
-        lines[1],
+        lines[2],
     ), lines
-    assert lines[2].startswith(f"ok   upstream  live http://127.0.0.1:{listening}  ")
+    assert lines[3].startswith(f"ok   upstream  live http://127.0.0.1:{listening}  ")
 
 
 async def test_connection_checks_redis_when_set(
@@ -391,7 +408,7 @@ def test_connection_on_postgres(
 
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("ok   database  postgresql+asyncpg://")
-    assert result.stdout.rstrip().endswith(f"(schema {HEAD}, head)")
+    assert result.stdout.splitlines()[0].endswith(f"(schema {HEAD}, head)")
 
 
 async def test_run_checks_does_not_create_a_missing_sqlite_file(
@@ -404,7 +421,11 @@ async def test_run_checks_does_not_create_a_missing_sqlite_file(
         config, ServiceSettings(database_url=f"sqlite+aiosqlite:///{missing}")
     )
 
-    assert [(r.ok, r.kind) for r in results] == [(True, "database"), (True, "upstream")]
+    assert [(r.ok, r.kind) for r in results] == [
+        (True, "database"),
+        (True, "redis"),
+        (True, "upstream"),
+    ]
     assert results[0].detail == "(no file yet: the gateway creates it at start)"
     assert not missing.exists()
-    assert results[1].line().startswith(f"ok   upstream  analytics http://127.0.0.1:{listening}  ")
+    assert results[2].line().startswith(f"ok   upstream  analytics http://127.0.0.1:{listening}  ")
