@@ -279,7 +279,6 @@ def _operation(
             responses["503"] = _reply(dataclasses.replace(declared_503, description=both), shapes)
     out["responses"] = dict(sorted(responses.items()))
     return out
-    return out
 
 
 def _query_schema(query: Query, enums: Mapping[str, list[str]]) -> dict[str, Any]:
