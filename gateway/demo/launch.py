@@ -134,7 +134,7 @@ def busy_ports(config: Config, config_path: Path, port: int) -> list[str]:
             busy_line(
                 config.server.host,
                 port,
-                f"the gateway's port (server.listen in {config_path})",
+                f"the gateway's port, server.listen in {config_path}",
                 f"make run PORT={_suggest(port)}, or CONFIG=another.yaml with its own "
                 "server.listen",
             )
@@ -147,7 +147,7 @@ def busy_ports(config: Config, config_path: Path, port: int) -> list[str]:
                 busy_line(
                     target.host,
                     target.port,
-                    f"the demo model's port (models.demo.url in {config_path})",
+                    f"the demo model's port, models.demo.url in {config_path}",
                     "make run CONFIG=another.yaml whose models.demo.url names a free port",
                 )
             )
