@@ -23,11 +23,12 @@ $(BENCH_STAMP): $(STAMP)
 venv: $(STAMP)
 
 ## run: migrate and seed the database, then the gateway with the DEMO model upstream behind it
+## (CONFIG=other.yaml for another config, PORT=8081 for another gateway port)
 run: venv
 	@test -f certs/server.crt || $(VENV)/bin/gateway certs dev --config $(CONFIG)
 	$(VENV)/bin/gateway db upgrade --config $(CONFIG)
 	$(PY) seed_data.py --config $(CONFIG)
-	$(PY) -m gateway.demo.launch $(CONFIG)
+	$(PY) -m gateway.demo.launch $(CONFIG)$(if $(PORT), --port $(PORT))
 
 ## lint: ruff, formatting, mypy, no import circles in gateway/ and its layering (tools/)
 lint: venv

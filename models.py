@@ -76,7 +76,8 @@ class RefreshToken(Base):
 
 
 class AuditLog(Base):
-    """One row per request, allowed or denied (contract section 7). No secrets."""
+    """One row per request, allowed or denied; no secrets (README "Audit log, reports and
+    metrics")."""
 
     __tablename__ = "audit_logs"
 

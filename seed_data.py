@@ -1,18 +1,20 @@
-"""Fill an empty gateway database with development data: one user per role, audit and report rows.
+"""Fill an empty gateway database with development data: one user per role (sample rows on ask).
 
-Run from the project root: `python seed_data.py [--config routes.yaml]`. The
-database is GATEWAY_DATABASE_URL, or gateway.db beside routes.yaml; it is
-migrated first. Each user gets a random password, printed once and saved in
-`.dev-credentials.json` beside routes.yaml (mode 0600, gitignored). A database
-that already has users is left alone: running this twice creates nothing.
+Run from the project root: `python seed_data.py [--config routes.yaml] [--samples]`.
+The database is GATEWAY_DATABASE_URL, or gateway.db beside routes.yaml; it is
+migrated first. Each user gets a random password, printed by the run that made
+it and saved in `.dev-credentials.json` beside routes.yaml (mode 0600,
+gitignored) under that database's URL, beside other databases' users. A
+database that already has users is left alone: running this twice creates
+nothing. `--samples` adds an hour of made-up audit and report rows, each
+marked as such: request id `sample-…`, client address 192.0.2.1 (RFC 5737's
+documentation range), so they never pass for real traffic.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import secrets
 import sys
 import uuid
@@ -28,13 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.cli.config_file import config_argument, load_or_report
 from gateway.config import Config
+from gateway.demo.credentials import CREDENTIALS_FILE, accounts_for, save
 from gateway.services import StartupError, ensure_schema, password_service
 from gateway.store.connection_errors import database_errors, describe_connection_error, masked_url
 from gateway.store.engine import database_url, make_engine, make_sessions
 from models import AuditLog, ReportLog, User
 
-CREDENTIALS_FILE = ".dev-credentials.json"
 PASSWORD_BYTES = 18  # token_urlsafe: 24 characters
+SAMPLE_ID = "sample-"  # the request_id prefix of every made-up row
+SAMPLE_CLIENT = "192.0.2.1"  # TEST-NET-1 (RFC 5737): no real client has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +108,14 @@ def _caller(users: Sequence[User], role: str | None) -> User | None:
 
 
 def activity(users: Sequence[User], moment: datetime) -> list[AuditLog | ReportLog]:
-    """Audit rows of the last hour by `users`, and a report row for each model call."""
+    """Sample audit rows of the last hour by `users`, and a report row for each model call;
+    each marked as a sample (request_id `sample-…`, client 192.0.2.1)."""
     rows: list[AuditLog | ReportLog] = []
     for ago, method, path, status, latency, reason, role in AUDIT:
         user = _caller(users, role)
         common: dict[str, Any] = {
             "ts": moment - timedelta(minutes=ago),
-            "request_id": uuid.uuid4().hex,
+            "request_id": SAMPLE_ID + uuid.uuid4().hex,
             "user_id": user.id if user else None,
             "username": user.username if user else None,
             "route": _route_of(path),
@@ -126,7 +131,7 @@ def activity(users: Sequence[User], moment: datetime) -> list[AuditLog | ReportL
                 method=method,
                 path=path,
                 upstream=_upstream_of(path),
-                client_ip="127.0.0.1",
+                client_ip=SAMPLE_CLIENT,
                 reason=reason,
             )
         )
@@ -160,8 +165,9 @@ def _upstream_of(path: str) -> str | None:
     return "analytics" if path.startswith("/analytics/") else None
 
 
-async def seed(config: Config, url: str) -> SeedResult:
-    """Migrate, then seed the database at `url` unless it already has users."""
+async def seed(config: Config, url: str, samples: bool = False) -> SeedResult:
+    """Migrate, then seed the database at `url` unless it already has users; with
+    `samples`, the made-up audit and report rows of `activity` too."""
     path = credentials_path(config)
     engine = make_engine(url)
     try:
@@ -186,7 +192,7 @@ async def seed(config: Config, url: str) -> SeedResult:
             )
             for person, password_hash in zip(people, hashes, strict=True)
         ]
-        extra = activity(rows, moment)
+        extra = activity(rows, moment) if samples else []
         async with sessions() as session, session.begin():
             session.add_all([*rows, *extra])
     except IntegrityError:
@@ -195,7 +201,7 @@ async def seed(config: Config, url: str) -> SeedResult:
     finally:
         await engine.dispose()
     # Written after the commit: the file never holds passwords the database lacks.
-    write_credentials(path, people)
+    write_credentials(path, masked_url(url), people)
     audit = sum(isinstance(row, AuditLog) for row in extra)
     return SeedResult(tuple(people), audit, len(extra) - audit, 0, path)
 
@@ -205,16 +211,10 @@ async def _count_users(sessions: async_sessionmaker[AsyncSession]) -> int:
         return int(await session.scalar(select(func.count()).select_from(User)) or 0)
 
 
-def write_credentials(path: Path, users: Sequence[DevUser]) -> None:
-    """Save username → {password, role} as JSON, readable by the owner only (0600)."""
-    data: dict[str, Any] = {u.username: {"password": u.password, "role": u.role} for u in users}
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        os.fchmod(handle.fileno(), 0o600)  # a left-over file keeps its old mode otherwise
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-    os.replace(temporary, path)
+def write_credentials(path: Path, database: str, users: Sequence[DevUser]) -> None:
+    """Save username → {password, role} under `database` (a masked URL), keeping the other
+    databases' users; readable by the owner only (0600)."""
+    save(path, database, {u.username: {"password": u.password, "role": u.role} for u in users})
 
 
 def report(result: SeedResult, url: str) -> list[str]:
@@ -222,26 +222,38 @@ def report(result: SeedResult, url: str) -> list[str]:
     if not result.users:
         saved = (
             f"dev credentials: {result.credentials}"
-            if result.credentials.exists()
-            else f"no dev credentials at {result.credentials} (removed, or the users were not "
-            "made by seed_data.py)"
+            if accounts_for(result.credentials, masked_url(url))
+            else f"no dev credentials for this database in {result.credentials} (removed, or "
+            "the users were not made by seed_data.py)"
         )
         return [
             f"already seeded: {masked_url(url)} has {result.existing_users} users; nothing created",
             saved,
         ]
+    samples = (
+        f", {result.audit_rows} sample audit rows and {result.report_rows} sample report rows "
+        f"(request_id {SAMPLE_ID}…)"
+        if result.audit_rows or result.report_rows
+        else " (no audit or report rows; --samples adds made-up ones)"
+    )
     return [
-        f"seeded {masked_url(url)}: {len(result.users)} users, {result.audit_rows} audit rows, "
-        f"{result.report_rows} report rows",
+        f"seeded {masked_url(url)}: {len(result.users)} users{samples}",
         "username / password / role:",
         *(f"{u.username} / {u.password} / {u.role}" for u in result.users),
-        f"saved to {result.credentials} (mode 0600); they are not shown again",
+        f"saved to {result.credentials} (mode 0600, under this database's URL): "
+        "look them up there later",
     ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     config_argument(parser)
+    parser.add_argument(
+        "--samples",
+        action="store_true",
+        help="add an hour of made-up audit and report rows (request_id sample-…, "
+        f"client {SAMPLE_CLIENT})",
+    )
     args = parser.parse_args(argv)
     config = load_or_report(args.config)
     if config is None:
@@ -253,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     url = database_url(config.base_dir)
     try:
-        result = asyncio.run(seed(config, url))
+        result = asyncio.run(seed(config, url, samples=args.samples))
     except StartupError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 """Check what the gateway needs to reach: its database, Redis (when set), every upstream target.
 
 Run from the project root: `python test_connection.py [--config routes.yaml]`.
-Prints one line per check, `ok` or `FAIL`, with its latency, and exits 0
+Prints one line per check, `ok` or `FAIL`, with its latency (Redis unset is
+a line too, `redis  not configured: in-process state`), and exits 0
 when every check passed, 1 otherwise. It changes nothing: a SQLite file that
 does not exist yet is not created (the gateway creates it at start), and URLs
 are printed with their passwords masked.
@@ -34,6 +35,7 @@ from gateway.store.migrate import current_revision, head_revision
 
 DATABASE_TIMEOUT = 5.0  # seconds to connect and answer SELECT 1
 REDIS_TIMEOUT = 2.0  # as the gateway's own Redis client
+NO_REDIS = "not configured: in-process state"  # GATEWAY_REDIS_URL unset
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +43,13 @@ class Check:
     ok: bool
     kind: str  # database, redis, upstream or model
     subject: str  # what was reached: a masked URL, or "NAME URL"
-    ms: float
+    ms: float | None  # None: nothing to reach (Redis not configured)
     detail: str = ""
 
     def line(self) -> str:
         status = "ok" if self.ok else "FAIL"
-        return (
-            f"{status:<4} {self.kind:<8}  {self.subject}  {self.ms:.1f} ms {self.detail}".rstrip()
-        )
+        took = "" if self.ms is None else f"  {self.ms:.1f} ms"
+        return f"{status:<4} {self.kind:<8}  {self.subject}{took} {self.detail}".rstrip()
 
 
 def _since(started: float) -> float:
@@ -116,6 +117,11 @@ async def check_redis(url: str, seconds: float = REDIS_TIMEOUT) -> Check:
     return Check(True, "redis", subject, _since(started), "(PING)")
 
 
+async def _no_redis() -> Check:
+    # Not a failure: one instance keeps rate limits, revocations and the like in memory.
+    return Check(True, "redis", NO_REDIS, None)
+
+
 async def check_target(kind: str, name: str, target: UpstreamTarget, seconds: float) -> Check:
     """A TCP connection to the target, within the upstream's connect_timeout."""
     subject = f"{name} {target.url}"
@@ -137,6 +143,8 @@ async def run_checks(config: Config, settings: ServiceSettings) -> list[Check]:
     checks = [check_database(settings.database_url)]
     if settings.redis_url:
         checks.append(check_redis(settings.redis_url))
+    else:
+        checks.append(_no_redis())
     for upstream in config.upstreams.values():
         kind = "model" if upstream.name in config.models else "upstream"
         checks.extend(

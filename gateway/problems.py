@@ -40,7 +40,7 @@ class GatewayError(Exception):
         self.detail = detail
         self.headers: Mapping[str, str] = headers or {}
 
-    # Named constructors: one per status the contract lists, so call sites read
+    # Named constructors: one per status README "Errors" lists, so call sites read
     # as the reason, and the codes stay in one file.
 
     @classmethod

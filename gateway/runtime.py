@@ -44,6 +44,7 @@ BUILTIN_PATHS = {
     "/openapi.json": "builtin.openapi",
     # the dashboard's page and assets: served without a token, it signs in itself
     "/admin/ui": "builtin.ui",
+    "/admin/ui/": "builtin.ui",
     "/admin/ui/app.js": "builtin.ui",
     "/admin/ui/app.css": "builtin.ui",
     # what each problem code means (the `type` of every problem): their index

@@ -18,6 +18,8 @@ from sqlalchemy import func, select
 import seed_data
 import test_connection
 from gateway.config import load_config
+from gateway.demo import launch
+from gateway.demo.credentials import UNKNOWN_DATABASE, save
 from gateway.services import ServiceSettings
 from gateway.store.connection_errors import masked_url
 from gateway.store.engine import make_engine, make_sessions
@@ -30,6 +32,8 @@ from tests.processes import free_port
 SEED = str(REPO / "seed_data.py")
 REFUSED = "connection refused"
 CHECK = str(REPO / "test_connection.py")
+# A config with a demo model that role user may call, as the shipped one.
+WITH_DEMO = identity_config() + "models:\n  demo: {url: http://127.0.0.1:9, roles: [user]}\n"
 CREDENTIAL_LINE = re.compile(r"^(?P<user>dev-\S+) / (?P<password>\S{16,}) / (?P<role>\S+)$")
 LINE = re.compile(
     r"^(?P<status>ok  |FAIL) (?P<kind>\S+) +(?P<subject>.+?)  (?P<ms>\d+\.\d) ms ?(?P<detail>.*)$"
@@ -47,6 +51,10 @@ async def database_counts(url: str) -> dict[str, Any]:
 
             hashes = dict((await session.execute(select(User.username, User.password_hash))).all())
             statuses = set((await session.scalars(select(AuditLog.status))).all())
+            audit_marks = set(
+                (await session.execute(select(AuditLog.request_id, AuditLog.client_ip))).all()
+            )
+            report_ids = set((await session.scalars(select(ReportLog.request_id))).all())
             return {
                 "users": await count(model=User),
                 "audit": await count(model=AuditLog),
@@ -54,6 +62,8 @@ async def database_counts(url: str) -> dict[str, Any]:
                 "unknown_usage": await count(ReportLog.total_tokens.is_(None), model=ReportLog),
                 "hashes": hashes,
                 "statuses": statuses,
+                "audit_marks": audit_marks,
+                "report_ids": report_ids,
             }
     finally:
         await engine.dispose()
@@ -62,7 +72,7 @@ async def database_counts(url: str) -> dict[str, Any]:
 # --- seed_data.py ---------------------------------------------------------------------------
 
 
-async def test_seed_fills_an_empty_database_once(
+async def test_seed_fills_an_empty_database_once_with_marked_samples(
     tmp_path: Path, write_config: WriteConfig, policies: Path, database_url: str
 ) -> None:
     config = write_config(identity_config())
@@ -75,11 +85,12 @@ async def test_seed_fills_an_empty_database_once(
     credentials = tmp_path / ".dev-credentials.json"
 
     first = await asyncio.to_thread(
-        run_python, SEED, "--config", str(config), env=env, cwd=tmp_path
+        run_python, SEED, "--config", str(config), "--samples", env=env, cwd=tmp_path
     )
 
     assert first.returncode == 0, first.stderr
     assert "$argon2" not in first.stdout + first.stderr
+    assert "not shown again" not in first.stdout  # make run's banner shows one again
     printed = {
         m["user"]: {"password": m["password"], "role": m["role"]}
         for m in map(CREDENTIAL_LINE.match, first.stdout.splitlines())
@@ -91,12 +102,17 @@ async def test_seed_fills_an_empty_database_once(
         "dev-user": "user",
     }
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
-    saved = json.loads(credentials.read_text())
-    assert saved == printed
+    assert json.loads(credentials.read_text()) == {"databases": {masked_url(database_url): printed}}
+    saved = printed
     counts = await database_counts(database_url)
     assert (counts["users"], counts["audit"], counts["reports"]) == (3, 13, 5)
     assert counts["unknown_usage"] == 2  # a refused call and a stream that reported nothing
     assert {401, 403, 429, 502} <= counts["statuses"]
+    # Every made-up row says so: a sample- request id, a documentation-range client address.
+    assert {ip for _, ip in counts["audit_marks"]} == {"192.0.2.1"}
+    ids = {rid for rid, _ in counts["audit_marks"]} | counts["report_ids"]
+    assert all(rid.startswith("sample-") for rid in ids), ids
+    assert counts["report_ids"] <= {rid for rid, _ in counts["audit_marks"]}
     for name, entry in saved.items():
         assert PasswordHasher().verify(counts["hashes"][name], entry["password"])
 
@@ -111,7 +127,100 @@ async def test_seed_fills_an_empty_database_once(
     again = await database_counts(database_url)
     assert (again["users"], again["audit"], again["reports"]) == (3, 13, 5)
     assert again["hashes"] == counts["hashes"]
-    assert json.loads(credentials.read_text()) == saved
+    assert json.loads(credentials.read_text()) == {"databases": {masked_url(database_url): saved}}
+
+
+async def test_seed_without_samples_writes_no_audit_or_report_rows(
+    tmp_path: Path, write_config: WriteConfig, policies: Path, sqlite_url: str
+) -> None:
+    config = write_config(identity_config())
+
+    done = await asyncio.to_thread(run_python, SEED, "--config", str(config), cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "--samples adds made-up ones" in done.stdout
+    counts = await database_counts(sqlite_url)
+    assert (counts["users"], counts["audit"], counts["reports"]) == (3, 0, 0)
+
+
+async def test_a_second_database_keeps_the_first_ones_credentials(
+    tmp_path: Path, write_config: WriteConfig, policies: Path, sqlite_url: str
+) -> None:
+    config = write_config(WITH_DEMO)
+    credentials = tmp_path / ".dev-credentials.json"
+    second_url = f"sqlite+aiosqlite:///{tmp_path / 'second.db'}"
+
+    first = await asyncio.to_thread(run_python, SEED, "--config", str(config), cwd=tmp_path)
+    second = await asyncio.to_thread(
+        run_python,
+        SEED,
+        "--config",
+        str(config),
+        env={"GATEWAY_DATABASE_URL": second_url},
+        cwd=tmp_path,
+    )
+
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    saved = json.loads(credentials.read_text())["databases"]
+    assert set(saved) == {sqlite_url, second_url}
+    for url in (sqlite_url, second_url):
+        hashes = (await database_counts(url))["hashes"]
+        for name, entry in saved[url].items():
+            assert PasswordHasher().verify(hashes[name], entry["password"]), (url, name)
+    assert saved[sqlite_url]["dev-user"] != saved[second_url]["dev-user"]
+    # make run signs in with the account of the database it serves
+    loaded = load_config(config)
+    for url in (sqlite_url, second_url):
+        user = launch.demo_user(loaded, url)
+        assert user == ("dev-user", saved[url]["dev-user"]["password"])
+    # a run on the first database again points at the file: its users are still there
+    again = await asyncio.to_thread(run_python, SEED, "--config", str(config), cwd=tmp_path)
+    assert f"dev credentials: {credentials}" in again.stdout
+
+
+async def test_an_older_flat_credentials_file_is_read_and_kept(
+    tmp_path: Path, write_config: WriteConfig, policies: Path, sqlite_url: str
+) -> None:
+    config = write_config(WITH_DEMO)
+    credentials = tmp_path / ".dev-credentials.json"
+    flat = {
+        "dev-admin": {"password": "old-admin-password-0123", "role": "admin"},
+        "dev-user": {"password": "old-user-password-01234", "role": "user"},
+    }
+    credentials.write_text(json.dumps(flat))
+    loaded = load_config(config)
+
+    # read as before: the flat file answers for a database it does not name
+    assert launch.demo_user(loaded, sqlite_url) == ("dev-user", "old-user-password-01234")
+
+    second_url = f"sqlite+aiosqlite:///{tmp_path / 'second.db'}"
+    result = await seed_data.seed(loaded, second_url)
+
+    saved = json.loads(credentials.read_text())["databases"]
+    assert saved[UNKNOWN_DATABASE] == flat
+    assert set(saved[second_url]) == {u.username for u in result.users}
+    assert launch.demo_user(loaded, sqlite_url) == ("dev-user", "old-user-password-01234")
+    assert launch.demo_user(loaded, second_url) == (
+        "dev-user",
+        saved[second_url]["dev-user"]["password"],
+    )
+
+
+def test_the_demo_sign_in_is_dev_user_not_the_admin(
+    tmp_path: Path, write_config: WriteConfig, policies: Path
+) -> None:
+    # admin inherits user, and sorts first; the README's curl lines sign in as dev-user
+    config = load_config(write_config(WITH_DEMO))
+    accounts = {
+        name: {"password": f"{name}-password-0123", "role": role}
+        for name, role in (("dev-admin", "admin"), ("dev-analyst", "analyst"), ("dev-user", "user"))
+    }
+    save(tmp_path / ".dev-credentials.json", "sqlite+aiosqlite:///x.db", accounts)
+
+    assert launch.demo_user(config, "sqlite+aiosqlite:///x.db") == (
+        "dev-user",
+        "dev-user-password-0123",
+    )
 
 
 async def test_seeded_users_sign_in_with_their_roles(
@@ -145,10 +254,12 @@ def test_credentials_file_is_private_even_when_one_was_left_behind(tmp_path: Pat
     path.chmod(0o644)
     (tmp_path / ".dev-credentials.json.tmp").write_text("stale")
 
-    seed_data.write_credentials(path, [seed_data.DevUser("dev-user", "p" * 24, "user")])
+    seed_data.write_credentials(path, "db", [seed_data.DevUser("dev-user", "p" * 24, "user")])
 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert json.loads(path.read_text()) == {"dev-user": {"password": "p" * 24, "role": "user"}}
+    assert json.loads(path.read_text()) == {
+        "databases": {"db": {"dev-user": {"password": "p" * 24, "role": "user"}}}
+    }
     assert not (tmp_path / ".dev-credentials.json.tmp").exists()
 
 
@@ -186,9 +297,24 @@ def routes_with(upstreams: dict[str, int], models: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The line for Redis when GATEWAY_REDIS_URL is unset: nothing reached, so no latency.
+NO_REDIS_LINE = "ok   redis     not configured: in-process state"
+
+
 def parsed(stdout: str) -> list[dict[str, str]]:
     rows = []
     for line in stdout.splitlines():
+        if line == NO_REDIS_LINE:
+            rows.append(
+                {
+                    "status": "ok  ",
+                    "kind": "redis",
+                    "subject": "not configured",
+                    "ms": "",
+                    "detail": "in-process state",
+                }
+            )
+            continue
         match = LINE.match(line)
         assert match is not None, f"not a check line: {line!r}"
         rows.append(match.groupdict())
@@ -206,6 +332,7 @@ async def test_connection_all_ok(
     rows = parsed(result.stdout)
     assert [(r["status"], r["kind"], r["subject"], r["detail"]) for r in rows] == [
         ("ok  ", "database", sqlite_url, f"(schema {HEAD}, head)"),
+        ("ok  ", "redis", "not configured", "in-process state"),
         ("ok  ", "upstream", f"analytics http://127.0.0.1:{listening}", ""),
         ("ok  ", "model", f"demo http://127.0.0.1:{listening}", ""),
     ]
@@ -221,11 +348,12 @@ async def test_connection_fails_for_an_upstream_on_a_closed_port(
 
     assert result.returncode == 1
     lines = result.stdout.splitlines()
+    assert lines[1] == NO_REDIS_LINE
     assert re.fullmatch(
         rf"FAIL upstream  analytics http://127\.0\.0\.1:{closed}  \d+\.\d ms connection refused",
-        lines[1],
+        lines[2],
     ), lines
-    assert lines[2].startswith(f"ok   upstream  live http://127.0.0.1:{listening}  ")
+    assert lines[3].startswith(f"ok   upstream  live http://127.0.0.1:{listening}  ")
 
 
 async def test_connection_checks_redis_when_set(
@@ -280,7 +408,7 @@ def test_connection_on_postgres(
 
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("ok   database  postgresql+asyncpg://")
-    assert result.stdout.rstrip().endswith(f"(schema {HEAD}, head)")
+    assert result.stdout.splitlines()[0].endswith(f"(schema {HEAD}, head)")
 
 
 async def test_run_checks_does_not_create_a_missing_sqlite_file(
@@ -293,7 +421,11 @@ async def test_run_checks_does_not_create_a_missing_sqlite_file(
         config, ServiceSettings(database_url=f"sqlite+aiosqlite:///{missing}")
     )
 
-    assert [(r.ok, r.kind) for r in results] == [(True, "database"), (True, "upstream")]
+    assert [(r.ok, r.kind) for r in results] == [
+        (True, "database"),
+        (True, "redis"),
+        (True, "upstream"),
+    ]
     assert results[0].detail == "(no file yet: the gateway creates it at start)"
     assert not missing.exists()
-    assert results[1].line().startswith(f"ok   upstream  analytics http://127.0.0.1:{listening}  ")
+    assert results[2].line().startswith(f"ok   upstream  analytics http://127.0.0.1:{listening}  ")

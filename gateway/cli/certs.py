@@ -48,5 +48,29 @@ def run_dev(args: argparse.Namespace) -> int:
     cert, key = (os.path.relpath(p, base) for p in (made.server_cert, made.server_key))
     print(f"In {config}: server: {{tls: {{cert: {cert}, key: {key}}}}}")
     print()
-    print(trust_instructions(made))
+    print(trust_instructions(made, healthz_url(config)))
     return 0
+
+
+# The names the development certificate is for (gateway/security/certs.py DEV_HOSTS).
+CERTIFIED = ("localhost", "127.0.0.1", "::1")
+
+
+def healthz_url(config_path: Path) -> str:
+    """/healthz over HTTPS at the port `config_path` serves on; when it serves plain HTTP,
+    a note saying so and what switches it over. A generic PORT when it does not load."""
+    from gateway.config import ConfigError, load_config
+
+    try:
+        server = load_config(config_path).server
+    except (ConfigError, OSError):
+        return "https://localhost:PORT/healthz  (PORT: server.listen's)"
+    host = server.host if server.host in CERTIFIED else "localhost"
+    shown = f"[{host}]" if ":" in host else host
+    url = f"https://{shown}:{server.port}/healthz"
+    if server.tls is not None:
+        return url
+    return (
+        f"{url}  (once server.tls is set in {config_path}; "
+        f"it serves plain http://{shown}:{server.port} now)"
+    )

@@ -5,10 +5,15 @@ database (seed_data.py writes `.dev-credentials.json` beside routes.yaml).
 Without GATEWAY_JWT_SECRET a random development secret is made once and kept
 in `certs/dev-jwt-secret` (mode 0600, never committed). Prints curl lines
 that work, and stops the demo model when the gateway exits.
+
+Usage: `python -m gateway.demo.launch [CONFIG] [--port N]` (`make run CONFIG=… PORT=…`).
+A port already taken, the gateway's or the demo model's, is one line on
+stderr naming it and its holder, and exit 1, before anything starts.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -17,20 +22,26 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config import load_config
 from gateway.config.schema.top import Config
+from gateway.demo.credentials import CREDENTIALS_FILE, accounts_for
 from gateway.logs import setup_logging
+from gateway.ports import busy_line, in_use
 from gateway.security.keys import SECRET_ENV
 from gateway.server.run import run as serve
+from gateway.store.connection_errors import masked_url
+from gateway.store.engine import database_url
 
-CREDENTIALS_FILE = ".dev-credentials.json"
 
-
-def _wait_for(host: str, port: int, seconds: float = 10.0) -> bool:
+def _wait_for(
+    host: str, port: int, process: subprocess.Popen[bytes], seconds: float = 10.0
+) -> bool:
+    """Whether `process` (still running) listens on host:port within `seconds`."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
@@ -56,24 +67,35 @@ def dev_secret(config: Config) -> str:
     return secret
 
 
-def demo_user(config: Config) -> tuple[str, str] | None:
-    """A seeded account whose role passes the demo model's route."""
-    path = config.base_dir / CREDENTIALS_FILE
-    try:
-        accounts = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def demo_user(config: Config, database: str | None = None) -> tuple[str, str] | None:
+    """A seeded account of `database` (a masked URL; default: the one the gateway uses) that
+    the demo model's route admits: one of a role the route names (dev-user, as the README
+    shows) before one that only inherits it (dev-admin)."""
+    if database is None:
+        database = masked_url(database_url(config.base_dir))
+    accounts = accounts_for(config.base_dir / CREDENTIALS_FILE, database)
     route = next((r for r in config.routes if r.model == "demo"), None)
     wanted = set(route.roles) if route is not None else set()
-    for username, entry in sorted(accounts.items()):
+
+    def rank(item: tuple[str, dict[str, str]]) -> tuple[int, str]:
+        name, entry = item
+        return (0 if not wanted or entry["role"] in wanted else 1, name)
+
+    for username, entry in sorted(accounts.items(), key=rank):
         chain = config.policy.expand(entry["role"])
         if not wanted or wanted.intersection(chain):
             return username, entry["password"]
     return None
 
 
-def banner(config: Config) -> str:
-    base = f"{'https' if config.server.tls else 'http'}://{config.server.host}:{config.server.port}"
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def banner(config: Config, port: int | None = None) -> str:
+    scheme = "https" if config.server.tls else "http"
+    port = config.server.port if port is None else port
+    base = f"{scheme}://{_url_host(config.server.host)}:{port}"
     json_header = "-H 'Content-Type: application/json'"
     account = demo_user(config)
     if account is None:
@@ -103,9 +125,59 @@ stop with Ctrl-C
 """
 
 
-def main() -> int:
-    config_path = Path(sys.argv[1] if len(sys.argv) > 1 else "routes.yaml")
+def busy_ports(config: Config, config_path: Path, port: int) -> list[str]:
+    """One line for each port `make run` needs that is taken: the gateway's, the demo
+    model's."""
+    lines = []
+    if in_use(config.server.host, port):
+        lines.append(
+            busy_line(
+                config.server.host,
+                port,
+                f"the gateway's port, server.listen in {config_path}",
+                f"make run PORT={_suggest(port)}, or CONFIG=another.yaml with its own "
+                "server.listen",
+            )
+        )
+    demo = config.upstreams.get("demo")
+    if demo is not None:
+        target = demo.targets[0]
+        if in_use(target.host, target.port):
+            lines.append(
+                busy_line(
+                    target.host,
+                    target.port,
+                    f"the demo model's port, models.demo.url in {config_path}",
+                    "make run CONFIG=another.yaml whose models.demo.url names a free port",
+                )
+            )
+    return lines
+
+
+def _suggest(port: int) -> int:
+    return port + 1 if port < 65535 else 8080
+
+
+def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.demo.launch", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("config", nargs="?", type=Path, default=Path("routes.yaml"))
+    parser.add_argument(
+        "--port", type=int, help="the gateway's port (default: server.listen's; make run PORT=N)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = arguments(argv)
+    config_path: Path = args.config
     config = load_config(config_path)
+    port = config.server.port if args.port is None else args.port
+    busy = busy_ports(config, config_path, port)
+    if busy:
+        print("\n".join(busy), file=sys.stderr)
+        return 1
     os.environ[SECRET_ENV] = dev_secret(config)
     demo = config.upstreams.get("demo")
     process = None
@@ -124,14 +196,14 @@ def main() -> int:
                 "demo",
             ],
         )
-        if not _wait_for(target.host, target.port):
+        if not _wait_for(target.host, target.port, process):
             print("the demo model did not start", file=sys.stderr)
             process.terminate()
             return 1
-    print(banner(config), flush=True)
+    print(banner(config, port), flush=True)
     try:
         setup_logging("INFO")  # what `gateway serve --config PATH` does
-        return serve(config_path)
+        return serve(config_path, port=port)
     finally:
         if process is not None:
             process.terminate()

@@ -86,6 +86,12 @@ class Status:
     """A JSON object whose fields the endpoint's description lists."""
 
 
+@dataclass(frozen=True)
+class Text:
+    """A body that is not JSON (a page, a script, Prometheus text, CSV): a string in its
+    `Reply.media`."""
+
+
 # --- declarations --------------------------------------------------------------------
 
 
@@ -120,6 +126,7 @@ class Operation:
     query: tuple[Query, ...] = ()
     replies: Mapping[int, Reply] = field(default_factory=dict)
     description: str = ""
+    database: bool = False  # it reads or writes the database (bearer ones may, to check the user)
 
 
 def operation(
@@ -131,14 +138,26 @@ def operation(
     query: tuple[Query, ...] = (),
     replies: Mapping[int, Reply] | None = None,
     description: str = "",
+    database: bool = False,
 ) -> Callable[[F], F]:
-    """Declare a handler for /openapi.json (the request shape is the one it parses)."""
+    """Declare a handler for /openapi.json (the request shape is the one it parses).
+    `database`: it uses the database, so it may answer 503 database_down (implied for
+    every bearer endpoint: the token check may read the user)."""
 
     def declare(handler: F) -> F:
         setattr(
             handler,
             API,
-            Operation(summary, method, access, request, query, dict(replies or {}), description),
+            Operation(
+                summary,
+                method,
+                access,
+                request,
+                query,
+                dict(replies or {}),
+                description,
+                database,
+            ),
         )
         return handler
 
@@ -169,6 +188,10 @@ _STATUS_TEXT = {
     415: "the body is not JSON",
     429: "too many requests",
 }
+DATABASE_DOWN = (
+    "the database is unreachable or did not answer within database.timeout (database_down); "
+    "with Retry-After"
+)
 
 
 def document(
@@ -247,7 +270,14 @@ def _operation(
     errors |= {413, 415} if op.request is not None else set()
     for status in sorted(errors - set(op.replies)):
         responses[str(status)] = _reply(Reply(_STATUS_TEXT[status], Problem), shapes)
-    out["responses"] = responses
+    if op.database or op.access != "anyone":
+        declared_503 = op.replies.get(503)
+        if declared_503 is None:
+            responses["503"] = _reply(Reply(DATABASE_DOWN, Problem), shapes)
+        elif "database_down" not in declared_503.description:
+            both = f"{declared_503.description}; or {DATABASE_DOWN}"
+            responses["503"] = _reply(dataclasses.replace(declared_503, description=both), shapes)
+    out["responses"] = dict(sorted(responses.items()))
     return out
 
 
@@ -275,6 +305,8 @@ def _reply(reply: Reply, shapes: dict[str, type[Any]]) -> dict[str, Any]:
         media = "application/problem+json" if reply.shape is Problem else reply.media
         if reply.shape is Status:
             schema: dict[str, Any] = {"type": "object"}
+        elif reply.shape is Text:
+            schema = {"type": "string"}
         else:
             shapes[reply.shape.__name__] = reply.shape
             schema = _ref(reply.shape)

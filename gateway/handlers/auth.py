@@ -182,6 +182,7 @@ def refresh_from_cookie(request: web.Request) -> str:
     "sign in with a username and password",
     access="anyone",
     request=LoginRequest,
+    database=True,
     replies={
         200: Reply("an access token and a refresh token", TokenPair),
         401: Reply("wrong username or password, or a deactivated account", Problem),
@@ -218,6 +219,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     "trade a refresh token for a new pair (the old one is spent)",
     access="anyone",
     request=RefreshRequest,
+    database=True,
     replies={
         200: Reply("a new access token and refresh token", TokenPair),
         401: Reply("unknown, expired or already spent (its whole family is revoked)", Problem),
@@ -287,6 +289,7 @@ async def end_session(services: Services, principal: Principal) -> None:
     "create an account (when auth.allow_registration is on)",
     access="anyone",
     request=RegisterRequest,
+    database=True,
     replies={
         201: Reply("the new user, with auth.default_role", UserView),
         403: Reply("registration is closed (registration_closed)", Problem),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.context import CTX
-from gateway.handlers.api import Reply, Status, operation
+from gateway.handlers.api import Problem, Reply, Status, operation
 from gateway.handlers.jsonio import json_response
 from gateway.problems import GatewayError
 from gateway.runtime import HOLDER
@@ -28,7 +28,11 @@ async def healthz(request: web.Request) -> web.StreamResponse:
             "state) or not configured",
             Status,
         ),
-        503: Reply("not ready, and why (redis_down: Redis unreachable in closed mode)", Status),
+        503: Reply(
+            "not ready, and why: draining, audit_failing, database_down (the database is "
+            "unreachable), or redis_down (Redis unreachable in closed mode)",
+            Problem,
+        ),
     },
 )
 async def readyz(request: web.Request) -> web.StreamResponse:

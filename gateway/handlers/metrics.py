@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.config.policies import ADMIN_ROLE
 from gateway.context import CTX
-from gateway.handlers.api import Reply, Status, operation
+from gateway.handlers.api import Reply, Text, operation
 from gateway.metrics import CONTENT_TYPE
 from gateway.pipeline.authentication import MISSING_TOKEN, Authenticator, bearer_token
 from gateway.pipeline.forwarded import is_loopback
@@ -24,12 +24,15 @@ from gateway.pipeline.verdict import Deny
 from gateway.server.siblings import gather, siblings_folder
 from gateway.services import SERVICES, STORES
 
+MEDIA = CONTENT_TYPE.removesuffix("; charset=utf-8")  # text/plain; version=0.0.4
+
 
 @operation(
     "Prometheus metrics (from loopback without a token; otherwise an admin token)",
     access="anyone",
     method="GET",
-    replies={200: Reply("the Prometheus text format", Status, media="text/plain")},
+    replies={200: Reply("the Prometheus text format, version 0.0.4", Text, media=MEDIA)},
+    database=True,  # a caller off loopback is authenticated: that may read the user
 )
 async def metrics(request: web.Request) -> web.StreamResponse:
     ctx = request[CTX]

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.context import CTX
 from gateway.handlers.admin import ROUTES as ADMIN_ROUTES
-from gateway.handlers.api import Operation, declared, document, operation
+from gateway.handlers.api import Operation, Reply, Status, declared, document, operation
 from gateway.handlers.subroutes import SubRoutes
 from gateway.handlers.users import ROUTES as USERS_ROUTES
 from gateway.middleware import Handler
@@ -67,6 +67,7 @@ def openapi_endpoint(documented: Callable[[], dict[str, Handler]]) -> Handler:
         "this document: OpenAPI 3.1 for the gateway's own endpoints",
         access="anyone",
         method="GET",
+        replies={200: Reply("this OpenAPI 3.1 document", Status)},
     )
     async def openapi(request: web.Request) -> web.StreamResponse:
         nonlocal cached

@@ -13,12 +13,13 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.context import CTX
-from gateway.handlers.api import Reply, Status, operation
+from gateway.handlers.api import Reply, Text, operation
 
 UI = Path(__file__).resolve().parent.parent / "ui"
 # request path → (file in gateway/ui/, media type)
 ASSETS = {
     "/admin/ui": ("index.html", "text/html"),
+    "/admin/ui/": ("index.html", "text/html"),  # the page, with the slash a browser may add
     "/admin/ui/app.js": ("app.js", "text/javascript"),
     "/admin/ui/app.css": ("app.css", "text/css"),
 }
@@ -39,7 +40,7 @@ _FILES: dict[str, bytes] = {}
     replies={
         200: Reply(
             "the page or one of its assets",
-            Status,
+            Text,
             media="text/html",
             also=("text/javascript", "text/css"),
         )

@@ -252,13 +252,14 @@ def write_server_pair(
     return cert
 
 
-def trust_instructions(certs: DevCerts) -> str:
-    """How to make clients trust the development CA, for the operator to read."""
+def trust_instructions(certs: DevCerts, url: str = "https://localhost:PORT/healthz") -> str:
+    """How to make clients trust the development CA, for the operator to read; `url`: what
+    the curl line asks (the config's own address, and a note when it serves plain HTTP)."""
     ca = certs.ca_cert
     return (
         f"To trust the development CA ({ca}):\n"
         f"  Debian/Ubuntu: sudo cp {ca} {DEBIAN_CA_PATH} && sudo update-ca-certificates\n"
-        f"  curl:          curl --cacert {ca} https://localhost:8443/healthz\n"
+        f"  curl:          curl --cacert {ca} {url}\n"
         f"  Python:        SSL_CERT_FILE={ca} python ...  (instead of the system CAs)\n"
         f"  requests:      REQUESTS_CA_BUNDLE={ca} python ...\n"
         "It can sign only for localhost and loopback addresses; still, keep ca.key to yourself."

@@ -1,8 +1,8 @@
 """The gateway's server connection: problems for malformed HTTP, strict versions, and the guard.
 
 aiohttp's `RequestHandler.handle_error` renders parse failures as text/plain
-(and, in debug mode, with a traceback). The gateway's contract is that every
-error it makes is RFC 9457 with an `X-Request-Id`, so the server's protocol
+(and, in debug mode, with a traceback). Every error the gateway makes is
+RFC 9457 (README "Errors") with an `X-Request-Id`, so the server's protocol
 factory hands out this subclass instead. It also:
 
 - reports each connection's moves to the `ConnectionGuard` (gateway/server/connections.py),

@@ -29,6 +29,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import load_config
 from gateway.config.schema.top import Config
+from gateway.ports import address_in_use, busy_line
 from gateway.reload import RELOADER
 from gateway.runtime import HOLDER
 from gateway.security.keys import KeyConfigError
@@ -133,7 +134,20 @@ async def serve(
         status = await start_status_listener(
             app, server.status_listen, limits, reuse_port=worker_of is not None
         )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        if not address_in_use(exc):
+            raise
+        # One line instead of a traceback (README "Two commands"); nothing was served.
+        another = f"gateway serve --port N, or server.listen in {config.path}"
+        what = "server.listen" if port is None else "--port"
+        log.error("cannot start: %s", busy_line(listen_host, listen_port, what, another))
+        if status is not None:
+            await status.close()
+        await runner.cleanup()
+        guard.stop()
+        return 1
     bound = _bound_port(runner) or listen_port
     tasks: list[asyncio.Task[None]] = []
     redirect = None

@@ -1,4 +1,4 @@
-"""The usage-reader contract: token counts, request plans, and the reader interface.
+"""The usage-reader interface: token counts, request plans, and the reader interface.
 
 A reader knows one upstream format. It is stateless (built once per model at
 config load and shared by every request); the per-response state lives in the

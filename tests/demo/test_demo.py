@@ -1,5 +1,5 @@
-"""`make run`'s steps on a copy of the shipped config: migrate, seed, launch; the
-printed curl lines then work, signed in as a seeded user."""
+"""`make run`'s steps on a copy of the shipped config: migrate, seed, launch (on another
+port, as `make run PORT=…`); the printed curl lines then work, signed in as dev-user."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ def commands_of(banner: str) -> list[str]:
 def test_make_run_steps_print_curl_lines_that_work(tmp_path: Path) -> None:
     gateway_port, model_port = free_port(), free_port()
     text = (ROOT / "routes.yaml").read_text()
-    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{gateway_port}")
     text = text.replace("http://127.0.0.1:9001", f"http://127.0.0.1:{model_port}")
     config = tmp_path / "routes.yaml"
     config.write_text(text)
@@ -48,7 +47,7 @@ def test_make_run_steps_print_curl_lines_that_work(tmp_path: Path) -> None:
         done = subprocess.run(step, capture_output=True, text=True, timeout=60, env=env)
         assert done.returncode == 0, done.stderr
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.demo.launch", str(config)],
+        [sys.executable, "-m", "gateway.demo.launch", str(config), "--port", str(gateway_port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -62,6 +61,8 @@ def test_make_run_steps_print_curl_lines_that_work(tmp_path: Path) -> None:
             if line.startswith("stop with"):
                 break
         assert "DEMO" in banner
+        assert f"gateway starting on http://127.0.0.1:{gateway_port}" in banner
+        assert '"username": "dev-user"' in banner  # as the README shows, not the admin
         assert (tmp_path / "certs" / "dev-jwt-secret").stat().st_mode & 0o777 == 0o600
         assert (tmp_path / "certs" / "server.key").stat().st_mode & 0o777 == 0o600
         wait_for_port(gateway_port, process)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from gateway.handlers.api import declared
 from gateway.handlers.openapi import MOUNTED
 from gateway.handlers.registry import BUILTIN, ROUTABLE
 from tests.conftest import MakeGateway
-from tests.identity import Client, identity_config
+from tests.identity import Client, bearer, identity_config, login, make_user
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,3 +126,76 @@ async def test_the_validator_and_the_schema_agree(client: Client, spec: dict[str
         else:
             assert response.status == 400, body
             assert (await response.json())["code"] in ("invalid_field", "invalid_body"), body
+
+
+def _media(spec: dict[str, Any], path: str, status: str = "200") -> set[str]:
+    return set(spec["paths"][path]["get"]["responses"][status].get("content", {}))
+
+
+async def test_declared_media_types_are_the_ones_served(
+    client: Client, spec: dict[str, Any]
+) -> None:
+    # Each declaration against a real answer's Content-Type (its charset aside).
+    await make_user(client, "root", "admin")
+    admin = bearer(await login(client, "root"))
+    cases = [
+        ("/openapi.json", {}, "application/json"),
+        ("/metrics", {}, "text/plain; version=0.0.4"),  # from loopback: no token needed
+        ("/admin/ui", {}, "text/html"),
+        ("/admin/ui/app.js", {}, "text/javascript"),
+        ("/admin/usage?format=csv", admin, "text/csv"),
+    ]
+    for url, headers, media in cases:
+        response = await client.get(url, headers=headers)
+        assert response.status == 200, url
+        served = response.headers["Content-Type"].removesuffix("; charset=utf-8")
+        assert served == media, url
+        assert media in _media(spec, url.split("?")[0]), url
+    assert spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"] == {
+        "text/plain; version=0.0.4": {"schema": {"type": "string"}}
+    }
+    assert _media(spec, "/admin/ui") == {"text/html", "text/javascript", "text/css"}
+    assert spec["paths"]["/admin/ui"]["get"]["responses"]["200"]["content"]["text/html"] == {
+        "schema": {"type": "string"}
+    }
+    usage = spec["paths"]["/admin/usage"]["get"]["responses"]["200"]["content"]
+    assert set(usage) == {"application/json", "text/csv"}
+
+
+async def test_openapi_json_declares_its_own_200(spec: dict[str, Any]) -> None:
+    ok = spec["paths"]["/openapi.json"]["get"]["responses"]["200"]
+    assert ok["content"] == {"application/json": {"schema": {"type": "object"}}}
+
+
+async def test_503_database_down_is_declared_where_the_database_is_used(
+    spec: dict[str, Any],
+) -> None:
+    paths = spec["paths"]
+    uses_database = [
+        ("/auth/login", "post"),  # its 503 busy as well
+        ("/auth/register", "post"),
+        ("/auth/refresh", "post"),
+        ("/auth/logout", "post"),
+        ("/users/me", "get"),
+        ("/admin/users", "get"),
+        ("/admin/audit-logs", "get"),
+        ("/admin/usage", "get"),
+        ("/readyz", "get"),
+    ]
+    for path, method in uses_database:
+        down = paths[path][method]["responses"]["503"]
+        assert "database_down" in down["description"], path
+        assert "application/problem+json" in down["content"], path
+    assert "busy" in paths["/auth/login"]["post"]["responses"]["503"]["description"]
+    for path in ("/healthz", "/.well-known/jwks.json", "/admin/ui"):
+        assert "503" not in paths[path]["get"]["responses"], path
+
+
+async def test_the_dashboard_answers_with_a_trailing_slash_too(client: Client) -> None:
+    plain = await client.get("/admin/ui")
+    slash = await client.get("/admin/ui/")  # no token: the page signs in itself
+
+    assert slash.status == 200
+    assert slash.content_type == "text/html"
+    assert await slash.read() == await plain.read()
+    assert slash.headers["Content-Security-Policy"] == plain.headers["Content-Security-Policy"]

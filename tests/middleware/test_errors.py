@@ -1,4 +1,4 @@
-"""Every gateway-made error is RFC 9457 problem+json with the contract's fields."""
+"""Every gateway-made error is RFC 9457 problem+json with the fields README "Errors" lists."""
 
 from __future__ import annotations
 

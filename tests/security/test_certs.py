@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import shutil
 import socket
 import ssl
 import stat
@@ -18,6 +19,8 @@ from cryptography import x509
 from gateway.cli import main
 from gateway.security import certs
 from gateway.tls.server import server_context
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mode(path: Path) -> int:
@@ -217,3 +220,32 @@ def test_the_ca_cannot_vouch_for_names_beyond_loopback(tmp_path: Path) -> None:
 
     with pytest.raises(ssl.SSLCertVerificationError, match=r"permitted subtree violation"):
         drive()
+
+
+def test_the_curl_line_names_what_the_config_serves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The shipped routes.yaml (plain HTTP on 8080): the https URL is for once TLS is on,
+    # and the line says what it serves now; never a port the config does not name.
+    shutil.copytree(REPO / "policies", tmp_path / "policies")
+    shutil.copytree(REPO / "frontend", tmp_path / "frontend")
+    shipped = tmp_path / "routes.yaml"
+    shipped.write_text((REPO / "routes.yaml").read_text())
+    assert main(["certs", "dev", "--config", str(shipped)]) == 0
+    curl = next(line for line in capsys.readouterr().out.splitlines() if "curl --cacert" in line)
+    assert curl.endswith(
+        f"https://127.0.0.1:8080/healthz  (once server.tls is set in {shipped}; "
+        "it serves plain http://127.0.0.1:8080 now)"
+    )
+    assert "8443" not in curl
+
+    tls = tmp_path / "tls.yaml"
+    tls.write_text(
+        "policies: policies/\nserver:\n  listen: 0.0.0.0:9443\n"
+        "  tls: {cert: certs/server.crt, key: certs/server.key}\n"
+    )
+    assert main(["certs", "dev", "--config", str(tls)]) == 0
+    curl = next(line for line in capsys.readouterr().out.splitlines() if "curl --cacert" in line)
+    assert curl.endswith(
+        f"curl --cacert {tmp_path / 'certs' / 'ca.crt'} https://localhost:9443/healthz"
+    )
