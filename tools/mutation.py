@@ -40,11 +40,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MUTATIONS = Path(__file__).resolve().with_name("mutations.toml")
 PACKAGE = "gateway"
-# Plugins these focused runs do not use; leaving them out saves a second per run.
-# xdist stays: the conftest's database fixtures ask for its worker_id.
+# Plugins these focused runs do not use are left out; xdist stays, as the conftest's
+# database fixtures ask for its worker_id.
 PYTEST = (
-    "-m",
-    "pytest",
     "-x",
     "-q",
     "-n",
@@ -58,6 +56,7 @@ PYTEST = (
 )
 CLEARED = ("GATEWAY_TEST_POSTGRES_URL", "GATEWAY_TEST_REDIS_URL", "CI", "PYTEST_ADDOPTS")
 KILLED, SURVIVED, BROKEN = "killed", "survived", "broken"
+NOT_THE_COPY = 97  # the run imported the working tree's gateway/: it proves nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,35 +121,15 @@ def problems(mutants: Iterable[Mutant], root: Path = REPO) -> list[str]:
     return found
 
 
-def environment(path_first: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    if path_first is not None:
-        env["PYTHONPATH"] = str(path_first)
-    else:
-        env.pop("PYTHONPATH", None)
-    return env
-
-
-def run_pytest(cwd: Path, tests: Sequence[str], env: dict[str, str]) -> tuple[int, str]:
-    proc = subprocess.run(
-        [sys.executable, *PYTEST, *tests],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def mutant_tree(m: Mutant, folder: Path, root: Path = REPO) -> None:
+def mutant_tree(m: Mutant | None, folder: Path, root: Path = REPO) -> None:
     """`folder` as the repository with the mutant applied: gateway/ copied, the rest linked."""
     for entry in root.iterdir():
         if entry.name in (PACKAGE, ".venv", ".git") or entry.name.endswith("_cache"):
             continue
         (folder / entry.name).symlink_to(entry)
     shutil.copytree(root / PACKAGE, folder / PACKAGE)  # bytecode too: the rest loads fast
+    if m is None:
+        return  # the baseline: the code as it is
     target = folder / m.file
     for stale in (target.parent / "__pycache__").glob(f"{target.stem}.*.pyc"):
         stale.unlink()  # compiled from the original, and it could pass for current
@@ -158,29 +137,59 @@ def mutant_tree(m: Mutant, folder: Path, root: Path = REPO) -> None:
     target.write_text(text.replace(m.original, m.mutated, 1), encoding="utf-8")
 
 
-def imports_from(folder: Path) -> Path:
-    """Where `import gateway` resolves in a run from `folder` (it must be the copy)."""
-    out = subprocess.run(
-        [sys.executable, "-c", f"import {PACKAGE}; print({PACKAGE}.__file__)"],
-        cwd=folder,
-        env=environment(folder),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return Path(out.stdout.strip()).parent
+# What each run executes in a fresh interpreter: pytest from the tree, then a check that
+# the gateway it tested is the copy (else the run proves nothing).
+RUNNER = f"""
+import sys
+tree = sys.argv[1]
+sys.path.insert(0, tree)
+import pytest
+code = int(pytest.main(sys.argv[2:]))
+loaded = getattr(sys.modules.get("{PACKAGE}"), "__file__", None) or ""
+if code in (0, 1) and not loaded.startswith(tree + "/{PACKAGE}/"):
+    print("{PACKAGE} was imported from", loaded or "nowhere", "not from the copy")
+    code = {NOT_THE_COPY}
+sys.exit(code)
+"""
 
 
-def judge(m: Mutant) -> tuple[Mutant, str, str, float]:
-    """(mutant, killed/survived/broken, pytest's last lines, seconds)."""
+@dataclass(slots=True)
+class Run:
+    mutant: Mutant | None  # None: the baseline
+    tests: tuple[str, ...]
+    code: int = -1
+    output: str = ""
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        if self.code == 1:
+            return KILLED
+        return SURVIVED if self.code == 0 else BROKEN
+
+    def tail(self) -> str:
+        return "\n".join(self.output.strip().splitlines()[-15:])
+
+
+def execute(run: Run) -> Run:
+    """Build the run's tree in a temporary folder and run its tests there."""
     started = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     with tempfile.TemporaryDirectory(prefix="mutant-") as name:
-        folder = Path(name)
-        mutant_tree(m, folder)
-        code, output = run_pytest(folder, m.tests, environment(folder))
-    tail = "\n".join(output.strip().splitlines()[-15:])
-    verdict = KILLED if code == 1 else SURVIVED if code == 0 else BROKEN
-    return m, verdict, tail, time.monotonic() - started
+        tree = Path(name)
+        mutant_tree(run.mutant, tree)
+        proc = subprocess.run(
+            [sys.executable, "-c", RUNNER, str(tree), *PYTEST, *run.tests],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    run.code, run.output = proc.returncode, proc.stdout + proc.stderr
+    run.seconds = time.monotonic() - started
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,38 +223,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mutant-probe-") as name:
-        probe = Path(name)
-        (probe / PACKAGE).symlink_to(REPO / PACKAGE)
-        resolved = imports_from(probe)
-        if resolved != probe / PACKAGE:
-            print(f"mutation check: a run imports {PACKAGE} from {resolved}, not the copy")
-            return 1
-    every_test = sorted({t for m in mutants for t in m.tests})
-    code, output = run_pytest(REPO, every_test, environment(None))
-    if code != 0:
-        print(output[-3000:], file=sys.stderr)
+    # The baseline first (the longest run): every focused test, on the unmutated copy.
+    every_test = tuple(sorted({t for m in mutants for t in m.tests}))
+    runs = [Run(None, every_test), *(Run(m, m.tests) for m in mutants)]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        baseline, *results = pool.map(execute, runs)
+    if baseline.code != 0:
+        print(baseline.tail(), file=sys.stderr)
         print("mutation check: the focused tests fail on the unmutated code", file=sys.stderr)
         return 1
-    baseline = time.monotonic() - started
-
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(judge, mutants))
-    killed = sum(1 for r in results if r[1] == KILLED)
-    for m, verdict, tail, took in results:
+    for r in results:
+        m = r.mutant
+        assert m is not None
         if args.verbose:
-            print(f"{verdict:8} {took:5.1f} s  {m.name}")
-        if verdict == SURVIVED:
+            print(f"{r.verdict:8} {r.seconds:5.1f} s  {m.name}")
+        if r.verdict == SURVIVED:
             print(f"SURVIVED {m.name} ({m.file}): {' '.join(m.tests)} still pass; add a test")
-        elif verdict == BROKEN:
-            print(f"BROKEN {m.name} ({m.file}): pytest neither passed nor failed:\n{tail}")
+        elif r.verdict == BROKEN:
+            print(f"BROKEN {m.name} ({m.file}): pytest neither passed nor failed:\n{r.tail()}")
+    killed = sum(1 for r in results if r.verdict == KILLED)
     seconds = round(time.monotonic() - started)
-    print(
-        f"mutation check: {killed}/{len(results)} killed in {seconds} s "
-        f"(baseline run of the focused tests: {baseline:.0f} s)"
-    )
-    broken = any(r[1] == BROKEN for r in results)
+    print(f"mutation check: {killed}/{len(results)} killed in {seconds} s")
+    broken = any(r.verdict == BROKEN for r in results)
     return 1 if broken or killed < args.threshold * len(results) else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
