@@ -24,7 +24,8 @@ ELSEWHERE = {"X-Forwarded-For": "203.0.113.9"}
 @pytest.fixture
 async def client(gateway: MakeGateway, policies: Path, database_url: str) -> Client:
     dead = free_port()  # the `echo` upstream of identity_config: nothing listens there
-    limited = "  - {path: /limited/**, upstream: echo, auth: none, rate_limit: {limit: 1, per: 1h}}\n"
+    # one more route (the list is the last key of identity_config): one request an hour
+    limited = "  - {path: /limited/**, upstream: echo, auth: none, rate_limit: 1/h}\n"
     text = identity_config(dead) + limited + "server:\n  trusted_proxies: [127.0.0.1/32]\n"
     return await gateway(text, database_url=database_url)
 
