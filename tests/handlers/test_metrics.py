@@ -7,6 +7,7 @@ X-Forwarded-For names the client, which is what the loopback check looks at.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ ELSEWHERE = {"X-Forwarded-For": "203.0.113.9"}
 @pytest.fixture
 async def client(gateway: MakeGateway, policies: Path, database_url: str) -> Client:
     dead = free_port()  # the `echo` upstream of identity_config: nothing listens there
-    text = identity_config(dead) + "server:\n  trusted_proxies: [127.0.0.1/32]\n"
+    # one more route (the list is the last key of identity_config): one request an hour
+    limited = "  - {path: /limited/**, upstream: echo, auth: none, rate_limit: 1/h}\n"
+    text = identity_config(dead) + limited + "server:\n  trusted_proxies: [127.0.0.1/32]\n"
     return await gateway(text, database_url=database_url)
 
 
@@ -54,11 +57,12 @@ async def test_loopback_reads_the_counters(client: Client) -> None:
     )
     assert samples['gateway_request_duration_seconds_count{route="/healthz"}'] == 3
     assert samples['gateway_request_duration_seconds_bucket{le="+Inf",route="/healthz"}'] == 3
-    assert samples["gateway_audit_queue_depth"] >= 0
     assert samples["gateway_audit_spool_bytes"] == 0
     assert samples["gateway_audit_dropped_total"] == 0
-    assert samples["gateway_audit_lag_seconds"] >= 0
-    again = await scrape(client)
+    await client.app[SERVICES].audit.flush()
+    again = await scrape(client)  # its own row is queued only after it answers
+    assert again["gateway_audit_queue_depth"] == 0
+    assert again["gateway_audit_lag_seconds"] == 0
     assert (
         again['gateway_requests_total{method="GET",route="/metrics",status_class="2xx"}'] == 1
     )  # the first
@@ -70,20 +74,25 @@ async def test_upstream_errors_and_rate_limits_are_counted(client: Client) -> No
     resp = await client.get("/open/anything", headers=headers)
     assert resp.status == 502
     assert (await resp.json())["code"] == "upstream_unreachable"
-    client.app[SERVICES].metrics.rate_limited("/open/**")  # what the rate-limit stage calls
+    assert (await client.get("/limited/x")).status == 502  # passes the limit; nobody answers
+    refused = await client.get("/limited/x")
+    assert refused.status == 429
+    assert (await refused.json())["code"] == "rate_limited"
     samples = await scrape(client)
     key = 'gateway_upstream_errors_total{kind="upstream_unreachable",upstream="echo"}'
-    assert samples[key] == 1
-    assert samples['gateway_rate_limited_total{route="/open/**"}'] == 1
+    assert samples[key] == 2
+    assert samples['gateway_rate_limited_total{route="/limited/**"}'] == 1
+    assert 'gateway_rate_limited_total{route="/open/**"}' not in samples
 
 
 async def test_the_audit_gauges_follow_the_writer(gateway: MakeGateway) -> None:
     client = await gateway("routes: []\naudit: {flush_interval: 1h}\n")  # written on flush only
+    before = time.time()
     for _ in range(3):
         await client.get("/healthz")
     samples = await scrape(client)
     assert samples["gateway_audit_queue_depth"] == 3
-    assert samples["gateway_audit_lag_seconds"] >= 0
+    assert 0 < samples["gateway_audit_lag_seconds"] <= time.time() - before  # the first row's
     await client.app[SERVICES].audit.flush()
     samples = await scrape(client)  # its own row is queued only after it answers
     assert samples["gateway_audit_queue_depth"] == 0

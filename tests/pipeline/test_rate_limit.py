@@ -123,6 +123,31 @@ async def test_forwarded_for_from_a_trusted_proxy_is_believed(
     assert (await client.get("/by-ip/x", headers={"X-Forwarded-For": "203.0.113.2"})).status == 200
 
 
+async def test_the_client_is_the_rightmost_hop_that_is_no_trusted_proxy(
+    gateway: MakeGateway, policies: Path, echo: TestServer
+) -> None:
+    """Behind the peer and a proxy of 10.0.0.0/8 (written IPv4-mapped, as a dual-stack
+    proxy does), the client is the right-most untrusted address; whatever the client
+    wrote left of it is its own invention and does not give it a new bucket."""
+    assert echo.port is not None
+    client = await gateway(
+        limits_config(echo.port).replace(
+            "trusted_proxies: [10.0.0.0/8]", "trusted_proxies: [10.0.0.0/8, 127.0.0.1]"
+        )
+    )
+
+    def chain(client_ip: str, invented: str) -> dict[str, str]:
+        return {"X-Forwarded-For": f"{invented}, {client_ip}, ::ffff:10.1.2.3"}
+
+    statuses = [
+        (await client.get("/by-ip/x", headers=chain("198.51.100.7", f"203.0.113.{i}"))).status
+        for i in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]
+    resp = await client.get("/by-ip/x", headers=chain("198.51.100.8", "203.0.113.1"))
+    assert resp.status == 200  # another client behind the same proxies
+
+
 async def test_user_keys_are_per_user(client: Client) -> None:
     await make_user(client, "uma")
     await make_user(client, "vic")

@@ -103,3 +103,14 @@ def test_a_refusal_never_resets_before_it_may_be_retried() -> None:
         _, tat = decide(tat, 0.0, limit=5, period=60)
     refused, _ = decide(tat, 0.0, limit=5, period=60)
     assert (refused.reset, refused.retry_after) == (60, 12)
+
+
+def test_a_request_of_cost_n_takes_n_units() -> None:
+    # Token quotas ask for many units at once: 4 of 10 leave 6, and then 7 do not fit.
+    first, tat = decide(None, 0.0, limit=10, period=10.0, cost=4)
+    assert (first.allowed, first.remaining, first.reset) == (True, 6, 4)
+    too_many, after = decide(tat, 0.0, limit=10, period=10.0, cost=7)
+    assert (too_many.allowed, too_many.retry_after) == (False, 1)
+    assert after == tat
+    exactly, _ = decide(tat, 0.0, limit=10, period=10.0, cost=6)
+    assert (exactly.allowed, exactly.remaining) == (True, 0)

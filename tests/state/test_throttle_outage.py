@@ -36,7 +36,8 @@ async def test_throttling_goes_on_locally_and_logs_the_outage_once(
 
         server.start()  # back: shared again, and said once
         await asyncio.sleep(1.1)  # past the back-off after a failure (RedisHealth.BACKOFF)
-        assert await throttle.retry_after("user:una") >= 0
+        # Redis came back empty (no persistence): its count, not this instance's 3+, answers
+        assert await throttle.retry_after("user:una") == 0
         assert throttle.health.degraded is False
         back = [r for r in caplog.records if "reachable again" in r.getMessage()]
         assert len(back) == 1
