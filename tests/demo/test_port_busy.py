@@ -119,7 +119,7 @@ def test_gateway_serve_on_a_busy_port_logs_one_line_and_exits_1(tmp_path: Path, 
 
 def test_make_run_passes_port_to_the_launcher() -> None:
     dry = subprocess.run(
-        ["make", "-n", "run", "PORT=8123", "CONFIG=other.yaml"],
+        ["make", "--no-print-directory", "-n", "run", "PORT=8123", "CONFIG=other.yaml"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -128,5 +128,6 @@ def test_make_run_passes_port_to_the_launcher() -> None:
     )
 
     assert dry.returncode == 0, dry.stderr
-    launch = dry.stdout.strip().splitlines()[-1]
+    # (under `make test` a nested make would add "Leaving directory" lines otherwise)
+    launch = [line for line in dry.stdout.splitlines() if "gateway.demo.launch" in line][-1]
     assert launch.endswith("-m gateway.demo.launch other.yaml --port 8123")
