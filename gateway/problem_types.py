@@ -20,12 +20,12 @@ TLS. A code outside this table (none should be) gets `about:blank`, RFC
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
+
+from gateway import generated
 
 TYPE_PATH = "/problems/"  # the index; each code's page is TYPE_PATH + code
 START = "<!-- problems:start -->"
@@ -499,37 +499,22 @@ def readme_table() -> str:
 
 def spliced(document: str, table: str) -> str:
     """`document` with the text between its markers replaced by `table`."""
-    start, end = document.find(START), document.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the markers {START} and {END} are missing or out of order")
-    return document[: start + len(START)] + "\n" + table + document[end:]
+    return generated.spliced(document, table, START, END)
 
 
 def between_markers(document: str) -> str:
-    start, end = document.find(START), document.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the markers {START} and {END} are missing or out of order")
-    return document[start + len(START) : end].removeprefix("\n")
+    """The text between `document`'s markers, without the line break after the start one."""
+    return generated.between(document, START, END)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m gateway.problem_types",
-        description="Print the table of problem codes, or write it between a file's markers.",
+    return generated.write_main(
+        argv,
+        "python -m gateway.problem_types",
+        "Print the table of problem codes, or write it between a file's markers.",
+        readme_table,
+        (START, END),
     )
-    parser.add_argument("--write", metavar="FILE", type=Path, help="e.g. README.md")
-    args = parser.parse_args(argv)
-    table = readme_table()
-    if args.write is None:
-        sys.stdout.write(table)
-        return 0
-    try:
-        document = args.write.read_text(encoding="utf-8")
-        args.write.write_text(spliced(document, table), encoding="utf-8")
-    except (OSError, ValueError) as exc:
-        print(f"{args.write}: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ tests/config/test_config_reference.py fails when they differ. Regenerate it with
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
+from gateway import generated
 from gateway.config.schema.auth import AuthConfig, HashingConfig, IssuerConfig, KeyConfig
 from gateway.config.schema.database import AuditConfig, DatabaseConfig
 from gateway.config.schema.fields import KeyDoc, field_doc
@@ -204,38 +203,22 @@ def _cell(text: str) -> str:
 
 def spliced(document: str, reference: str) -> str:
     """`document` with the text between its markers replaced by `reference`."""
-    start, end = document.find(START), document.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the markers {START} and {END} are missing or out of order")
-    return document[: start + len(START)] + "\n" + reference + document[end:]
+    return generated.spliced(document, reference, START, END)
 
 
 def between_markers(document: str) -> str:
     """The text between `document`'s markers, without the line break after the start one."""
-    start, end = document.find(START), document.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the markers {START} and {END} are missing or out of order")
-    return document[start + len(START) : end].removeprefix("\n")
+    return generated.between(document, START, END)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m gateway.config.reference",
-        description="Print the routes.yaml reference, or write it between a file's markers.",
+    return generated.write_main(
+        argv,
+        "python -m gateway.config.reference",
+        "Print the routes.yaml reference, or write it between a file's markers.",
+        render,
+        (START, END),
     )
-    parser.add_argument("--write", metavar="FILE", type=Path, help="e.g. README.md")
-    args = parser.parse_args(argv)
-    reference = render()
-    if args.write is None:
-        sys.stdout.write(reference)
-        return 0
-    try:
-        document = args.write.read_text(encoding="utf-8")
-        args.write.write_text(spliced(document, reference), encoding="utf-8")
-    except (OSError, ValueError) as exc:
-        print(f"{args.write}: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
